@@ -1,0 +1,41 @@
+"""A self-hosted training cluster with Azure ML's workflow: Workspace, Experiment, Estimator, Run, Model.
+
+The public API, grouped by concept. Import from here; module paths may change.
+"""
+
+from cluster.datareference import DataReference
+from cluster.datastore import Datastore
+from cluster.errors import (
+    ClusterError,
+    ConfigError,
+    ConflictError,
+    CredentialsError,
+    DataError,
+    NotFoundError,
+    RunFailedError,
+    ServiceError,
+    SnapshotError,
+    UsageError,
+)
+from cluster.settings import Settings
+from cluster.workspace import Workspace
+
+__all__ = [
+    # workspace and configuration
+    "Settings",
+    "Workspace",
+    # data
+    "DataReference",
+    "Datastore",
+    # errors
+    "ClusterError",
+    "ConfigError",
+    "ConflictError",
+    "CredentialsError",
+    "DataError",
+    "NotFoundError",
+    "RunFailedError",
+    "ServiceError",
+    "SnapshotError",
+    "UsageError",
+]

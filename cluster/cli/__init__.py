@@ -1,0 +1,50 @@
+"""The `cluster` command: a thin layer over the SDK.
+
+``main(argv)`` is callable from tests and returns the exit code. A :class:`ClusterError` is printed as its
+message (no traceback) and exits with the error's ``exit_code``; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cluster.errors import ClusterError
+
+from . import infra
+
+GROUPS = [infra]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cluster",
+        description="A self-hosted training cluster: submit scripts and sweeps to autoscaled Celery nodes, "
+        "with every result kept in object storage.",
+        epilog="Start with `cluster up`, then see the README for the tutorial flow.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for group in GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ClusterError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"  -> {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

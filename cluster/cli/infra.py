@@ -1,0 +1,104 @@
+"""`cluster up|down|status|data`: the embedded cluster and the datastore."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cluster import embedded
+from cluster.errors import ConfigError
+from cluster.settings import CONFIG_DIR, Settings
+from cluster.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start the embedded cluster (Redis + S3 server) and write .cluster/config.json",
+                       description="Start real Redis (password, AOF) and a real S3 server on 127.0.0.1, create the "
+                       "buckets and write the config file. Idempotent: a running cluster is reported, not restarted.")
+    p.add_argument("--state-dir", type=Path, default=Path(CONFIG_DIR), help="where data, logs and config live "
+                   "(default: ./.cluster)")
+    p.add_argument("--redis-port", type=int, help="Redis port (default: the previous one if free, else any free)")
+    p.add_argument("--s3-port", type=int, help="S3 port (default: the previous one if free, else any free)")
+    p.add_argument("--name", help="workspace name (default: the parent folder's name)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="stop what `cluster up` started (data is kept)")
+    p.add_argument("--state-dir", type=Path, help="default: .cluster here or in a parent folder")
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="check every service with a real request")
+    p.add_argument("--config", help="path of config.json (default: discovered)")
+    p.set_defaults(func=cmd_status)
+
+    data = sub.add_parser("data", help="datasets and the default datastore").add_subparsers(dest="data_cmd",
+                                                                                          metavar="ACTION")
+    data.required = True
+    p = data.add_parser("mnist", help="get MNIST's four .gz files, checksums verified",
+                        description="Download MNIST from public mirrors (tried in order), or import local copies "
+                        "with --source; every file's sha256 is verified.")
+    p.add_argument("--dest", type=Path, default=Path("data"), help="folder to put the files in (default: ./data)")
+    p.add_argument("--source", type=Path, help="import from this folder instead of downloading")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_mnist)
+
+    p = data.add_parser("upload", help="upload a folder to the default datastore")
+    p.add_argument("src_dir", type=Path)
+    p.add_argument("--target-path", default=None, help="folder in the datastore (default: its root)")
+    p.add_argument("--overwrite", action="store_true", help="replace files that differ")
+    p.set_defaults(func=cmd_upload)
+
+    p = data.add_parser("ls", help="list files in the default datastore")
+    p.add_argument("prefix", nargs="?", default="")
+    p.set_defaults(func=cmd_ls)
+
+
+def find_state_dir(start: Path | None = None) -> Path:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_DIR / embedded.STATE_FILE).exists():
+            return folder / CONFIG_DIR
+    raise ConfigError(f"no embedded cluster state (.cluster/state.json) in {here} or its parents",
+                      hint="pass --state-dir, or run `cluster up` first")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    embedded.down(args.state_dir or find_state_dir())
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = Settings.discover(args.config)
+    state_dir = Path(settings.source).parent if settings.source.endswith("config.json") else None
+    rows = embedded.status(settings, state_dir)
+    print(f"workspace {settings.workspace_name}  ({settings.source})")
+    width = max(len(r.name) for r in rows)
+    for r in rows:
+        mark = "ok  " if r.healthy else "DOWN"
+        print(f"  {mark} {r.name:<{width}}  {r.endpoint}  {r.detail}")
+    return 0 if all(r.healthy for r in rows) else 3
+
+
+def cmd_mnist(args: argparse.Namespace) -> int:
+    from cluster.mnist import fetch_mnist
+
+    paths = fetch_mnist(args.dest, source=args.source, show_progress=not args.quiet)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    ds = Workspace.from_config().get_default_datastore()
+    ds.upload(args.src_dir, target_path=args.target_path, overwrite=args.overwrite, show_progress=True)
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    for key in Workspace.from_config().get_default_datastore().list(args.prefix):
+        print(key)
+    return 0

@@ -1,0 +1,67 @@
+"""Data references: a datastore path plus how a node should make it visible to the script.
+
+``ds.as_mount()`` / ``ds.path('mnist').as_mount()`` / ``ds.as_download()`` return one of these. They are
+small, frozen and JSON-serializable; a node resolves them to a local path when the run starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cluster.errors import PayloadError, UsageError
+
+MODES = ("mount", "download")
+
+
+@dataclass(frozen=True)
+class DataReference:
+    datastore: str
+    path_on_datastore: str = ""
+    mode: str = "mount"
+    path_on_compute: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UsageError(f"unknown data reference mode {self.mode!r}", hint=f"use one of {', '.join(MODES)}")
+        clean = self.path_on_datastore.strip("/")
+        if any(part == ".." for part in clean.split("/")):
+            raise UsageError(f"datastore path {self.path_on_datastore!r} may not contain '..'")
+        object.__setattr__(self, "path_on_datastore", clean)
+
+    def as_mount(self) -> DataReference:
+        return replace(self, mode="mount", path_on_compute=None)
+
+    def as_download(self, path_on_compute: str | None = None) -> DataReference:
+        return replace(self, mode="download", path_on_compute=path_on_compute)
+
+    def path(self, path: str) -> DataReference:
+        joined = "/".join(p for p in (self.path_on_datastore, path.strip("/")) if p)
+        return replace(self, path_on_datastore=joined)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "data_reference", "datastore": self.datastore, "path_on_datastore": self.path_on_datastore,
+                "mode": self.mode, "path_on_compute": self.path_on_compute}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DataReference:
+        if not isinstance(data, dict) or data.get("kind") != "data_reference":
+            raise PayloadError(f"not a data reference: {data!r}")
+        try:
+            return cls(datastore=data["datastore"], path_on_datastore=data.get("path_on_datastore", ""),
+                       mode=data.get("mode", "mount"), path_on_compute=data.get("path_on_compute"))
+        except KeyError as e:
+            raise PayloadError(f"data reference lacks {e}") from e
+
+    @staticmethod
+    def is_reference(value: Any) -> bool:
+        return isinstance(value, dict) and value.get("kind") == "data_reference"
+
+    def __str__(self) -> str:
+        where = f"{self.datastore}:/{self.path_on_datastore}"
+        extra = f" -> {self.path_on_compute}" if self.path_on_compute else ""
+        return f"$DATAREF[{self.mode} {where}{extra}]"
+
+    def __repr__(self) -> str:
+        return (f"DataReference(datastore={self.datastore!r}, path={self.path_on_datastore!r}, mode={self.mode!r}"
+                + (f", path_on_compute={self.path_on_compute!r})" if self.path_on_compute else ")"))

