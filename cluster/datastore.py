@@ -118,7 +118,7 @@ class Datastore:
         objects = self._store.list(_norm(prefix or ""))
         if prefix and not objects:
             raise NotFoundError(f"nothing under {self.container_name}/{_norm(prefix)}",
-                                hint=f"list what exists with ds.list() or `cluster data ls`")
+                                hint="list what exists with ds.list() or `cluster data ls`")
         todo = []
         skipped = 0
         for o in objects:

@@ -39,6 +39,9 @@ STATE_FILE = "state.json"
 WEED_PORTS = ("s3", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3_grpc",
               "admin", "admin_grpc")
 Echo = Callable[[str], None]
+# Children we started stay referenced: they outlive the call that started them (and, for `cluster up`,
+# the whole CLI process); `down` stops them by pid + start time.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 
 
 @dataclass(frozen=True)
@@ -240,6 +243,9 @@ def down(state_dir: Path, *, echo: Echo = print, grace: float = 10.0) -> list[st
             proc.wait(5)
         except psutil.NoSuchProcess:
             pass
+        child = _CHILDREN.pop(mp.pid, None)
+        if child is not None:
+            child.wait()
         stopped.append(mp.name)
         echo(f"stopped {mp.name} (pid {mp.pid})")
     state.processes = []
@@ -293,6 +299,7 @@ def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | 
                                     cwd=state_dir, env=env, start_new_session=True)
         except OSError as e:
             raise MissingBinaryError(f"cannot start {name} ({argv[0]}): {e}") from e
+    _CHILDREN[proc.pid] = proc
     create_time = psutil.Process(proc.pid).create_time()
     return ManagedProcess(name=name, pid=proc.pid, create_time=create_time, argv=argv, log=str(log_path))
 

@@ -49,7 +49,8 @@ class Workspace:
         return "embedded" if self.settings.s3_endpoint.startswith("127.0.0.1") else "remote"
 
     def __repr__(self) -> str:
-        return f"Workspace(name={self.name!r}, object_store={self.location!r}, redis={self.settings.redis_url_masked!r})"
+        redis_url = self.settings.redis_url_masked
+        return f"Workspace(name={self.name!r}, object_store={self.location!r}, redis={redis_url!r})"
 
     # -- clients (opened on first use) ------------------------------------------------------------
     @cached_property

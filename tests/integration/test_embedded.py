@@ -1,0 +1,105 @@
+"""The embedded cluster with real servers: up, status, idempotence, down, data survival, errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import stat
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster import embedded
+from cluster.cli import main
+from cluster.errors import CredentialsError, PortInUseError, ServiceError
+from cluster.objectstore import ObjectStore
+from cluster.redisclient import connect
+from cluster.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_config_is_private_and_masked(cluster_dir: Path, settings: Settings, capsys: pytest.CaptureFixture) -> None:
+    cfg = cluster_dir / "config.json"
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600
+    assert settings.s3_secret_key not in repr(settings)
+    assert main(["status", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "ok" in out and settings.s3_secret_key not in out
+    password = json.loads(cfg.read_text())["redis_password"]
+    assert password not in out
+
+
+def test_up_is_idempotent(cluster_dir: Path) -> None:
+    before = embedded.State.load(cluster_dir).processes
+    lines: list[str] = []
+    embedded.up(cluster_dir, echo=lines.append)
+    assert "already running" in lines[0]
+    assert [p.pid for p in embedded.State.load(cluster_dir).processes] == [p.pid for p in before]
+
+
+def test_redis_requires_password_and_persists(settings: Settings) -> None:
+    import redis
+
+    url = settings.redis_url.split("@", 1)[1]
+    anon = redis.Redis.from_url(f"redis://{url}")
+    with pytest.raises(redis.AuthenticationError):
+        anon.ping()
+    client = connect(settings)
+    assert client.config_get("appendonly")["appendonly"] == "yes"
+    assert client.config_get("bind")["bind"] == "127.0.0.1"
+
+
+def test_wrong_credentials_are_clear(settings: Settings) -> None:
+    from dataclasses import replace
+
+    bad = replace(settings, s3_secret_key="not-the-secret")
+    with pytest.raises(CredentialsError, match="rejected our credentials"):
+        ObjectStore(bad, bad.cluster_bucket).ping()
+    bad_redis = replace(settings, redis_url=settings.redis_url.replace("://:", "://:x"))
+    with pytest.raises(CredentialsError, match="password"):
+        connect(bad_redis)
+
+
+def test_server_down_is_clear(settings: Settings) -> None:
+    from dataclasses import replace
+
+    port = embedded.free_port()
+    gone = replace(settings, s3_endpoint=f"127.0.0.1:{port}", redis_url=f"redis://:x@127.0.0.1:{port}/0")
+    with pytest.raises(ServiceError, match="not reachable"):
+        ObjectStore(gone, gone.cluster_bucket).ping()
+    with pytest.raises(ServiceError, match="not reachable"):
+        connect(gone)
+
+
+def test_port_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(PortInUseError, match=str(port)):
+            embedded.up(tmp_path / ".cluster", redis_port=port, echo=lambda _m: None)
+        assert main(["up", "--state-dir", str(tmp_path / "c2"), "--redis-port", str(port)]) == 3
+
+
+def test_down_stops_only_ours_and_data_survives(tmp_path: Path) -> None:
+    state_dir = tmp_path / ".cluster"
+    settings = embedded.up(state_dir, echo=lambda _m: None)
+    ObjectStore(settings, settings.data_bucket).put_bytes("keep/me.txt", b"still here")
+    connect(settings).set("cluster:test:key", "value")
+    pids = [p.pid for p in embedded.State.load(state_dir).processes]
+    bystander = psutil.Popen(["sleep", "30"])  # not ours: must survive `down`
+    try:
+        stopped = embedded.down(state_dir, echo=lambda _m: None)
+        assert sorted(stopped) == ["redis", "s3"]
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
+        assert bystander.is_running()
+        again = embedded.up(state_dir, echo=lambda _m: None)
+        assert again.s3_access_key == settings.s3_access_key
+        assert ObjectStore(again, again.data_bucket).get_bytes("keep/me.txt") == b"still here"
+        assert connect(again).get("cluster:test:key") == "value"
+    finally:
+        bystander.kill()
+        bystander.wait()
+        embedded.down(state_dir, echo=lambda _m: None)
