@@ -17,6 +17,11 @@ from cluster.errors import (
     SnapshotError,
     UsageError,
 )
+from cluster.estimator import Estimator, RunConfiguration, ScriptRunConfig
+from cluster.experiment import Experiment
+from cluster.model import Model
+from cluster.records import RunStatus
+from cluster.run import Run
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -27,6 +32,15 @@ __all__ = [
     # data
     "DataReference",
     "Datastore",
+    # experiments and runs
+    "Estimator",
+    "Experiment",
+    "Run",
+    "RunConfiguration",
+    "RunStatus",
+    "ScriptRunConfig",
+    # models
+    "Model",
     # errors
     "ClusterError",
     "ConfigError",

@@ -16,6 +16,8 @@ from cluster.settings import Settings
 if TYPE_CHECKING:
     import redis
 
+    from cluster.runstate import RunState
+
 
 class Workspace:
     """Entry point of the SDK, like Azure ML's ``Workspace``.
@@ -87,3 +89,22 @@ class Workspace:
         from cluster.compute import load_targets
 
         return load_targets(self)
+
+    # -- runs -------------------------------------------------------------------------------------
+    @cached_property
+    def runs(self) -> RunState:
+        from cluster.runstate import RunState
+
+        return RunState(self.store, self.redis)
+
+    @cached_property
+    def _celery(self) -> Any:
+        from tasks.app import create_app
+
+        return create_app(self.settings)
+
+    def enqueue(self, run_id: str, pool: str) -> None:
+        """Send the run id (nothing else) to the pool's queue."""
+        from tasks.app import enqueue
+
+        enqueue(self._celery, run_id, pool)

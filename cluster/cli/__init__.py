@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from cluster.errors import ClusterError
 
-from . import infra
+from . import infra, runs
 
-GROUPS = [infra]
+GROUPS = [infra, runs]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,231 @@
+"""`cluster worker|submit|runs|models`: nodes, runs and the model registry."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from cluster.errors import UsageError
+from cluster.settings import Settings
+from cluster.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="run a node: one Celery worker with one slot, serving a pool",
+                       description="Join a pool by hand (a static node: used, never scaled away). Runs until "
+                       "stopped with Ctrl-C / SIGTERM; a run in progress finishes first.")
+    p.add_argument("--pool", required=True, help="the pool (compute target) whose queue this node consumes")
+    p.add_argument("--node-name", help="default: <pool>-<host>-<pid>")
+    p.add_argument("--work-dir", type=Path, help="where run directories live (default: ~/.cache/cluster/work)")
+    p.add_argument("--cache-dir", type=Path, help="node cache: snapshots, environments, mounted data "
+                   "(default: ~/.cache/cluster/cache)")
+    p.add_argument("--size", help="node size (limits for each run's process); see docs")
+    p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
+    p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--config", help="path of config.json (default: discovered)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("submit", help="submit a script in a source directory as a run")
+    p.add_argument("--experiment", "-e", required=True)
+    p.add_argument("--source-dir", "-d", type=Path, default=Path("."))
+    p.add_argument("--script", "-s", required=True, help="entry script, relative to the source dir")
+    p.add_argument("--pool", "-p", default="default", help="compute target (pool) name")
+    p.add_argument("--pip", action="append", default=[], help="a pip package for the run (repeatable)")
+    p.add_argument("--conda", action="append", default=[], help="a conda package, installed with pip (repeatable)")
+    p.add_argument("--max-seconds", type=float, help="time limit for the entry script")
+    p.add_argument("--wait", action="store_true", help="wait for completion, streaming the log")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script (after --)")
+    p.set_defaults(func=cmd_submit)
+
+    runs = sub.add_parser("runs", help="list and inspect runs").add_subparsers(dest="runs_cmd", metavar="ACTION")
+    runs.required = True
+    p = runs.add_parser("list", help="runs, newest first")
+    p.add_argument("--experiment", "-e", help="default: every experiment")
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_runs_list)
+    for name, func, text in (("show", cmd_runs_show, "details of a run (JSON)"),
+                             ("metrics", cmd_runs_metrics, "metrics of a run (JSON)"),
+                             ("cancel", cmd_runs_cancel, "cancel a queued or running run"),
+                             ("files", cmd_runs_files, "files of a run")):
+        p = runs.add_parser(name, help=text)
+        p.add_argument("run_id")
+        p.set_defaults(func=func)
+    p = runs.add_parser("logs", help="print a run's log; -f follows it live")
+    p.add_argument("run_id")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.set_defaults(func=cmd_runs_logs)
+    p = runs.add_parser("download", help="download a run's files")
+    p.add_argument("run_id")
+    p.add_argument("--prefix", help="only files under this prefix, e.g. outputs/")
+    p.add_argument("--dest", type=Path, default=Path("."))
+    p.set_defaults(func=cmd_runs_download)
+
+    models = sub.add_parser("models", help="the model registry").add_subparsers(dest="models_cmd", metavar="ACTION")
+    models.required = True
+    p = models.add_parser("list", help="registered models and versions")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("show", help="one model version (JSON)")
+    p.add_argument("name")
+    p.add_argument("--version", type=int)
+    p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("download", help="download a model version's files")
+    p.add_argument("name")
+    p.add_argument("--version", type=int)
+    p.add_argument("--dest", type=Path, default=Path("."))
+    p.set_defaults(func=cmd_models_download)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _ws() -> Workspace:
+    return Workspace.from_config()
+
+
+def _run(ws: Workspace, run_id: str) -> Any:
+    from cluster import Experiment, Run
+
+    record = ws.runs.record(run_id)
+    return Run(Experiment(ws, record.experiment), run_id)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from tasks.process import ResourceLimits
+    from tasks.worker import WorkerOptions, default_name, run_worker
+
+    settings = Settings.discover(args.config)
+    home = Path.home() / ".cache" / "cluster"
+    limits = None
+    if args.size:
+        from cluster.sizes import get_size
+
+        size = get_size(args.size)
+        limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
+    opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
+                         work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
+                         static=not args.managed, limits=limits,
+                         **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
+    print(f"node {opts.name} serving pool {opts.pool} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    run_worker(settings, opts)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from cluster import Experiment, ScriptRunConfig
+
+    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    ws = _ws()
+    env = {"pip_packages": args.pip, "conda_packages": args.conda}
+    config = ScriptRunConfig(args.source_dir, args.script, arguments=script_args, compute_target=args.pool,
+                             environment=env, max_run_duration_seconds=args.max_seconds)
+    run = Experiment(ws, args.experiment).submit(config)
+    print(run.id)
+    if args.wait:
+        run.wait_for_completion(show_output=True)
+    return 0
+
+
+def cmd_runs_list(args: argparse.Namespace) -> int:
+    from cluster import Experiment
+
+    ws = _ws()
+    experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
+    rows = []
+    for name in experiments:
+        for run in Experiment(ws, name).get_runs():
+            rec = ws.runs.record(run.id)
+            started = rec.timestamps.get("Queued", "")[:19].replace("T", " ")
+            rows.append([run.id, rec.status.value, rec.pool, str(rec.attempt), started])
+    rows.sort(key=lambda r: r[4], reverse=True)
+    if not rows:
+        print("no runs yet")
+        return 0
+    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)"])
+    return 0
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    ws = _ws()
+    print(json.dumps(_run(ws, args.run_id).get_details(), indent=2))
+    return 0
+
+
+def cmd_runs_metrics(args: argparse.Namespace) -> int:
+    print(json.dumps(_run(_ws(), args.run_id).get_metrics(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    outcome = _run(_ws(), args.run_id).cancel()
+    messages = {"canceled": "canceled (it was queued and will never start)",
+                "requested": "cancel requested: the node is stopping the run"}
+    print(messages.get(outcome, f"nothing to cancel: the run is already {outcome}"))
+    return 0
+
+
+def cmd_runs_files(args: argparse.Namespace) -> int:
+    for name in _run(_ws(), args.run_id).get_file_names():
+        print(name)
+    return 0
+
+
+def cmd_runs_logs(args: argparse.Namespace) -> int:
+    run = _run(_ws(), args.run_id)
+    if args.follow:
+        for _id, line in run.stream_log():
+            print(line, flush=True)
+        return 0
+    from cluster import logstream
+
+    lines = logstream.archived(run._ws.store, run.prefix)
+    if not lines:  # still running: what the live stream has so far
+        entries = run._ws.redis.xrange(f"cluster:run:{run.id}:log")
+        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_runs_download(args: argparse.Namespace) -> int:
+    for path in _run(_ws(), args.run_id).download_files(prefix=args.prefix, output_directory=args.dest):
+        print(path)
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from cluster import Model
+
+    models = Model.list(_ws(), args.name)
+    if not models:
+        print("no models registered")
+        return 0
+    _table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
+           ["NAME", "VERSION", "RUN", "CREATED (UTC)"])
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    from cluster import Model
+
+    m = Model(_ws(), args.name, args.version)
+    print(json.dumps(m._record.to_dict(), indent=2))
+    return 0
+
+
+def cmd_models_download(args: argparse.Namespace) -> int:
+    from cluster import Model
+
+    if args.dest.exists() and not args.dest.is_dir():
+        raise UsageError(f"{args.dest} is not a directory")
+    print(Model(_ws(), args.name, args.version).download(args.dest, exist_ok=True))
+    return 0

@@ -1,0 +1,108 @@
+"""Experiments group runs; ``submit`` packages the source directory and queues a run."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cluster import layout
+from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
+from cluster.snapshot import build_snapshot
+
+if TYPE_CHECKING:
+    from cluster.estimator import RunConfiguration
+    from cluster.run import Run
+    from cluster.workspace import Workspace
+
+
+class Experiment:
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = layout.check_name("experiment", name)
+
+    def __repr__(self) -> str:
+        return f"Experiment(name={self.name!r}, workspace={self.workspace.name!r})"
+
+    def _repr_html_(self) -> str:
+        return f"<b>Experiment</b> {self.name} in workspace {self.workspace.name}"
+
+    def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+        """Queue a run (Estimator / ScriptRunConfig) or a sweep (HyperDriveConfig); returns at once."""
+        if hasattr(config, "submit_to"):  # a sweep drives its own children
+            return config.submit_to(self, tags=dict(tags or {}))
+        return submit_run(self, config.run_config(), tags=dict(tags or {}))
+
+    def get_runs(self, include_children: bool = False) -> Iterator[Run]:
+        """Runs of this experiment, newest first (read from the object store: survives a Redis wipe)."""
+        from cluster.run import Run
+
+        ids = self.workspace.runs.list_run_ids(self.name)
+        ids.sort(key=_run_sort_key, reverse=True)
+        for run_id in ids:
+            yield Run(self, run_id)
+
+
+def _run_sort_key(run_id: str) -> tuple[int, str]:
+    parts = run_id.rsplit("_", 2)
+    try:
+        return int(parts[-2]), run_id
+    except (ValueError, IndexError):
+        return 0, run_id
+
+
+def new_run_id(experiment: str) -> str:
+    return f"{experiment}_{int(time.time() * 1000)}_{secrets.token_hex(4)}"
+
+
+def upload_snapshot(ws: Workspace, rc: RunConfiguration) -> str:
+    """Package the source directory; upload it unless the object store already has that digest."""
+    snap = build_snapshot(rc.source_directory, max_bytes=ws.settings.max_snapshot_bytes)
+    try:
+        if not ws.store.exists(layout.snapshot_key(snap.digest)):
+            ws.store.put_json(layout.snapshot_manifest_key(snap.digest), snap.manifest())
+            ws.store.put_file(layout.snapshot_key(snap.digest), snap.archive)
+    finally:
+        snap.archive.unlink(missing_ok=True)
+    return snap.digest
+
+
+def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, str],
+               parent: RunRecord | None = None, snapshot: str | None = None) -> Run:
+    from cluster.run import Run
+
+    ws = experiment.workspace
+    layout.check_name("pool", rc.pool)
+    digest = snapshot or upload_snapshot(ws, rc)
+    run_id = new_run_id(experiment.name)
+    prefix = layout.run_prefix(experiment.name, run_id, parent.prefix if parent else None)
+    spec = RunSpec(run_id=run_id, experiment=experiment.name, snapshot=digest, entry_script=rc.entry_script,
+                   arguments=rc.arguments, pool=rc.pool, pip_packages=rc.pip_packages,
+                   conda_packages=rc.conda_packages, environment_variables=rc.environment_variables,
+                   max_run_duration_seconds=rc.max_run_duration_seconds, tags=tags,
+                   parent_id=parent.run_id if parent else None, prefix=prefix, submitted_at=now_iso())
+    record = RunRecord(run_id=run_id, experiment=experiment.name, status=RunStatus.QUEUED, prefix=prefix,
+                       pool=rc.pool, tags=tags, parent_id=spec.parent_id,
+                       arguments=tuple(_display(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
+    ws.runs.create(spec, record)
+    ws.enqueue(run_id, rc.pool)
+    _warn_if_no_nodes(ws, rc.pool)
+    return Run(experiment, run_id)
+
+
+def _display(arg: Any) -> str:
+    from cluster.datareference import DataReference
+
+    return str(DataReference.from_dict(arg)) if DataReference.is_reference(arg) else str(arg)
+
+
+def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
+    if pool in ws.compute_targets:
+        return  # the controller scales the pool
+    for name in ws.redis.smembers(layout.RK_NODES):
+        if ws.redis.hget(layout.rk_node(name), "pool") == pool:
+            return
+    print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
+          f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)

@@ -1,0 +1,99 @@
+"""Live run logs: a Redis stream per run while it runs, the complete log archived in the object store.
+
+The node appends every stdout/stderr line (and its own system lines) to ``cluster:run:<id>:log`` and ends
+the stream with an ``eof`` entry. Followers read with XREAD from the last id they saw, so they can start
+at the beginning or resume where they were, in order and without gaps. Once the stream is gone (expired,
+or Redis wiped) the archived ``logs/driver.log`` is read instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from cluster import layout
+from cluster.errors import NotFoundError
+from cluster.objectstore import ObjectStore
+
+STREAM_TTL_SECONDS = 24 * 3600
+FLUSH_LINES = 500
+FLUSH_SECONDS = 0.2
+
+
+class LogWriter:
+    """Node side: batch lines into the run's stream and into the local driver log file."""
+
+    def __init__(self, r: redis.Redis, run_id: str, path: Path) -> None:
+        self.r = r
+        self.key = layout.rk_run_log(run_id)
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- closed in close()
+        self._pending: list[dict[str, str]] = []
+        self._last_flush = time.monotonic()
+        self.enabled = True  # turned off when the attempt loses its lease (fencing)
+
+    def line(self, stream: str, text: str) -> None:
+        self._file.write(text + "\n")
+        self._pending.append({"s": stream[0], "l": text})
+        if len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+            self.flush()
+
+    def system(self, text: str) -> None:
+        self.line("x", f"[node] {text}")
+
+    def flush(self) -> None:
+        self._file.flush()
+        if self._pending and self.enabled:
+            pipe = self.r.pipeline(transaction=False)
+            for entry in self._pending:
+                pipe.xadd(self.key, entry)  # type: ignore[arg-type]
+            pipe.execute()
+        self._pending = []
+        self._last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+        if self.enabled:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xadd(self.key, {"eof": "1"})
+            pipe.expire(self.key, STREAM_TTL_SECONDS)
+            pipe.execute()
+
+
+def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, after: str = "0-0",
+           is_final: Callable[[], bool], poll_ms: int = 1000) -> Iterator[tuple[str, str]]:
+    """Yield ``(entry_id, line)`` from ``after`` on until the run's log ends.
+
+    Falls back to the archived log when the live stream does not exist and the run is final.
+    """
+    key = layout.rk_run_log(run_id)
+    last = after
+    while True:
+        got = r.xread({key: last}, count=1000, block=poll_ms)
+        if got:
+            for entry_id, fields in got[0][1]:
+                last = entry_id
+                if fields.get("eof") == "1":
+                    return
+                yield entry_id, fields.get("l", "")
+            continue
+        if not r.exists(key) and is_final():
+            if last == "0-0":  # never saw the live stream: read the archive
+                yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, prefix)))
+            return
+        if is_final() and r.exists(key):
+            # final but no eof yet: the node is still closing; keep reading for a short while
+            time.sleep(0.05)
+
+
+def archived(store: ObjectStore, prefix: str) -> list[str]:
+    try:
+        return store.get_bytes(prefix + layout.RUN_DRIVER_LOG).decode("utf-8", "replace").splitlines()
+    except NotFoundError:
+        return []

@@ -1,0 +1,81 @@
+"""Metrics: the events a run logs, and how they read back (Azure ML's shapes).
+
+An event is ``{"name", "kind": "scalar"|"list"|"row", "value", "t"}``. Reading aggregates them:
+a name logged once with ``log`` reads as that value, logged repeatedly as the list of values (a series);
+``log_list`` reads as the list; ``log_row`` reads as a dict (one row) or a list of dicts (several rows).
+Names are kept exactly as given (spaces and all).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from cluster import layout
+from cluster.errors import NotFoundError, UsageError
+from cluster.objectstore import ObjectStore
+
+KINDS = ("scalar", "list", "row")
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Metric values must be JSON numbers, strings or bools (numpy scalars converted)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"metric name must be a non-empty string, not {name!r}")
+    if hasattr(value, "item") and callable(value.item):  # numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise UsageError(f"metric {name!r}: cannot log a {type(value).__name__}",
+                     hint="log numbers, strings or booleans; use log_list for sequences and log_row for tables")
+
+
+def aggregate(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        grouped.setdefault(e["name"], []).append(e)
+    out: dict[str, Any] = {}
+    for name, evs in grouped.items():
+        kind = evs[-1]["kind"]
+        if kind == "list":
+            out[name] = [v for e in evs for v in e["value"]]
+        elif kind == "row":
+            rows = [e["value"] for e in evs]
+            out[name] = rows[0] if len(rows) == 1 else rows
+        else:
+            values = [e["value"] for e in evs]
+            out[name] = values[0] if len(values) == 1 else values
+    return out
+
+
+def live_events(r: redis.Redis, run_id: str) -> list[dict[str, Any]] | None:
+    """Events from the run's Redis stream, or None if there is no stream (finished long ago / Redis wiped)."""
+    key = layout.rk_run_metrics(run_id)
+    entries = r.xrange(key)
+    if not entries and not r.exists(key):
+        return None
+    return [json.loads(fields["e"]) for _id, fields in entries if "e" in fields]
+
+
+def stored_events(store: ObjectStore, prefix: str) -> list[dict[str, Any]]:
+    try:
+        data = store.get_json(prefix + layout.RUN_METRICS)
+    except NotFoundError:
+        return []
+    return list(data.get("events", []))
+
+
+def read(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, final: bool) -> list[dict[str, Any]]:
+    """The archive is authoritative once the run is final; before that, the live stream."""
+    if final:
+        events = stored_events(store, prefix)
+        if events:
+            return events
+    live = live_events(r, run_id)
+    return live if live is not None else stored_events(store, prefix)

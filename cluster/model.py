@@ -1,0 +1,152 @@
+"""The model registry: versioned copies of run outputs under models/<name>/<version>/ in the object store.
+
+Versions start at 1 and increase by one. The next number comes from an atomic Redis counter, reconciled
+with the object store (the record), so concurrent registrations never share a version and a wiped Redis
+never reuses one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from minio.commonconfig import CopySource
+
+from cluster import layout
+from cluster.errors import ConflictError, NotFoundError
+from cluster.records import now_iso
+
+if TYPE_CHECKING:
+    from cluster.run import Run
+    from cluster.workspace import Workspace
+
+MODEL_RECORD = "model.json"
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    name: str
+    version: int
+    files: dict[str, str]  # relative path -> sha256
+    run_id: str | None
+    experiment: str | None
+    model_path: str
+    tags: dict[str, str] = field(default_factory=dict)
+    description: str | None = None
+    created_time: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "id": f"{self.name}:{self.version}", "files": self.files,
+                "run_id": self.run_id, "experiment": self.experiment, "model_path": self.model_path,
+                "tags": self.tags, "description": self.description, "created_time": self.created_time}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelRecord:
+        return cls(name=d["name"], version=int(d["version"]), files=dict(d.get("files", {})), run_id=d.get("run_id"),
+                   experiment=d.get("experiment"), model_path=d.get("model_path", ""), tags=dict(d.get("tags", {})),
+                   description=d.get("description"), created_time=d.get("created_time", ""))
+
+
+class Model:
+    """``Model(ws, name, version=None)`` loads a registered model (latest version by default)."""
+
+    def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+        self.workspace = workspace
+        layout.check_name("model", name)
+        version = version if version is not None else _latest(workspace, name)
+        if version is None:
+            raise NotFoundError(f"no model named {name!r}", hint="register one with run.register_model(...)")
+        try:
+            data = workspace.store.get_json(layout.model_prefix(name, version) + MODEL_RECORD)
+        except NotFoundError:
+            raise NotFoundError(f"model {name!r} has no version {version}",
+                                hint=f"versions: {_versions(workspace, name)}") from None
+        self._record = ModelRecord.from_dict(data)
+
+    # -- attributes -------------------------------------------------------------------------------
+    name = property(lambda self: self._record.name)
+    version = property(lambda self: self._record.version)
+    id = property(lambda self: f"{self._record.name}:{self._record.version}")
+    tags = property(lambda self: dict(self._record.tags))
+    description = property(lambda self: self._record.description)
+    run_id = property(lambda self: self._record.run_id)
+    experiment_name = property(lambda self: self._record.experiment)
+    created_time = property(lambda self: self._record.created_time)
+    files = property(lambda self: dict(self._record.files))
+
+    def __repr__(self) -> str:
+        return f"Model(name={self.name!r}, version={self.version}, run={self.run_id!r})"
+
+    # -- registry ---------------------------------------------------------------------------------
+    @classmethod
+    def register_from_run(cls, run: Run, model_name: str, model_path: str, *, tags: dict[str, str] | None = None,
+                          description: str | None = None) -> Model:
+        ws = run.experiment.workspace
+        layout.check_name("model", model_name)
+        rel = model_path.strip("/")
+        sources = [o for o in ws.store.list(run.prefix + rel) if o.key == run.prefix + rel
+                   or o.key.startswith(run.prefix + rel + "/")]
+        if not sources:
+            raise NotFoundError(f"run {run.id} has no file or folder {model_path!r}",
+                                hint=f"its files: {', '.join(run.get_file_names()) or '(none)'}")
+        version = _next_version(ws, model_name)
+        base = layout.model_prefix(model_name, version)
+        files: dict[str, str] = {}
+        single = len(sources) == 1 and sources[0].key == run.prefix + rel
+        for obj in sources:
+            name = Path(rel).name if single else obj.key[len(run.prefix + rel) + 1:]
+            ws.store.client.copy_object(ws.store.bucket, f"{base}files/{name}", CopySource(ws.store.bucket, obj.key))
+            info = ws.store.stat(f"{base}files/{name}")
+            files[name] = (info.sha256 if info and info.sha256 else "")
+        record = ModelRecord(name=model_name, version=version, files=files, run_id=run.id,
+                             experiment=run.experiment.name, model_path=model_path, tags=dict(tags or {}),
+                             description=description, created_time=now_iso())
+        ws.store.put_json(base + MODEL_RECORD, record.to_dict())
+        return cls(ws, model_name, version)
+
+    @staticmethod
+    def list(workspace: Workspace, name: str | None = None) -> list[Model]:
+        names = [name] if name else workspace.store.list_dirs("models/")
+        out = []
+        for n in names:
+            for v in _versions(workspace, n):
+                out.append(Model(workspace, n, v))
+        return out
+
+    def download(self, target_dir: str | os.PathLike[str] = ".", exist_ok: bool = False) -> str:
+        """Copy the model's files into ``target_dir``; returns the path (the file if there is only one)."""
+        target = Path(target_dir)
+        base = layout.model_prefix(self.name, self.version) + "files/"
+        paths = []
+        for rel in self.files:
+            dest = target / rel
+            if dest.exists() and not exist_ok:
+                raise ConflictError(f"{dest} already exists", hint="pass exist_ok=True to overwrite")
+            self.workspace.store.get_file(base + rel, dest)
+            paths.append(dest)
+        return str(paths[0]) if len(paths) == 1 else str(target)
+
+
+def _versions(ws: Workspace, name: str) -> list[int]:
+    return sorted(int(v) for v in ws.store.list_dirs(layout.model_prefix(name)) if v.isdigit())
+
+
+def _latest(ws: Workspace, name: str) -> int | None:
+    versions = _versions(ws, name)
+    return versions[-1] if versions else None
+
+
+_RESERVE = """
+local stored = tonumber(ARGV[1])
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < stored then redis.call('SET', KEYS[1], stored) end
+return redis.call('INCR', KEYS[1])
+"""
+
+
+def _next_version(ws: Workspace, name: str) -> int:
+    """Atomic: the counter never falls below what the object store already holds."""
+    stored = _latest(ws, name) or 0
+    return int(ws.redis.eval(_RESERVE, 1, layout.rk_model_version(name), stored))

@@ -1,0 +1,159 @@
+"""Run specifications and run records: frozen dataclasses with to/from dict, one error for bad payloads.
+
+A :class:`RunSpec` is written once at submit (``spec.json``); a :class:`RunRecord` is the run's state
+(``run.json`` in the object store, mirrored in a Redis hash while the run is live).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from cluster.errors import PayloadError
+
+
+class RunStatus(StrEnum):
+    QUEUED = "Queued"
+    PREPARING = "Preparing"
+    RUNNING = "Running"
+    FINALIZING = "Finalizing"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
+
+# Which status may follow which. The node, not the script, decides; a canceled or finished run stays so.
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.PREPARING, RunStatus.CANCELED, RunStatus.FAILED}),
+    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED,
+                                    RunStatus.QUEUED}),
+    RunStatus.RUNNING: frozenset({RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
+    RunStatus.FINALIZING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
+    RunStatus.COMPLETED: frozenset(),
+    RunStatus.FAILED: frozenset(),
+    RunStatus.CANCELED: frozenset(),
+}
+
+
+def can_transition(current: RunStatus, new: RunStatus) -> bool:
+    """Pure: is ``current -> new`` allowed? (``-> Queued`` from a live state is a retry after node loss.)"""
+    return new in TRANSITIONS[current]
+
+
+def now_iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run. Arguments may contain data references (as dicts); the node resolves them."""
+
+    run_id: str
+    experiment: str
+    snapshot: str  # sha256 digest of the source snapshot
+    entry_script: str
+    arguments: tuple[Any, ...] = ()
+    pool: str = "default"
+    pip_packages: tuple[str, ...] = ()
+    conda_packages: tuple[str, ...] = ()
+    environment_variables: dict[str, str] = field(default_factory=dict)
+    max_run_duration_seconds: float | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_id: str | None = None
+    prefix: str = ""  # the run's folder in the cluster bucket
+    submitted_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arguments"] = list(self.arguments)
+        d["pip_packages"] = list(self.pip_packages)
+        d["conda_packages"] = list(self.conda_packages)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunSpec:
+        obj = _from_dict(cls, data)
+        return replace(obj, arguments=tuple(obj.arguments), pip_packages=tuple(obj.pip_packages),
+                       conda_packages=tuple(obj.conda_packages))
+
+
+@dataclass(frozen=True)
+class RunError:
+    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure' or 'node-lost'."""
+
+    kind: str
+    message: str
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stderr_tail"] = list(self.stderr_tail)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunError:
+        obj = _from_dict(cls, data)
+        return replace(obj, stderr_tail=tuple(obj.stderr_tail))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    experiment: str
+    status: RunStatus
+    prefix: str
+    pool: str = "default"
+    attempt: int = 0
+    node: str | None = None
+    timestamps: dict[str, str] = field(default_factory=dict)  # status value -> ISO time it was entered
+    error: RunError | None = None
+    arguments: tuple[str, ...] = ()  # resolved on the node
+    parent_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    attempts: tuple[dict[str, Any], ...] = ()  # history: attempt, node, outcome
+
+    def with_status(self, status: RunStatus, *, at: float | None = None, **changes: Any) -> RunRecord:
+        stamps = dict(self.timestamps)
+        stamps.setdefault(status.value, now_iso(at))
+        return replace(self, status=status, timestamps=stamps, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id, "experiment": self.experiment, "status": self.status.value, "prefix": self.prefix,
+            "pool": self.pool, "attempt": self.attempt, "node": self.node, "timestamps": dict(self.timestamps),
+            "error": self.error.to_dict() if self.error else None, "arguments": list(self.arguments),
+            "parent_id": self.parent_id, "tags": dict(self.tags), "attempts": list(self.attempts),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunRecord:
+        if not isinstance(data, dict):
+            raise PayloadError(f"run record is not an object: {data!r:.80}")
+        try:
+            status = RunStatus(data["status"])
+            error = RunError.from_dict(data["error"]) if data.get("error") else None
+        except (KeyError, ValueError) as e:
+            raise PayloadError(f"bad run record: {e}") from e
+        obj = _from_dict(cls, {**data, "status": status, "error": error})
+        return replace(obj, arguments=tuple(obj.arguments), attempts=tuple(obj.attempts))
+
+
+def _from_dict(cls: Any, data: Any) -> Any:
+    if not isinstance(data, dict):
+        raise PayloadError(f"{cls.__name__} payload is not an object: {data!r:.80}")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as e:
+        raise PayloadError(f"bad {cls.__name__} payload: {e}") from e

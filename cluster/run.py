@@ -1,0 +1,181 @@
+"""A run, seen from the submitter (or re-attached later): status, details, logs, metrics, files, models."""
+
+from __future__ import annotations
+
+import html
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cluster import layout, logstream, metrics
+from cluster.context import get_context as _get_context
+from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
+from cluster.records import RunRecord, RunStatus
+
+if TYPE_CHECKING:
+    from cluster.experiment import Experiment
+    from cluster.model import Model
+
+
+class Run:
+    """``Run(experiment, run_id)`` re-attaches to any run; ``Run.get_context()`` is for inside train.py."""
+
+    def __init__(self, experiment: Experiment, run_id: str) -> None:
+        self.experiment = experiment
+        self.id = run_id
+        self._prefix: str | None = None
+
+    # -- inside the training script -----------------------------------------------------------------
+    @staticmethod
+    def get_context() -> Any:
+        """The live run when launched by a node, else an offline run that prints what it logs."""
+        return _get_context()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    @property
+    def _ws(self) -> Any:
+        return self.experiment.workspace
+
+    @property
+    def prefix(self) -> str:
+        if self._prefix is None:
+            self._prefix = self._ws.runs.prefix(self.id)
+        return self._prefix
+
+    def _record(self) -> RunRecord:
+        return self._ws.runs.record(self.id)
+
+    # -- status and details -----------------------------------------------------------------------
+    def get_status(self) -> str:
+        return self._ws.runs.status(self.id).value
+
+    @property
+    def status(self) -> str:
+        return self.get_status()
+
+    def get_details(self) -> dict[str, Any]:
+        rec = self._record()
+        spec = self._ws.runs.spec(self.id)
+        stamps = rec.timestamps
+        return {
+            "runId": rec.run_id, "experiment": rec.experiment, "status": rec.status.value,
+            "target": rec.pool, "node": rec.node, "attempt": rec.attempt,
+            "startTimeUtc": stamps.get(RunStatus.RUNNING.value) or stamps.get(RunStatus.PREPARING.value),
+            "endTimeUtc": next((stamps[s.value] for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
+                                if s.value in stamps), None),
+            "timestamps": dict(stamps), "snapshot": spec.snapshot, "script": spec.entry_script,
+            "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
+            "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
+            "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
+        }
+
+    def wait_for_completion(self, show_output: bool = False, timeout: float | None = None,
+                            raise_on_error: bool = True, wait_post_processing: bool = False) -> dict[str, Any]:
+        """Block until the run is final; with ``show_output`` stream its log live."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if show_output:
+            print(f"RunId: {self.id}\nStatus: {self.get_status()}\n", flush=True)
+            for _id, line in self.stream_log():
+                print(line, flush=True)
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+        while not self._ws.runs.status(self.id).is_final:
+            if deadline is not None and time.monotonic() > deadline:
+                raise WaitTimeoutError(f"run {self.id} is still {self.get_status()} after {timeout}s",
+                                       hint="wait longer, or check it with `cluster runs show`")
+            time.sleep(0.2)
+        details = self.get_details()
+        if show_output:
+            print(f"\nExecution summary\n=================\nRunId: {self.id}\nStatus: {details['status']}", flush=True)
+        if raise_on_error and details["status"] == RunStatus.FAILED.value:
+            err = details["error"] or {}
+            tail = "\n".join(err.get("stderr_tail", [])[-10:])
+            raise RunFailedError(f"run {self.id} failed: {err.get('message', 'unknown cause')}"
+                                 + (f"\n--- last stderr lines ---\n{tail}" if tail else ""),
+                                 hint=f"full log: `cluster runs logs {self.id}`")
+        return details
+
+    def stream_log(self, after: str = "0-0", poll_ms: int = 1000) -> Any:
+        """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends."""
+        runs = self._ws.runs
+        return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
+                                is_final=lambda: runs.status(self.id).is_final)
+
+    def cancel(self) -> str:
+        """Queued: it never starts. Running: the node stops its whole process tree. Returns what happened."""
+        return self._ws.runs.cancel(self.id)
+
+    # -- metrics ----------------------------------------------------------------------------------
+    def get_metrics(self, name: str | None = None) -> dict[str, Any]:
+        final = self._ws.runs.status(self.id).is_final
+        values = metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
+        if name is not None:
+            return {name: values[name]} if name in values else {}
+        return values
+
+    # -- files ------------------------------------------------------------------------------------
+    def get_file_names(self) -> list[str]:
+        """outputs/... and logs/... of the run (what the node uploaded)."""
+        names = []
+        for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
+            names += [o.key[len(self.prefix):] for o in self._ws.store.list(f"{self.prefix}{folder}/")]
+        return sorted(names)
+
+    def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> str:
+        rel = _check_rel(name)
+        target = Path(output_file_path) if output_file_path else Path(Path(rel).name)
+        if target.is_dir():
+            target = target / Path(rel).name
+        if not self._ws.store.exists(self.prefix + rel):
+            raise NotFoundError(f"run {self.id} has no file {rel!r}", hint="see run.get_file_names()")
+        self._ws.store.get_file(self.prefix + rel, target)
+        return str(target)
+
+    def download_files(self, prefix: str | None = None,
+                       output_directory: str | os.PathLike[str] | None = None) -> list[str]:
+        out = Path(output_directory or ".")
+        chosen = [n for n in self.get_file_names() if prefix is None or n.startswith(_check_rel(prefix))]
+        paths = []
+        for name in chosen:
+            target = out / name
+            self._ws.store.get_file(self.prefix + name, target)
+            paths.append(str(target))
+        return paths
+
+    # -- models -----------------------------------------------------------------------------------
+    def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,
+                       description: str | None = None, **_ignored: Any) -> Model:
+        from cluster.model import Model
+
+        return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
+
+    # -- display ----------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        try:
+            status = self.get_status()
+        except Exception:
+            status = "?"
+        return f"Run(experiment={self.experiment.name!r}, id={self.id!r}, status={status!r})"
+
+    def _repr_html_(self) -> str:
+        d = self.get_details()
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+                       for k, v in (("Experiment", d["experiment"]), ("Id", d["runId"]), ("Status", d["status"]),
+                                    ("Target", d["target"]), ("Node", d["node"]), ("Attempt", d["attempt"]),
+                                    ("Arguments", " ".join(d["arguments"])), ("Object store", d["prefix"])))
+        metric_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
+                              for k, v in self.get_metrics().items())
+        return (f"<table>{rows}</table>" + (f"<b>Metrics</b><table>{metric_rows}</table>" if metric_rows else ""))
+
+
+def _check_rel(name: str) -> str:
+    rel = name.replace("\\", "/").lstrip("/")
+    if any(p == ".." for p in rel.split("/")):
+        raise UsageError(f"file name {name!r} may not contain '..'")
+    return rel
+
+
+def print_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,220 @@
+"""A run's state in both homes: the Redis hash (live, fenced) and run.json in the object store (the record).
+
+Every change after submit goes through Redis first, atomically, and only a writer that succeeded there
+writes ``run.json``. Node writes are *fenced*: they carry the lease token ``<node>/<attempt>`` and are
+refused once another attempt holds the run, so a stale attempt (a node that came back, or a message
+Redis delivered twice) can change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from cluster import layout
+from cluster.errors import NotFoundError, PayloadError
+from cluster.objectstore import ObjectStore
+from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
+
+FINAL = [s.value for s in FINAL_STATUSES]
+
+_CLAIM = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing', ''} end
+if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return {'final', st} end
+local holder = redis.call('GET', KEYS[2])
+if holder then return {'held', holder} end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+local token = ARGV[1] .. '/' .. attempt
+redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
+return {'ok', token}
+"""
+
+_FENCED_WRITE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[2])
+  redis.call('SREM', KEYS[3], ARGV[5])
+end
+return 1
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end
+return 0
+"""
+
+_CANCEL_QUEUED = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return st end
+if st == 'Queued' and redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'Canceled', 'cancel', '1')
+  redis.call('SREM', KEYS[3], ARGV[2])
+  return 'canceled'
+end
+redis.call('HSET', KEYS[1], 'cancel', '1')
+return 'requested'
+"""
+
+_REQUEUE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or st == 'Completed' or st == 'Failed' or st == 'Canceled' then return 0 end
+local holder = redis.call('GET', KEYS[2])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
+if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[5]) end
+return 1
+"""
+
+
+def rk_active(pool: str) -> str:
+    """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
+    return f"cluster:pool:{pool}:active"
+
+
+@dataclass(frozen=True)
+class Claim:
+    outcome: str  # ok | final | held | missing
+    token: str = ""
+
+    @property
+    def attempt(self) -> int:
+        return int(self.token.rsplit("/", 1)[1]) if self.outcome == "ok" else 0
+
+
+class RunState:
+    """Reads and writes one cluster's run records (object store) and live run state (Redis)."""
+
+    def __init__(self, store: ObjectStore, r: redis.Redis) -> None:
+        self.store = store
+        self.r = r
+        self._claim = r.register_script(_CLAIM)
+        self._write = r.register_script(_FENCED_WRITE)
+        self._renew = r.register_script(_RENEW)
+        self._cancel = r.register_script(_CANCEL_QUEUED)
+        self._requeue = r.register_script(_REQUEUE)
+
+    # -- create / read ----------------------------------------------------------------------------
+    def create(self, spec: RunSpec, record: RunRecord) -> None:
+        """Submit-time: spec, record and index in the object store first (the system of record), then Redis."""
+        self.store.put_json(spec.prefix + layout.RUN_SPEC, spec.to_dict())
+        self.store.put_json(spec.prefix + layout.RUN_RECORD, record.to_dict())
+        self.store.put_bytes(layout.run_index_key(spec.run_id), spec.prefix.encode(), content_type="text/plain")
+        self.seed(record)
+
+    def seed(self, record: RunRecord) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(layout.rk_run(record.run_id), mapping={
+            "record": json.dumps(record.to_dict()), "status": record.status.value, "attempt": record.attempt,
+            "prefix": record.prefix, "pool": record.pool,
+        })
+        if not record.status.is_final:
+            pipe.sadd(rk_active(record.pool), record.run_id)
+        pipe.execute()
+
+    def prefix(self, run_id: str) -> str:
+        prefix = self.r.hget(layout.rk_run(run_id), "prefix")
+        if prefix:
+            return str(prefix)
+        try:
+            return self.store.get_bytes(layout.run_index_key(run_id)).decode().strip()
+        except NotFoundError:
+            raise NotFoundError(f"no run with id {run_id!r}",
+                                hint="list runs with `cluster runs list` or experiment.get_runs()") from None
+
+    def spec(self, run_id: str) -> RunSpec:
+        return RunSpec.from_dict(self.store.get_json(self.prefix(run_id) + layout.RUN_SPEC))
+
+    def record(self, run_id: str) -> RunRecord:
+        raw = self.r.hget(layout.rk_run(run_id), "record")
+        if raw:
+            try:
+                return RunRecord.from_dict(json.loads(raw))
+            except ValueError as e:
+                raise PayloadError(f"live record of {run_id} is not JSON: {e}") from e
+        return self.stored_record(run_id)
+
+    def stored_record(self, run_id: str) -> RunRecord:
+        return RunRecord.from_dict(self.store.get_json(self.prefix(run_id) + layout.RUN_RECORD))
+
+    def status(self, run_id: str) -> RunStatus:
+        st = self.r.hget(layout.rk_run(run_id), "status")
+        return RunStatus(st) if st else self.stored_record(run_id).status
+
+    # -- node side: claim, fenced writes, lease renewal -------------------------------------------
+    def claim(self, run_id: str, node: str, lease_ms: int) -> Claim:
+        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id)]
+        outcome, token = self._claim(keys=keys, args=[node, lease_ms])
+        if outcome == "missing":  # Redis lost it (wiped?): re-seed from the object store, then try again
+            record = self.stored_record(run_id)
+            if record.status.is_final:
+                return Claim("final", record.status.value)
+            self.r.hsetnx(keys[0], "status", record.status.value)
+            self.seed(record)
+            outcome, token = self._claim(keys=keys, args=[node, lease_ms])
+        return Claim(str(outcome), str(token))
+
+    def write(self, record: RunRecord, token: str) -> bool:
+        """Fenced update of the live record; on success also writes run.json. False: we lost the run."""
+        final = record.status.is_final
+        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
+        ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
+                                          "1" if final else "0", record.run_id])
+        if ok:
+            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+        return bool(ok)
+
+    def holds(self, run_id: str, token: str) -> bool:
+        return self.r.get(layout.rk_run_lease(run_id)) == token
+
+    def renew(self, run_id: str, token: str, lease_ms: int) -> int:
+        """-1: lease lost; 1: cancel requested; 0: carry on."""
+        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id)]
+        return int(self._renew(keys=keys, args=[token, lease_ms]))
+
+    def requeue(self, record: RunRecord, *, expected_holder: str = "") -> bool:
+        """Put a live run back (node lost) or fail it, unless another attempt holds it now."""
+        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
+        ok = self._requeue(keys=keys, args=[expected_holder, json.dumps(record.to_dict()), record.status.value,
+                                            "1" if record.status.is_final else "0", record.run_id])
+        if ok:
+            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+        return bool(ok)
+
+    # -- cancel -----------------------------------------------------------------------------------
+    def cancel(self, run_id: str) -> str:
+        """'canceled' (was queued: it will never start), 'requested' (the node stops it), or a final status."""
+        record = self.record(run_id)
+        canceled = record.with_status(RunStatus.CANCELED, error=None)
+        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), rk_active(record.pool)]
+        outcome = str(self._cancel(keys=keys, args=[json.dumps(canceled.to_dict()), run_id]))
+        if outcome == "missing":  # Redis lost the run: the object store decides
+            if record.status.is_final:
+                return record.status.value
+            self.seed(record)
+            return self.cancel(run_id)
+        if outcome == "canceled":
+            self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
+        return outcome
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return self.r.hget(layout.rk_run(run_id), "cancel") == "1"
+
+    # -- listing ----------------------------------------------------------------------------------
+    def list_run_ids(self, experiment: str) -> list[str]:
+        return self.store.list_dirs(layout.experiment_runs_prefix(experiment))
+
+    def list_experiments(self) -> list[str]:
+        return self.store.list_dirs("experiments/")
+
+
+def record_json(record: RunRecord) -> dict[str, Any]:
+    return record.to_dict()

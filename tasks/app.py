@@ -1,0 +1,62 @@
+"""The Celery app. Only a run id crosses the broker, JSON-encoded; the spec lives in the object store.
+
+A node is one worker with one slot: the ``solo`` pool (concurrency 1, the task runs in the worker
+process), prefetch 1, late acknowledgement, reject on worker lost. Duplicate deliveries (Redis'
+visibility timeout, a node coming back) are harmless: the run's lease admits one attempt at a time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from celery import Celery
+
+from cluster import layout
+from cluster.settings import Settings
+
+if TYPE_CHECKING:
+    from tasks.node import Node
+
+TASK_NAME = "cluster.execute_run"
+VISIBILITY_TIMEOUT = 3600
+
+_node: Node | None = None
+
+
+def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIMEOUT) -> Celery:
+    app = Celery("cluster", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout},
+        task_create_missing_queues=True,
+    )
+    app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(execute_run_task)
+    return app
+
+
+def execute_run_task(run_id: str) -> str:
+    """The task: a thin shell over :func:`tasks.node.execute_run`."""
+    from tasks.node import execute_run
+
+    if _node is None:
+        raise RuntimeError("this worker was not started as a cluster node (use `cluster worker`)")
+    return execute_run(_node, run_id)
+
+
+def set_node(node: Node | None) -> None:
+    global _node
+    _node = node
+
+
+def enqueue(app: Celery, run_id: str, pool: str) -> None:
+    app.send_task(TASK_NAME, args=[run_id], queue=layout.queue_name(pool))

@@ -1,0 +1,105 @@
+"""Resolving data references on a node.
+
+``as_mount``: a node-level, read-only cache shared by every run on the node (``<cache>/data/<datastore>/``).
+Before a run it is validated against the object store (size + stored sha256 of every object under the
+path): only missing or changed files are downloaded, so a second run on the node downloads nothing.
+The script gets the cache folder's path; files there are read-only.
+
+``as_download``: a private copy inside the run directory (at ``path_on_compute`` or the datastore path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.datareference import DataReference
+from cluster.errors import UsageError
+from cluster.objectstore import ObjectStore
+
+MANIFEST = ".cluster-cache.json"
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    path: Path
+    downloaded: int
+    reused: int
+    bytes: int
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def sync_mount(store: ObjectStore, ref: DataReference, cache_dir: Path, log: Callable[[str], None]) -> SyncResult:
+    """Make ``<cache>/data/<datastore>/`` match the object store under ``ref.path_on_datastore``."""
+    root = cache_dir / "data" / ref.datastore
+    prefix = ref.path_on_datastore
+    with _locked(cache_dir / "data" / f"{ref.datastore}.lock"):
+        root.mkdir(parents=True, exist_ok=True)
+        manifest_path = root / MANIFEST
+        try:
+            manifest: dict[str, dict[str, object]] = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            manifest = {}
+        objects = store.list(f"{prefix}/" if prefix else "")
+        if prefix and not objects:
+            raise UsageError(f"data reference {ref}: nothing in datastore {ref.datastore!r} under {prefix!r}",
+                             hint="upload the data first (ds.upload(...)) or fix the path")
+        downloaded = reused = nbytes = 0
+        for obj in objects:
+            local = _inside(root, obj.key)
+            known = manifest.get(obj.key)
+            if known and known.get("etag") == obj.etag and known.get("size") == obj.size and local.exists() \
+                    and local.stat().st_size == obj.size:
+                reused += 1
+                continue
+            if local.exists():
+                os.chmod(local, 0o644)
+            store.get_file(obj.key, local)
+            os.chmod(local, 0o444)
+            manifest[obj.key] = {"etag": obj.etag, "size": obj.size}
+            downloaded += 1
+            nbytes += obj.size
+            manifest_path.write_text(json.dumps(manifest))
+        log(f"data {ref}: {downloaded} file(s) downloaded ({nbytes} bytes), {reused} reused from the node cache")
+    return SyncResult(root / prefix if prefix else root, downloaded, reused, nbytes)
+
+
+def download_copy(store: ObjectStore, ref: DataReference, run_dir: Path, log: Callable[[str], None]) -> Path:
+    """A private copy in the run directory."""
+    target_rel = ref.path_on_compute or ref.path_on_datastore or ref.datastore
+    target = _inside(run_dir, target_rel)
+    prefix = ref.path_on_datastore
+    objects = store.list(f"{prefix}/" if prefix else "")
+    for obj in objects:
+        rel = obj.key[len(prefix) + 1:] if prefix else obj.key
+        store.get_file(obj.key, _inside(target, rel))
+    target.mkdir(parents=True, exist_ok=True)
+    log(f"data {ref}: {len(objects)} file(s) copied into the run directory")
+    return target
+
+
+def _inside(root: Path, rel: str) -> Path:
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise UsageError(f"refusing path {rel!r}: it leaves {root}")
+    return path
+
+
+def clear(cache_dir: Path) -> None:
+    shutil.rmtree(cache_dir / "data", ignore_errors=True)

@@ -1,0 +1,310 @@
+"""Per-run Python environments on a node: cached virtualenvs built with pip.
+
+A run asks for extra packages with an ``EnvSpec``. An empty spec runs on the node's own Python.
+Otherwise ``resolve_environment`` builds (once per node and spec) a virtualenv at
+``<cache_dir>/<digest>/`` with ``--system-site-packages``, so everything the node already has
+(numpy, scikit-learn, this project) is reused and pip installs only what is missing.
+
+Layout of the cache::
+
+    <cache_dir>/<digest>.lock          flock'ed while the environment is checked or built
+    <cache_dir>/<digest>/              the virtualenv
+    <cache_dir>/<digest>/.cluster-env.json   marker, written last and atomically: the env is complete
+
+conda: nodes build pip virtualenvs only. ``conda_packages`` are installed with pip, their names
+mapped where conda and PyPI differ (``CONDA_TO_PIP``), and a line in the run log says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.errors import UsageError
+from tasks.process import run_supervised, scrubbed_env
+
+__all__ = [
+    "CONDA_TO_PIP",
+    "EnvSpec",
+    "EnvironmentBuildError",
+    "conda_to_pip",
+    "resolve_environment",
+]
+
+MARKER = ".cluster-env.json"
+ERROR_TAIL_LINES = 25
+BUILD_TIMEOUT = 1800.0  # seconds for venv creation plus pip install
+
+#: conda package names whose PyPI name differs. Names not listed are passed to pip unchanged.
+CONDA_TO_PIP: dict[str, str] = {
+    "pytorch": "torch",
+    "pytorch-cpu": "torch",
+    "py-xgboost": "xgboost",
+    "py-xgboost-cpu": "xgboost",
+    "py-lightgbm": "lightgbm",
+    "py-opencv": "opencv-python",
+    "opencv": "opencv-python",
+    "matplotlib-base": "matplotlib",
+    "msgpack-python": "msgpack",
+    "python-graphviz": "graphviz",
+    "pytables": "tables",
+    "tensorflow-gpu": "tensorflow",
+}
+
+#: conda packages that make no sense to pip: the interpreter and pip itself come from the node.
+_CONDA_SKIP = frozenset({"python", "pip", "setuptools", "wheel"})
+
+_CONDA_SPEC_RE = re.compile(r"^(?:[^:\s]+::)?([A-Za-z0-9_.\-]+)\s*(.*)$")
+
+
+class EnvironmentBuildError(UsageError):
+    """A run's environment could not be built; ``output_tail`` holds the last lines of the build."""
+
+    def __init__(self, message: str, *, hint: str | None = None, output_tail: tuple[str, ...] = ()) -> None:
+        self.output_tail = output_tail
+        if output_tail:
+            message = message + "\n  last output:\n" + "\n".join(f"    {line}" for line in output_tail)
+        super().__init__(message, hint=hint)
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """Packages a run needs beyond the node's Python: pip requirement strings and conda package specs."""
+
+    pip_packages: tuple[str, ...] = ()
+    conda_packages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field in ("pip_packages", "conda_packages"):
+            value = getattr(self, field)
+            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+                raise UsageError(f"{field} must be a list of package names, got {value!r}",
+                                 hint='write e.g. pip_packages=["lightgbm>=4", "optuna"]')
+            cleaned = tuple(p.strip() for p in value)
+            for p in cleaned:
+                if not p or p.startswith("-"):
+                    raise UsageError(f"invalid package {p!r} in {field}",
+                                     hint="give package requirements only (like 'numpy>=1.26'); "
+                                          "pip options are not allowed")
+            object.__setattr__(self, field, cleaned)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the run needs nothing beyond the node's own Python."""
+        return not self.pip_packages and not self.conda_packages
+
+    def digest(self) -> str:
+        """sha256 of a canonical form: order and duplicates of packages do not matter."""
+        canonical = json.dumps(
+            {"conda": sorted(set(self.conda_packages)), "pip": sorted(set(self.pip_packages))},
+            sort_keys=True, separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def conda_to_pip(spec: str) -> str | None:
+    """Translate one conda package spec to a pip requirement; None for packages pip must skip.
+
+    ``channel::name`` loses the channel; names are mapped with ``CONDA_TO_PIP``; conda's
+    ``name=1.2`` (meaning 1.2.*) becomes ``name==1.2.*``; ``name 1.2`` becomes ``name==1.2``;
+    other operators (``>=``, ``==``, ``<``...) pass through.
+    """
+    m = _CONDA_SPEC_RE.match(spec.strip())
+    if not m:
+        return spec.strip()
+    name, version = m.group(1), m.group(2).strip()
+    if name.lower() in _CONDA_SKIP:
+        return None
+    name = CONDA_TO_PIP.get(name.lower(), name)
+    if not version:
+        return name
+    if version.startswith("=") and not version.startswith("=="):
+        version = version[1:]
+        return f"{name}=={version}" if version.endswith("*") else f"{name}=={version}.*"
+    if version[0].isdigit():
+        return f"{name}=={version}"
+    return f"{name}{version}"
+
+
+def _pip_requirements(spec: EnvSpec, log: Callable[[str], None]) -> list[str]:
+    requirements = list(dict.fromkeys(spec.pip_packages))
+    if spec.conda_packages:
+        conda = shutil.which("conda") or shutil.which("mamba")
+        names = list(spec.conda_packages)
+        if conda:
+            log(f"[env] conda found at {conda}, but this node builds pip virtualenvs: "
+                f"installing conda_packages {names} with pip")
+        else:
+            log(f"[env] conda not found on this node: installing conda_packages {names} with pip")
+        for conda_spec in spec.conda_packages:
+            pip_spec = conda_to_pip(conda_spec)
+            if pip_spec is None:
+                log(f"[env] conda package {conda_spec!r} skipped: the node's Python and pip are used")
+            elif pip_spec != conda_spec:
+                log(f"[env] conda package {conda_spec!r} -> pip {pip_spec!r}")
+            if pip_spec is not None and pip_spec not in requirements:
+                requirements.append(pip_spec)
+    return requirements
+
+
+@contextlib.contextmanager
+def _locked(path: Path, log: Callable[[str], None], short: str) -> Iterator[None]:
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"[env] waiting for another build of environment {short} on this node")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _venv_python(env_dir: Path) -> Path:
+    return env_dir / "bin" / "python"
+
+
+def _read_marker(env_dir: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((env_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_complete(env_dir: Path, base_python: str) -> bool:
+    marker = _read_marker(env_dir)
+    return (
+        marker is not None
+        and marker.get("base_python") == os.path.realpath(base_python)
+        and _venv_python(env_dir).exists()
+    )
+
+
+def _write_marker(env_dir: Path, spec: EnvSpec, base_python: str, requirements: list[str]) -> None:
+    data = {
+        "digest": spec.digest(),
+        "pip_packages": list(spec.pip_packages),
+        "conda_packages": list(spec.conda_packages),
+        "requirements": requirements,
+        "base_python": os.path.realpath(base_python),
+        "created": time.time(),
+    }
+    tmp = env_dir / f"{MARKER}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, env_dir / MARKER)
+
+
+def _run_step(argv: list[str], cwd: Path, prefix: str, log: Callable[[str], None],
+              tail: deque[str], deadline: float) -> bool:
+    """Run one build step, logging each line as ``[prefix] line``; True when it succeeded."""
+
+    def on_line(_stream: str, line: str) -> None:
+        tail.append(line)
+        log(f"[{prefix}] {line}")
+
+    result = run_supervised(argv, cwd=cwd, env=scrubbed_env(os.environ, extra={}), on_line=on_line,
+                            timeout=max(1.0, deadline - time.monotonic()), grace=5.0)
+    if not result.ok:
+        tail.append(f"({prefix} ended: {result.describe()})")
+    return result.ok
+
+
+def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], None],
+           timeout: float) -> None:
+    short = spec.digest()[:12]
+    requirements = _pip_requirements(spec, log)
+    log(f"[env] building environment {short} in {env_dir}: {' '.join(requirements)}")
+    deadline = time.monotonic() + timeout
+    tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
+    started = time.monotonic()
+    # Without its own pip: the node's pip is importable through --system-site-packages and
+    # installs into the venv (sys.prefix), which saves the seconds ensurepip takes.
+    if not _run_step([base_python, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
+                 env_dir.parent, "venv", log, tail, deadline):
+        raise EnvironmentBuildError(
+            f"could not create a virtualenv for environment {short} with {base_python}",
+            hint="check that the node's Python has the venv module and the cache directory is writable",
+            output_tail=tuple(tail),
+        )
+    python = str(_venv_python(env_dir))
+    if not _run_step([python, "-m", "pip", "--version"], env_dir, "pip", log, tail, deadline):
+        tail.clear()
+        if not _run_step([python, "-m", "ensurepip", "--default-pip"], env_dir, "venv", log, tail,
+                         deadline):
+            raise EnvironmentBuildError(
+                f"environment {short} has no pip and ensurepip failed",
+                hint="install pip for the node's Python (python -m ensurepip)",
+                output_tail=tuple(tail),
+            )
+    tail.clear()
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *requirements]
+    if not _run_step(pip, env_dir, "pip", log, tail, deadline):
+        raise EnvironmentBuildError(
+            f"pip could not install the run's packages ({' '.join(requirements)})",
+            hint="fix the package names/versions in the run's environment (pip_packages/conda_packages): "
+                 f"each must be installable with `pip install` for the node's Python ({base_python})",
+            output_tail=tuple(tail),
+        )
+    _write_marker(env_dir, spec, base_python, requirements)
+    log(f"[env] environment {short} ready in {time.monotonic() - started:.1f}s")
+
+
+def resolve_environment(
+    spec: EnvSpec,
+    cache_dir: Path,
+    *,
+    log: Callable[[str], None],
+    base_python: str = sys.executable,
+    timeout: float = BUILD_TIMEOUT,
+) -> str:
+    """Return the Python executable a run with ``spec`` should use, building its env if needed.
+
+    Every line of venv and pip output goes to ``log`` prefixed ``[venv]``/``[pip]``; the function's
+    own notes are prefixed ``[env]``. A complete environment is reused without running anything.
+    Builds of the same spec on one node are serialized by an flock on ``<cache_dir>/<digest>.lock``.
+
+    Raises ``EnvironmentBuildError`` (a ``UsageError``) when the build fails; the half-built
+    directory is removed and no marker is written. ``timeout`` bounds the whole build.
+    """
+    if spec.is_empty:
+        return base_python
+    cache_dir = Path(cache_dir).absolute()
+    digest = spec.digest()
+    short = digest[:12]
+    env_dir = cache_dir / digest
+    python = str(_venv_python(env_dir))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the environment cache {cache_dir}: {e.strerror}",
+                         hint="point the node's environment cache at a writable directory") from e
+    with _locked(cache_dir / f"{digest}.lock", log, short):
+        if _is_complete(env_dir, base_python):
+            log(f"[env] reusing environment {short}")
+            return python
+        if env_dir.exists():
+            why = "built from another Python" if _read_marker(env_dir) else "incomplete"
+            log(f"[env] removing {why} environment {short}")
+            shutil.rmtree(env_dir)
+        try:
+            _build(env_dir, spec, base_python, log, timeout)
+        except BaseException:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            raise
+    return python

@@ -1,0 +1,102 @@
+"""A node's entry point: one Celery worker (one slot) consuming its pool's queue, plus a heartbeat.
+
+The heartbeat writes ``cluster:node:<name>`` every second: pool, state (idle/busy/draining), current run,
+last heartbeat. Setting its ``drain`` field makes an idle node exit (scale-down); a busy node finishes its
+run first.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster import layout
+from cluster.settings import Settings
+from tasks import app as app_module
+from tasks.node import Node, NodeConfig
+from tasks.process import ResourceLimits
+
+HEARTBEAT_SECONDS = 1.0
+NODE_KEY_TTL = 3600
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    pool: str
+    name: str
+    work_dir: Path
+    cache_dir: Path
+    static: bool = True
+    limits: ResourceLimits | None = None
+    lease_ms: int = 10_000
+    visibility_timeout: float = app_module.VISIBILITY_TIMEOUT
+    loglevel: str = "WARNING"
+
+
+def default_name(pool: str) -> str:
+    return f"{pool}-{socket.gethostname()}-{os.getpid()}"
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, node: Node, opts: WorkerOptions) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.node, self.opts = node, opts
+        self.stopping = threading.Event()
+        self.key = layout.rk_node(opts.name)
+
+    def beat(self, state: str | None = None) -> None:
+        run = self.node.current_run
+        drain = self.node.r.hget(self.key, "drain") == "1"
+        state = state or ("busy" if run else ("draining" if drain else "idle"))
+        pipe = self.node.r.pipeline()
+        pipe.hset(self.key, mapping={
+            "pool": self.opts.pool, "state": state, "run": run or "", "heartbeat": f"{time.time():.3f}",
+            "pid": os.getpid(), "host": socket.gethostname(), "static": "1" if self.opts.static else "0",
+        })
+        pipe.hsetnx(self.key, "started", f"{time.time():.3f}")
+        pipe.expire(self.key, NODE_KEY_TTL)
+        pipe.sadd(layout.RK_NODES, self.opts.name)
+        pipe.execute()
+        if drain and not run:
+            self.stopping.set()
+            os.kill(os.getpid(), signal.SIGTERM)  # Celery's warm shutdown: stop consuming, exit
+
+    def run(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_SECONDS):
+            try:
+                self.beat()
+            except Exception:  # a Redis blip must not kill the heartbeat thread
+                continue
+
+
+def run_worker(settings: Settings, opts: WorkerOptions) -> None:
+    """Block running the node until it is stopped (SIGTERM/SIGINT) or drained."""
+    layout.check_name("pool", opts.pool)
+    opts.work_dir.mkdir(parents=True, exist_ok=True)
+    opts.cache_dir.mkdir(parents=True, exist_ok=True)
+    node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
+                                     cache_dir=opts.cache_dir, limits=opts.limits, lease_ms=opts.lease_ms))
+    app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout)
+    app_module.set_node(node)
+    heartbeat = Heartbeat(node, opts)
+    heartbeat.beat("idle")
+    heartbeat.start()
+    try:
+        app.worker_main([
+            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+            f"--queues={layout.queue_name(opts.pool)}", f"--hostname={opts.name}@%h",
+            "--without-gossip", "--without-mingle", f"--loglevel={opts.loglevel}",
+        ])
+    finally:
+        heartbeat.stopping.set()
+        try:
+            node.r.delete(layout.rk_node(opts.name))
+            node.r.srem(layout.RK_NODES, opts.name)
+        except Exception:
+            pass
+        app_module.set_node(None)
