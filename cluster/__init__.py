@@ -3,6 +3,7 @@
 The public API, grouped by concept. Import from here; module paths may change.
 """
 
+from cluster.compute import AmlCompute, ComputeTarget, NodePool
 from cluster.datareference import DataReference
 from cluster.datastore import Datastore
 from cluster.errors import (
@@ -29,6 +30,10 @@ __all__ = [
     # workspace and configuration
     "Settings",
     "Workspace",
+    # compute
+    "AmlCompute",
+    "ComputeTarget",
+    "NodePool",
     # data
     "DataReference",
     "Datastore",

@@ -226,7 +226,7 @@ def decide(obs: PoolObservation) -> ScalingDecision:
         if drain:
             action = f"drain {len(drain)} idle for >= {timeout:g}s: {', '.join(drain)}"
         else:
-            action = f"keep all ({excess} more than wanted, but none non-static and idle for >= {timeout:g}s)"
+            action = f"keep all ({excess} more than wanted, but no non-static node has idled >= {timeout:g}s)"
     else:
         action = "no change"
 

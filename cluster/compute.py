@@ -1,23 +1,176 @@
-"""Compute targets (node pools). A pool's definition lives in the object store under pools/<name>.json."""
+"""Compute targets: named, autoscaled node pools (Azure ML's ``ComputeTarget`` / ``AmlCompute``).
+
+A pool's definition is ``pools/<name>.json`` in the object store; the controller reads it, scales the
+pool between ``min_nodes`` and ``max_nodes``, and publishes what it sees and decides in Redis
+(``cluster:pool:<name>:status``, ``cluster:pool:<name>:events``).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
-from cluster.errors import ClusterError
+from cluster.autoscale import PoolSpec
+from cluster.errors import ClusterError, ConflictError, NotFoundError, WaitTimeoutError
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
 
+CONTROLLER_LEADER = "cluster:controller:leader"
 
-def load_targets(ws: Workspace) -> dict[str, Any]:
-    targets: dict[str, Any] = {}
+
+def rk_pool_status(pool: str) -> str:
+    return f"cluster:pool:{pool}:status"
+
+
+def rk_pool_events(pool: str) -> str:
+    return f"cluster:pool:{pool}:events"
+
+
+def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
+    """Raw pool records (spec + lifecycle state) by name."""
+    out: dict[str, dict[str, Any]] = {}
     for info in ws.store.list("pools/"):
         name = info.key.removeprefix("pools/").removesuffix(".json")
         try:
             layout.check_name("pool", name)
+            out[name] = ws.store.get_json(info.key)
         except ClusterError:
             continue
-        targets[name] = ws.store.get_json(info.key)
-    return targets
+    return out
+
+
+def load_targets(ws: Workspace) -> dict[str, NodePool]:
+    return {name: NodePool(ws, PoolSpec.from_dict(rec["spec"]))
+            for name, rec in load_specs(ws).items() if rec.get("state") != "deleting"}
+
+
+class PoolStatus:
+    """What the controller last observed and decided for a pool; ``serialize()`` gives a dict."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def serialize(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"PoolStatus({json.dumps(self._data)})"
+
+
+class ComputeTarget:
+    """Base of compute targets; ``ComputeTarget.create(ws, name, config)`` creates a node pool."""
+
+    def __init__(self, workspace: Workspace, spec: PoolSpec) -> None:
+        self.workspace = workspace
+        self.spec = spec
+
+    name = property(lambda self: self.spec.name)
+    vm_size = property(lambda self: self.spec.vm_size)
+    min_nodes = property(lambda self: self.spec.min_nodes)
+    max_nodes = property(lambda self: self.spec.max_nodes)
+    provisioning_state = property(lambda self: "Succeeded")
+
+    @staticmethod
+    def create(workspace: Workspace, name: str, provisioning_configuration: PoolSpec) -> NodePool:
+        spec = replace(provisioning_configuration, name=layout.check_name("pool", name))
+        existing = load_specs(workspace).get(name)
+        if existing and existing.get("state") != "deleting":
+            raise ConflictError(f"compute target {name!r} already exists",
+                                hint=f"use ws.compute_targets[{name!r}], or .update(...) to change it")
+        workspace.store.put_json(layout.pool_key(name), {"spec": spec.to_dict(), "state": "active",
+                                                          "created": time.time()})
+        return NodePool(workspace, spec)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"NodePool(name={s.name!r}, vm_size={s.vm_size!r}, min_nodes={s.min_nodes}, "
+                f"max_nodes={s.max_nodes}, idle_seconds_before_scaledown={s.idle_seconds_before_scaledown:g})")
+
+
+class NodePool(ComputeTarget):
+    """An autoscaled pool of nodes (min..max, scales to zero when min is 0)."""
+
+    @staticmethod
+    def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
+                                   idle_seconds_before_scaledown: float = 120, **_ignored: Any) -> PoolSpec:
+        # the name is set by ComputeTarget.create; PoolSpec validates sizes and bounds now
+        return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
+                        idle_seconds_before_scaledown=idle_seconds_before_scaledown)
+
+    @property
+    def status(self) -> PoolStatus:
+        raw = self.workspace.redis.get(rk_pool_status(self.name))
+        data = json.loads(raw) if raw else {"name": self.name, "controller": "not seen yet"}
+        return PoolStatus({**data, "vmSize": self.vm_size,
+                           "scaleSettings": {"minNodeCount": self.min_nodes, "maxNodeCount": self.max_nodes,
+                                             "idleSecondsBeforeScaledown": self.spec.idle_seconds_before_scaledown}})
+
+    def get_status(self) -> PoolStatus:
+        return self.status
+
+    def events(self, limit: int = 20) -> list[dict[str, Any]]:
+        raw = self.workspace.redis.lrange(rk_pool_events(self.name), 0, limit - 1)
+        return [json.loads(e) for e in raw]
+
+    def wait_for_completion(self, show_output: bool = False, min_node_count: int | None = None,
+                            timeout_in_minutes: float = 20) -> None:
+        """Wait until the controller runs this pool (and, if asked, until it has ``min_node_count`` nodes)."""
+        deadline = time.monotonic() + timeout_in_minutes * 60
+        last = ""
+        while True:
+            raw = self.workspace.redis.get(rk_pool_status(self.name))
+            data = json.loads(raw) if raw else None
+            if data is not None:
+                ready = sum(data.get("nodes", {}).get(s, 0) for s in ("idle", "busy"))
+                line = f"{self.name}: {ready} node(s) ready; {data.get('decision', {}).get('reason', '')}"
+                if show_output and line != last:
+                    print(line, file=sys.stderr, flush=True)
+                    last = line
+                if min_node_count is None or ready >= min_node_count:
+                    if show_output:
+                        print("Succeeded", file=sys.stderr, flush=True)
+                    return
+            elif not self.workspace.redis.exists(CONTROLLER_LEADER) and time.monotonic() > deadline - \
+                    timeout_in_minutes * 60 + 10:
+                raise ClusterError("no controller is running, so nothing will scale this pool",
+                                   hint="`cluster up` starts one for the embedded cluster; or run `cluster controller`")
+            if time.monotonic() > deadline:
+                raise WaitTimeoutError(f"pool {self.name} not ready after {timeout_in_minutes} minutes")
+            time.sleep(0.5)
+
+    def update(self, min_nodes: int | None = None, max_nodes: int | None = None,
+               idle_seconds_before_scaledown: float | None = None) -> None:
+        changes = {k: v for k, v in (("min_nodes", min_nodes), ("max_nodes", max_nodes),
+                                     ("idle_seconds_before_scaledown", idle_seconds_before_scaledown)) if v is not None}
+        rec = _record(self.workspace, self.name)
+        self.spec = PoolSpec.from_dict({**rec["spec"], **changes})
+        self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "spec": self.spec.to_dict()})
+
+    def delete(self) -> str:
+        """Stop taking work: the controller drains and removes every node, cancels the runs still queued for
+        this pool (nothing would ever serve them), then forgets the pool. Runs already running finish."""
+        rec = _record(self.workspace, self.name)
+        self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "state": "deleting"})
+        return (f"pool {self.name} is being deleted: its nodes drain (running runs finish) and its queued runs "
+                "are canceled")
+
+
+def _record(ws: Workspace, name: str) -> dict[str, Any]:
+    try:
+        return dict(ws.store.get_json(layout.pool_key(name)))
+    except NotFoundError:
+        raise NotFoundError(f"no compute target named {name!r}", hint="list them with `cluster pools list`") from None
+
+
+AmlCompute = NodePool

@@ -14,6 +14,8 @@ Data directories are kept, so `up` again finds everything; credentials and ports
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -23,7 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,7 +176,8 @@ def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dic
 # ---- up / down / status ---------------------------------------------------------------------------
 
 def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = None,
-       workspace_name: str | None = None, echo: Echo = print, timeout: float = 60.0) -> Settings:
+       workspace_name: str | None = None, echo: Echo = print, timeout: float = 60.0,
+       controller: bool = True) -> Settings:
     """Start Redis and the S3 server (if not already running), create buckets, write config.json."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -184,6 +187,8 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     running = {p.name for p in state.processes if p.alive}
     if {"redis", "s3"} <= running and old:
         settings = Settings.from_file(state_dir / CONFIG_FILE)
+        if controller and ensure_controller(state_dir):
+            echo("controller was not running: started it")
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
         return settings
@@ -221,6 +226,8 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         raise
     config = settings.to_dict() | {"redis_password": password}
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    if controller:
+        ensure_controller(state_dir)
     echo(f"cluster up in {state_dir} (object store: {kind})")
     _print_endpoints(settings, echo)
     return settings
@@ -231,7 +238,10 @@ def down(state_dir: Path, *, echo: Echo = print, grace: float = 10.0) -> list[st
     state_dir = Path(state_dir).resolve()
     state = State.load(state_dir)
     stopped = []
-    for mp in reversed(state.processes):
+    # the controller first (so it starts nothing new), then nodes, then the servers, newest first
+    rank = {"controller": 0}
+    order = sorted(reversed(state.processes), key=lambda p: rank.get(p.name, 1 if p.name.startswith("node-") else 2))
+    for mp in order:
         proc = mp.process()
         if proc is None:
             continue
@@ -248,19 +258,72 @@ def down(state_dir: Path, *, echo: Echo = print, grace: float = 10.0) -> list[st
             child.wait()
         stopped.append(mp.name)
         echo(f"stopped {mp.name} (pid {mp.pid})")
-    state.processes = []
     if (state_dir / STATE_FILE).exists():
-        state.save(state_dir)
+        with _state_lock(state_dir):
+            state = State.load(state_dir)
+            state.processes = [p for p in state.processes if p.alive]
+            state.save(state_dir)
     if not stopped:
         echo(f"nothing of ours is running in {state_dir}")
     return stopped
 
 
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    with open(Path(state_dir) / ".state.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def add_process(state_dir: Path, proc: ManagedProcess) -> None:
     """Record another process (a node, the controller) so that `down` stops it too."""
+    with _state_lock(state_dir):
+        state = State.load(state_dir)
+        state.processes.append(proc)
+        state.save(state_dir)
+
+
+def remove_process(state_dir: Path, pid: int) -> None:
+    with _state_lock(state_dir):
+        state = State.load(state_dir)
+        state.processes = [p for p in state.processes if p.pid != pid]
+        state.save(state_dir)
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status of a child we started, if it has exited (no zombies)."""
+    child = _CHILDREN.get(pid)
+    if child is not None and child.poll() is not None:
+        _CHILDREN.pop(pid, None)
+
+
+def ensure_controller(state_dir: Path, extra_args: Iterable[str] = ()) -> bool:
+    """Start the controller unless ours is running; True if it was started."""
+    state_dir = Path(state_dir).resolve()
+    if any(p.name == "controller" and p.alive for p in State.load(state_dir).processes):
+        return False
+    argv = [sys.executable, "-m", "cluster.cli", "controller", "--config", str(state_dir / CONFIG_FILE),
+            "--state-dir", str(state_dir), *extra_args]
+    add_process(state_dir, spawn("controller", argv, state_dir))
+    return True
+
+
+def start_workers(state_dir: Path, pool: str, count: int, *, extra_args: Iterable[str] = ()) -> list[str]:
+    """Start ``count`` static nodes for ``pool`` as children recorded in state.json (stopped by `down`).
+    Nodes already running for that pool count toward ``count``."""
+    state_dir = Path(state_dir).resolve()
     state = State.load(state_dir)
-    state.processes.append(proc)
-    state.save(state_dir)
+    tag = f"node-{pool}-"
+    running = [p for p in state.processes if p.name.startswith(tag) and p.alive]
+    started = []
+    for i in range(len(running), count):
+        name = f"{tag}{i + 1}"
+        argv = [sys.executable, "-m", "cluster.cli", "worker", "--pool", pool, "--node-name", name,
+                "--config", str(state_dir / CONFIG_FILE), "--work-dir", str(state_dir / "nodes" / name),
+                "--cache-dir", str(state_dir / "node-cache"), *extra_args]
+        add_process(state_dir, spawn(name, argv, state_dir))
+        started.append(name)
+    return started
 
 
 def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceStatus]:

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from cluster.errors import ClusterError
 
-from . import infra, runs
+from . import infra, pools, runs
 
-GROUPS = [infra, runs]
+GROUPS = [infra, runs, pools]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis-port", type=int, help="Redis port (default: the previous one if free, else any free)")
     p.add_argument("--s3-port", type=int, help="S3 port (default: the previous one if free, else any free)")
     p.add_argument("--name", help="workspace name (default: the parent folder's name)")
+    p.add_argument("--workers", type=int, default=0, help="also start N static nodes (see --pool)")
+    p.add_argument("--pool", default="default", help="pool for --workers nodes (default: default)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what `cluster up` started (data is kept)")
@@ -63,6 +65,9 @@ def find_state_dir(start: Path | None = None) -> Path:
 
 def cmd_up(args: argparse.Namespace) -> int:
     embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name)
+    if args.workers:
+        started = embedded.start_workers(args.state_dir, args.pool, args.workers)
+        print(f"  nodes        {', '.join(started) or '(already running)'} serving pool {args.pool}")
     return 0
 
 

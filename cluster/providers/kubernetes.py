@@ -185,11 +185,12 @@ class KubernetesProvider:
             )
         except (ApiException, Urllib3HTTPError, OSError) as e:
             raise self._error(f"list the pods of pool {pool.name!r}", e) from e
-        names = [
-            p.metadata.name
-            for p in pods.items or []
-            if p.metadata is not None and (p.status is None or p.status.phase not in FINISHED_PHASES)
-        ]
+        names: list[str] = []
+        for pod in pods.items or []:
+            if pod.metadata is None or not pod.metadata.name:
+                continue
+            if pod.status is None or pod.status.phase not in FINISHED_PHASES:
+                names.append(pod.metadata.name)
         return sorted(names)
 
     def stop_node(self, pool: PoolSpec, node: str) -> None:

@@ -1,0 +1,179 @@
+"""`cluster controller|pools|nodes`: autoscaled node pools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+from cluster import layout
+from cluster.settings import Settings
+from cluster.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("controller", help="run the controller: autoscaling, node-loss recovery, sweeps",
+                       description="Long-running. Scales every pool between min and max nodes, re-queues runs whose "
+                       "node was lost, recovers after restarts. `cluster up` starts one for the embedded cluster.")
+    p.add_argument("--config", help="path of config.json (default: discovered)")
+    p.add_argument("--provider", choices=["local", "kubernetes"], default="local")
+    p.add_argument("--state-dir", type=Path, help="local provider: the embedded cluster's state dir "
+                   "(default: the config file's folder)")
+    p.add_argument("--namespace", default=None, help="kubernetes provider: namespace for node pods")
+    p.add_argument("--image", default="cluster:latest", help="kubernetes provider: node image")
+    p.add_argument("--node-lost-seconds", type=float, default=10.0, help="heartbeat silence before a node is lost")
+    p.add_argument("--max-infra-attempts", type=int, default=3, help="node-lost retries before a run fails")
+    p.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_controller)
+
+    pools = sub.add_parser("pools", help="compute targets (autoscaled node pools)").add_subparsers(
+        dest="pools_cmd", metavar="ACTION")
+    pools.required = True
+    p = pools.add_parser("list", help="pools with node counts")
+    p.set_defaults(func=cmd_pools_list)
+    p = pools.add_parser("show", help="a pool's status and recent scaling events")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pools_show)
+    p = pools.add_parser("create", help="create a pool")
+    p.add_argument("name")
+    p.add_argument("--vm-size", default="small", help="node size: small, medium, large (or Azure names)")
+    p.add_argument("--min-nodes", type=int, default=0)
+    p.add_argument("--max-nodes", type=int, default=4)
+    p.add_argument("--idle-seconds", type=float, default=120, help="idle time before a node is scaled away")
+    p.set_defaults(func=cmd_pools_create)
+    p = pools.add_parser("update", help="change a pool's bounds")
+    p.add_argument("name")
+    p.add_argument("--min-nodes", type=int)
+    p.add_argument("--max-nodes", type=int)
+    p.add_argument("--idle-seconds", type=float)
+    p.set_defaults(func=cmd_pools_update)
+    p = pools.add_parser("delete", help="drain and remove a pool (its queued runs are canceled)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_pools_delete)
+
+    p = sub.add_parser("nodes", help="every node: pool, state, current run, last heartbeat")
+    p.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until Ctrl-C")
+    p.set_defaults(func=cmd_nodes)
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from cluster.controller import Controller, ControllerConfig
+
+    settings = Settings.discover(args.config)
+    ws = Workspace(settings)
+    if args.provider == "kubernetes":
+        from cluster.providers.kubernetes import KubernetesProvider
+
+        provider = KubernetesProvider.from_in_cluster(namespace=args.namespace, image=args.image)
+    else:
+        from cluster.providers.local import LocalProvider
+
+        state_dir = args.state_dir or Path(settings.source).parent
+        provider = LocalProvider(state_dir)
+    cfg = ControllerConfig(tick_seconds=args.tick, node_lost_seconds=args.node_lost_seconds,
+                           max_infra_attempts=args.max_infra_attempts)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    print(f"controller {provider.name} provider, workspace {ws.name}", flush=True)
+    Controller(ws, provider, cfg).run_forever(stop)
+    return 0
+
+
+def _pool_row(ws: Workspace, name: str) -> list[str]:
+    from cluster.compute import NodePool
+
+    pool = ws.compute_targets.get(name)
+    if not isinstance(pool, NodePool):
+        return [name, "?", "?", "?", "?"]
+    st = pool.status.serialize()
+    nodes = st.get("nodes", {})
+    summary = " ".join(f"{k}={v}" for k, v in nodes.items() if v) or "none"
+    return [name, pool.vm_size, f"{pool.min_nodes}..{pool.max_nodes}", summary,
+            f"{st.get('queuedRuns', 0)}/{st.get('runningRuns', 0)}"]
+
+
+def cmd_pools_list(args: argparse.Namespace) -> int:
+    from cluster.cli.runs import _table
+
+    ws = Workspace.from_config()
+    names = sorted(ws.compute_targets)
+    if not names:
+        print("no pools; create one with `cluster pools create NAME` or ComputeTarget.create(...)")
+        return 0
+    _table([_pool_row(ws, n) for n in names], ["POOL", "SIZE", "NODES", "STATES", "QUEUED/RUNNING"])
+    return 0
+
+
+def cmd_pools_show(args: argparse.Namespace) -> int:
+    from cluster.compute import _record
+
+    ws = Workspace.from_config()
+    _record(ws, args.name)
+    pool = ws.compute_targets[args.name]
+    print(json.dumps(pool.status.serialize(), indent=2))
+    print("\nrecent scaling events (newest first):")
+    for e in pool.events():
+        stamp = time.strftime("%H:%M:%S", time.localtime(e["t"]))
+        print(f"  {stamp}  {e['reason']}")
+    return 0
+
+
+def cmd_pools_create(args: argparse.Namespace) -> int:
+    from cluster.compute import ComputeTarget, NodePool
+
+    ws = Workspace.from_config()
+    cfg = NodePool.provisioning_configuration(vm_size=args.vm_size, min_nodes=args.min_nodes,
+                                              max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
+    print(ComputeTarget.create(ws, args.name, cfg))
+    return 0
+
+
+def cmd_pools_update(args: argparse.Namespace) -> int:
+    from cluster.compute import NodePool, _record
+
+    ws = Workspace.from_config()
+    _record(ws, args.name)
+    pool = ws.compute_targets[args.name]
+    assert isinstance(pool, NodePool)
+    pool.update(min_nodes=args.min_nodes, max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
+    print(pool)
+    return 0
+
+
+def cmd_pools_delete(args: argparse.Namespace) -> int:
+    from cluster.compute import _record
+
+    ws = Workspace.from_config()
+    _record(ws, args.name)
+    print(ws.compute_targets[args.name].delete())
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from cluster.cli.runs import _table
+
+    ws = Workspace.from_config()
+    while True:
+        rows = []
+        now = time.time()
+        for name in sorted(ws.redis.smembers(layout.RK_NODES)):
+            h = ws.redis.hgetall(layout.rk_node(name))
+            if not h:
+                continue
+            age = now - float(h.get("heartbeat", 0) or 0)
+            state = h.get("state", "?") if age <= 10 else "lost"
+            rows.append([name, h.get("pool", ""), state, h.get("run", "") or "-", f"{age:.1f}s ago",
+                         "static" if h.get("static") == "1" else "managed"])
+        if args.watch:
+            print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
+        if rows:
+            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND"])
+        else:
+            print("no nodes")
+        if not args.watch:
+            return 0
+        time.sleep(args.watch)

@@ -1,0 +1,294 @@
+"""The controller: scales every pool, re-queues runs whose node was lost, and recovers after restarts.
+
+Each tick it *observes* (pools from the object store; node heartbeats, run states and leases from Redis;
+node processes/pods from the provider), *decides* with pure functions (:func:`cluster.autoscale.decide`,
+:func:`node_lost_decision`), then *acts* through a small provider interface. One controller leads at a
+time (a Redis lease); a restarted controller picks up from Redis and the object store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cluster import layout
+from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
+from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
+from cluster.errors import ClusterError
+from cluster.providers.base import Provider
+from cluster.records import RunError, RunRecord, RunStatus
+from cluster.runstate import rk_active
+from cluster.workspace import Workspace
+
+RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
+LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    tick_seconds: float = 0.5
+    node_lost_seconds: float = 10.0
+    max_infra_attempts: int = 3
+    start_timeout_seconds: float = 90.0
+    leader_ttl_ms: int = 5000
+
+
+# ---- pure decisions -----------------------------------------------------------------------------
+
+def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after: float,
+                       now: float) -> RunRecord:
+    """The record after its node was lost: back to Queued (another attempt), or Failed once the
+    infrastructure attempts are used up. The user's own failures never count here."""
+    history = list(record.attempts)
+    node = record.node or "?"
+    if history:
+        history[-1] = {**history[-1], "ended": now, "outcome": "node-lost"}
+    lost = sum(1 for a in history if a.get("outcome") == "node-lost")
+    if lost >= max_infra_attempts:
+        error = RunError(kind="node-lost", message=f"node {node} stopped heartbeating (>{lost_after:g}s) during "
+                         f"attempt {record.attempt}; gave up after {lost} infrastructure attempt(s)")
+        return record.with_status(RunStatus.FAILED, at=now, error=error, attempts=tuple(history))
+    return replace(record, status=RunStatus.QUEUED, node=None, attempts=tuple(history))
+
+
+def node_state(h: dict[str, str], now: float, lost_after: float) -> NodeState:
+    beat = float(h.get("heartbeat", 0) or 0)
+    if now - beat > lost_after:
+        return NodeState.LOST
+    if h.get("drain") == "1":
+        return NodeState.DRAINING
+    try:
+        return NodeState(h.get("state", "idle"))
+    except ValueError:
+        return NodeState.IDLE
+
+
+# ---- the controller -----------------------------------------------------------------------------
+
+@dataclass
+class Controller:
+    ws: Workspace
+    provider: Provider
+    config: ControllerConfig = field(default_factory=ControllerConfig)
+    ident: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
+    _idle_since: dict[str, float] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+    _last_action: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def r(self) -> Any:
+        return self.ws.redis
+
+    def run_forever(self, stop: threading.Event | None = None) -> None:
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                if self._lead():
+                    self.tick(time.time())
+            except ClusterError as e:  # a server blip: report and retry next tick
+                print(f"controller: {e.message}", flush=True)
+            except Exception as e:  # never die on one bad tick
+                print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
+            stop.wait(self.config.tick_seconds)
+        if self.r.get(CONTROLLER_LEADER) == self.ident:
+            self.r.delete(CONTROLLER_LEADER)
+
+    def _lead(self) -> bool:
+        ttl = self.config.leader_ttl_ms
+        if self.r.set(CONTROLLER_LEADER, self.ident, nx=True, px=ttl):
+            return True
+        if self.r.get(CONTROLLER_LEADER) == self.ident:
+            self.r.pexpire(CONTROLLER_LEADER, ttl)
+            return True
+        return False
+
+    # -- one tick ---------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        if not self.r.exists(RK_EPOCH):
+            self.recover(now)
+        specs = load_specs(self.ws)
+        heartbeats = self._heartbeats()
+        for rec in specs.values():
+            spec = PoolSpec.from_dict(rec["spec"])
+            self._supervise_runs(spec.name, now)
+            if rec.get("state") == "deleting":
+                self._delete_pool(spec, heartbeats, now)
+            else:
+                self._scale(spec, heartbeats, now)
+        # runs of pools with no compute target (static nodes only) are supervised too
+        for pool in {h.get("pool", "") for h in heartbeats.values()} - set(specs):
+            if pool:
+                self._supervise_runs(pool, now)
+        self._forget_dead_static_nodes(heartbeats, now)
+
+    def _heartbeats(self) -> dict[str, dict[str, str]]:
+        names = sorted(self.r.smembers(layout.RK_NODES))
+        pipe = self.r.pipeline(transaction=False)
+        for n in names:
+            pipe.hgetall(layout.rk_node(n))
+        out = {}
+        for n, h in zip(names, pipe.execute(), strict=True):
+            if h:
+                out[n] = h
+            else:
+                self.r.srem(layout.RK_NODES, n)
+        return out
+
+    def _runs(self, pool: str) -> tuple[list[str], list[str]]:
+        ids = sorted(self.r.smembers(rk_active(pool)))
+        pipe = self.r.pipeline(transaction=False)
+        for run_id in ids:
+            pipe.hget(layout.rk_run(run_id), "status")
+        queued, live = [], []
+        for run_id, status in zip(ids, pipe.execute(), strict=True):
+            if status == RunStatus.QUEUED.value:
+                queued.append(run_id)
+            elif status in LIVE:
+                live.append(run_id)
+            else:
+                self.r.srem(rk_active(pool), run_id)
+        return queued, live
+
+    def _observe(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> PoolObservation:
+        cfg = self.config
+        views: list[NodeView] = []
+        managed = set(self.provider.list_nodes(spec))
+        for name, h in heartbeats.items():
+            if h.get("pool") != spec.name:
+                continue
+            state = node_state(h, now, cfg.node_lost_seconds)
+            if state is NodeState.IDLE:
+                self._idle_since.setdefault(name, now)
+            else:
+                self._idle_since.pop(name, None)
+            if state is NodeState.LOST and name in managed:
+                self.provider.stop_node(spec, name)  # a hung process: make sure it is gone
+                managed.discard(name)
+                self.r.delete(layout.rk_node(name))
+                self.r.srem(layout.RK_NODES, name)
+                continue
+            views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
+                                  idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
+        seen = {v.name for v in views}
+        for name in managed - seen:  # asked for, not heartbeating yet
+            started = self._started.setdefault(name, now)
+            if now - started > cfg.start_timeout_seconds:
+                self.provider.stop_node(spec, name)
+                self._event(spec.name, now, f"node {name} never joined within {cfg.start_timeout_seconds:g}s; removed")
+                continue
+            views.append(NodeView(name=name, state=NodeState.STARTING, started_at=started))
+        queued, live = self._runs(spec.name)
+        return PoolObservation(pool=spec, nodes=tuple(views), queued=len(queued), running=len(live), now=now)
+
+    def _scale(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> None:
+        obs = self._observe(spec, heartbeats, now)
+        decision = decide(obs)
+        if decision.start:
+            for name in self.provider.start_nodes(spec, decision.start):
+                self._started[name] = now
+        for name in decision.drain:
+            self.r.hset(layout.rk_node(name), "drain", "1")
+        if decision.start or decision.drain:
+            self._event(spec.name, now, decision.reason, decision)
+        self._publish(spec, obs, decision, now)
+
+    def _publish(self, spec: PoolSpec, obs: PoolObservation, decision: ScalingDecision, now: float) -> None:
+        counts = {s.value: 0 for s in NodeState}
+        for v in obs.nodes:
+            counts[v.state.value] += 1
+        nodes = [{"name": v.name, "state": v.state.value, "static": v.static} for v in obs.nodes]
+        status = {"name": spec.name, "nodes": counts, "nodeList": nodes, "queuedRuns": obs.queued,
+                  "runningRuns": obs.running, "currentNodeCount": counts["idle"] + counts["busy"],
+                  "targetNodeCount": decision.desired, "decision": decision.to_dict(), "updated": now}
+        self.r.set(rk_pool_status(spec.name), json.dumps(status))
+
+    def _event(self, pool: str, now: float, reason: str, decision: ScalingDecision | None = None) -> None:
+        event = {"t": now, "reason": reason, **({"start": decision.start, "drain": list(decision.drain)}
+                                                 if decision else {})}
+        pipe = self.r.pipeline()
+        pipe.lpush(rk_pool_events(pool), json.dumps(event))
+        pipe.ltrim(rk_pool_events(pool), 0, 199)
+        pipe.execute()
+
+    # -- runs whose node was lost ---------------------------------------------------------------------
+    def _supervise_runs(self, pool: str, now: float) -> None:
+        _queued, live = self._runs(pool)
+        for run_id in live:
+            if self.r.exists(layout.rk_run_lease(run_id)):
+                continue
+            self.requeue_lost(run_id, now)
+
+    def requeue_lost(self, run_id: str, now: float) -> None:
+        runs = self.ws.runs
+        record = runs.record(run_id)
+        if record.status.value not in LIVE:
+            return
+        new = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
+                                 lost_after=self.config.node_lost_seconds, now=now)
+        if runs.requeue(new):
+            if new.status is RunStatus.QUEUED:
+                self.ws.enqueue(run_id, new.pool)
+            self._event(record.pool, now, f"run {run_id}: node {record.node} lost during attempt {record.attempt}"
+                        f" -> {new.status.value}")
+
+    # -- pool deletion ----------------------------------------------------------------------------
+    def _delete_pool(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> None:
+        queued, live = self._runs(spec.name)
+        for run_id in queued:
+            self.ws.runs.cancel(run_id)
+        mine = [n for n, h in heartbeats.items() if h.get("pool") == spec.name]
+        for name in mine:
+            self.r.hset(layout.rk_node(name), "drain", "1")
+        remaining = self.provider.list_nodes(spec)
+        if not remaining and not live and not [n for n in mine if heartbeats[n].get("static") == "1"]:
+            self.ws.store.delete(layout.pool_key(spec.name))
+            self.r.delete(rk_pool_status(spec.name), rk_pool_events(spec.name))
+
+    def _forget_dead_static_nodes(self, heartbeats: dict[str, dict[str, str]], now: float) -> None:
+        for name, h in heartbeats.items():
+            if now - float(h.get("heartbeat", 0) or 0) > 6 * self.config.node_lost_seconds:
+                self.r.delete(layout.rk_node(name))
+                self.r.srem(layout.RK_NODES, name)
+
+    # -- recovery after a Redis wipe ------------------------------------------------------------------
+    def recover(self, now: float) -> int:
+        """Re-seed and re-queue every non-final run found in the object store but unknown to Redis."""
+        runs = self.ws.runs
+        count = 0
+        for experiment in runs.list_experiments():
+            for run_id in _all_run_ids(self.ws, experiment):
+                if self.r.exists(layout.rk_run(run_id)):
+                    continue
+                try:
+                    record = runs.stored_record(run_id)
+                except ClusterError:
+                    continue
+                if record.status.is_final:
+                    continue
+                if record.status.value in LIVE:  # its attempt died with Redis' state
+                    record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
+                                                lost_after=self.config.node_lost_seconds, now=now)
+                runs.seed(record)
+                self.ws.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+                if record.status is RunStatus.QUEUED:
+                    self.ws.enqueue(run_id, record.pool)
+                    count += 1
+        self.r.set(RK_EPOCH, f"{now:.3f}")
+        if count:
+            print(f"controller: re-queued {count} run(s) from the object store", flush=True)
+        return count
+
+
+def _all_run_ids(ws: Workspace, experiment: str) -> list[str]:
+    """Top-level runs and sweep children (children/<id>/ under their parent)."""
+    ids = []
+    for info in ws.store.list(layout.experiment_runs_prefix(experiment)):
+        if info.key.endswith("/" + layout.RUN_RECORD):
+            ids.append(info.key[: -len(layout.RUN_RECORD) - 1].rsplit("/", 1)[1])
+    return ids
