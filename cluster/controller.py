@@ -126,6 +126,9 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
+        from cluster.sweep.driver import drive_sweeps
+
+        drive_sweeps(self.ws, now)
 
     def _heartbeats(self) -> dict[str, dict[str, str]]:
         names = sorted(self.r.smembers(layout.RK_NODES))
