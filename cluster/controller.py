@@ -79,7 +79,8 @@ class Controller:
     ident: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}")
     _idle_since: dict[str, float] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
-    _last_action: dict[str, str] = field(default_factory=dict)
+    _known: set[str] = field(default_factory=set)  # managed nodes the provider has reported
+    _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
 
     @property
     def r(self) -> Any:
@@ -116,11 +117,12 @@ class Controller:
         heartbeats = self._heartbeats()
         for rec in specs.values():
             spec = PoolSpec.from_dict(rec["spec"])
+            obs = self._observe(spec, heartbeats, now)  # also detects lost nodes
             self._supervise_runs(spec.name, now)
             if rec.get("state") == "deleting":
                 self._delete_pool(spec, heartbeats, now)
             else:
-                self._scale(spec, heartbeats, now)
+                self._scale(spec, obs, now)
         # runs of pools with no compute target (static nodes only) are supervised too
         for pool in {h.get("pool", "") for h in heartbeats.values()} - set(specs):
             if pool:
@@ -170,14 +172,21 @@ class Controller:
                 self._idle_since.setdefault(name, now)
             else:
                 self._idle_since.pop(name, None)
-            if state is NodeState.LOST and name in managed:
-                self.provider.stop_node(spec, name)  # a hung process: make sure it is gone
+            gone = name in self._known and name not in managed  # its process/pod no longer exists
+            if gone or (state is NodeState.LOST and name in managed):
+                if not gone:
+                    self.provider.stop_node(spec, name)  # silent but still there (hung): make sure it is gone
                 managed.discard(name)
+                self._known.discard(name)
+                self._lost[name] = now
                 self.r.delete(layout.rk_node(name))
                 self.r.srem(layout.RK_NODES, name)
                 continue
+            if state is NodeState.LOST:
+                self._lost[name] = now
             views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
+        self._known |= managed
         seen = {v.name for v in views}
         for name in managed - seen:  # asked for, not heartbeating yet
             started = self._started.setdefault(name, now)
@@ -189,8 +198,7 @@ class Controller:
         queued, live = self._runs(spec.name)
         return PoolObservation(pool=spec, nodes=tuple(views), queued=len(queued), running=len(live), now=now)
 
-    def _scale(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> None:
-        obs = self._observe(spec, heartbeats, now)
+    def _scale(self, spec: PoolSpec, obs: PoolObservation, now: float) -> None:
         decision = decide(obs)
         if decision.start:
             for name in self.provider.start_nodes(spec, decision.start):
@@ -223,18 +231,22 @@ class Controller:
     def _supervise_runs(self, pool: str, now: float) -> None:
         _queued, live = self._runs(pool)
         for run_id in live:
-            if self.r.exists(layout.rk_run_lease(run_id)):
-                continue
-            self.requeue_lost(run_id, now)
+            holder = self.r.get(layout.rk_run_lease(run_id))
+            if holder and holder.rsplit("/", 1)[0] not in self._lost:
+                continue  # held by a live attempt
+            self.requeue_lost(run_id, now, holder or "")
+        for name, since in list(self._lost.items()):
+            if now - since > 300:
+                del self._lost[name]
 
-    def requeue_lost(self, run_id: str, now: float) -> None:
+    def requeue_lost(self, run_id: str, now: float, holder: str = "") -> None:
         runs = self.ws.runs
         record = runs.record(run_id)
         if record.status.value not in LIVE:
             return
         new = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
                                  lost_after=self.config.node_lost_seconds, now=now)
-        if runs.requeue(new):
+        if runs.requeue(new, expected_holder=holder):
             if new.status is RunStatus.QUEUED:
                 self.ws.enqueue(run_id, new.pool)
             self._event(record.pool, now, f"run {run_id}: node {record.node} lost during attempt {record.attempt}"
