@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -104,10 +105,8 @@ def _kill_node_tree(cluster_dir: Path, node: str) -> int:
     proc = psutil.Process(mp.pid)
     victims = [proc, *proc.children(recursive=True)]
     for v in victims:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             v.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     psutil.wait_procs(victims, timeout=5)
     embedded.reap(mp.pid)
     return mp.pid
