@@ -8,6 +8,7 @@ or Redis wiped) the archived ``logs/driver.log`` is read instead.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,27 +37,49 @@ class LogWriter:
         self._pending: list[dict[str, str]] = []
         self._last_flush = time.monotonic()
         self.enabled = True  # turned off when the attempt loses its lease (fencing)
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        # a quiet script's last line must not wait for the next one: flush on a timer too
+        self._flusher = threading.Thread(target=self._flush_loop, name="log-flush", daemon=True)
+        self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        while not self._closed.wait(FLUSH_SECONDS):
+            if self._pending:
+                try:
+                    self.flush()
+                except Exception:  # Redis blip: lines stay pending and go with the next flush
+                    continue
 
     def line(self, stream: str, text: str) -> None:
-        self._file.write(text + "\n")
-        self._pending.append({"s": stream[0], "l": text})
-        if len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush > FLUSH_SECONDS:
+        with self._lock:
+            self._file.write(text + "\n")
+            self._pending.append({"s": stream[0], "l": text})
+            due = len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush > FLUSH_SECONDS
+        if due:
             self.flush()
 
     def system(self, text: str) -> None:
         self.line("x", f"[node] {text}")
 
     def flush(self) -> None:
-        self._file.flush()
-        if self._pending and self.enabled:
-            pipe = self.r.pipeline(transaction=False)
-            for entry in self._pending:
-                pipe.xadd(self.key, entry)  # type: ignore[arg-type]
-            pipe.execute()
-        self._pending = []
-        self._last_flush = time.monotonic()
+        with self._lock:
+            self._file.flush()
+            pending, self._pending = self._pending, []
+            self._last_flush = time.monotonic()
+            if pending and self.enabled:
+                pipe = self.r.pipeline(transaction=False)
+                for entry in pending:
+                    pipe.xadd(self.key, entry)  # type: ignore[arg-type]
+                try:
+                    pipe.execute()
+                except Exception:
+                    self._pending = pending + self._pending  # keep order; retried on the next flush
+                    raise
 
     def close(self) -> None:
+        self._closed.set()
+        self._flusher.join()
         self.flush()
         self._file.close()
         if self.enabled:
