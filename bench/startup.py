@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout  # noqa: E402
+from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 
 SCRIPT = """import time, sys
 print("FIRST", repr(time.time()), flush=True)

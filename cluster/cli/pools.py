@@ -61,18 +61,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from cluster.controller import Controller, ControllerConfig
+    from cluster.objectstore import ObjectStore
 
     settings = Settings.discover(args.config)
     ws = Workspace(settings)
     if args.provider == "kubernetes":
         from cluster.providers.kubernetes import KubernetesProvider
 
-        provider = KubernetesProvider.from_in_cluster(namespace=args.namespace, image=args.image)
+        kw = {"namespace": args.namespace} if args.namespace else {}
+        provider = KubernetesProvider.from_in_cluster(image=args.image, **kw)
     else:
         from cluster.providers.local import LocalProvider
 
         state_dir = args.state_dir or Path(settings.source).parent
         provider = LocalProvider(state_dir)
+    for bucket in (settings.data_bucket, settings.cluster_bucket):  # a fresh deployment has none yet
+        ObjectStore(settings, bucket).ensure_bucket()
     cfg = ControllerConfig(tick_seconds=args.tick, node_lost_seconds=args.node_lost_seconds,
                            max_infra_attempts=args.max_infra_attempts)
     stop = threading.Event()

@@ -52,7 +52,7 @@ CONFIG_MOUNT = "/etc/cluster"
 CONFIG_KEY = "config.json"
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 #: The default container command; ``{pool}`` and ``{node}`` are replaced in every element.
-DEFAULT_COMMAND = ("cluster", "worker", "--pool", "{pool}", "--node-name", "{node}")
+DEFAULT_COMMAND = ("cluster", "worker", "--managed", "--pool", "{pool}", "--node-name", "{node}")
 #: Pods in these phases have exited for good; they are no longer nodes.
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")

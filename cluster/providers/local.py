@@ -35,8 +35,10 @@ class LocalProvider:
         names = []
         for _ in range(count):
             name = f"{NODE_PREFIX}{pool.name}-{secrets.token_hex(3)}"
+            config = self.state_dir / CONFIG_FILE  # absent in compose: nodes then read CLUSTER_* variables
             argv = [sys.executable, "-m", "cluster.cli", "worker", "--managed", "--pool", pool.name,
-                    "--node-name", name, "--size", pool.vm_size, "--config", str(self.state_dir / CONFIG_FILE),
+                    "--node-name", name, "--size", pool.vm_size,
+                    *(["--config", str(config)] if config.exists() else []),
                     "--work-dir", str(self.state_dir / "nodes" / name),
                     "--cache-dir", str(self.state_dir / "node-cache"), *self.extra_args]
             embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir))
