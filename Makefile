@@ -1,17 +1,28 @@
-# The two commands of the README, plus helpers.
+# The README's two commands: `make demo` (the tutorial on the embedded cluster) and `make test`.
+# Both install the project first (once per change of pyproject.toml).
 PYTHON ?= python3
+STAMP := .setup.stamp
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench down
 
-setup:            ## install the project and its dev tools
-	$(PYTHON) -m pip install -e ".[dev]"
+setup: $(STAMP)
 
-demo:             ## the whole tutorial on the embedded cluster (MNIST_DIR=... to import instead of download)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)    ## the whole tutorial on the embedded cluster (MNIST_DIR=... imports instead of downloading)
 	$(PYTHON) -m cluster.cli up
 	$(PYTHON) examples/sklearn-mnist/tutorial.py $(ARGS)
 
-test:             ## every test tier: unit, integration (real Redis + S3), e2e (CLI + worker processes)
-	$(PYTHON) -m pytest
+test: $(STAMP)    ## every tier: unit, integration (real Redis + S3 server), e2e (CLI and node processes)
+	$(PYTHON) -m pytest $(ARGS)
 
-lint:
+lint: $(STAMP)
 	$(PYTHON) -m ruff check .
+
+bench: $(STAMP)   ## submit-to-first-line (warm, cold) and node-loss recovery vs a raw Celery round trip
+	$(PYTHON) bench/startup.py
+
+down:             ## stop the embedded cluster started by `make demo` (data is kept)
+	$(PYTHON) -m cluster.cli down
