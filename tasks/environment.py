@@ -243,6 +243,7 @@ def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], 
             output_tail=tuple(tail),
         )
     python = str(_venv_python(env_dir))
+    _link_node_packages(env_dir, base_python, log)
     if not _run_step([python, "-m", "pip", "--version"], env_dir, "pip", log, tail, deadline):
         tail.clear()
         if not _run_step([python, "-m", "ensurepip", "--default-pip"], env_dir, "venv", log, tail,
@@ -263,6 +264,32 @@ def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], 
         )
     _write_marker(env_dir, spec, base_python, requirements)
     log(f"[env] environment {short} ready in {time.monotonic() - started:.1f}s")
+
+
+_SITE_DIRS = "import json, site, sys; print(json.dumps([*site.getsitepackages(), site.getusersitepackages()]))"
+
+
+def _link_node_packages(env_dir: Path, base_python: str, log: Callable[[str], None]) -> None:
+    """Make the node's own site-packages visible in the env, after the env's own packages.
+
+    ``--system-site-packages`` only reaches the *base* interpreter's packages; when the node itself runs
+    in a virtualenv (the usual install), its packages -- numpy, scikit-learn, this project -- live in that
+    virtualenv. A .pth line calling ``site.addsitedir`` adds them (and processes their own .pth files,
+    e.g. editable installs)."""
+    import subprocess
+
+    try:
+        out = subprocess.run([base_python, "-c", _SITE_DIRS], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        dirs = [d for d in json.loads(out) if Path(d).is_dir()]
+    except (OSError, ValueError, subprocess.SubprocessError) as e:
+        log(f"[env] could not list the node's site-packages ({e}); relying on --system-site-packages")
+        return
+    purelib = next(env_dir.glob("lib/python*/site-packages"), None)
+    if purelib is None or not dirs:
+        return
+    lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
+    (purelib / "_cluster_node_packages.pth").write_text("\n".join(lines) + "\n")
 
 
 def resolve_environment(
