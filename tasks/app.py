@@ -37,11 +37,20 @@ def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIM
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout},
+        broker_transport_options=_transport_options(visibility_timeout),
         task_create_missing_queues=True,
     )
     app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(execute_run_task)
     return app
+
+
+def _transport_options(visibility_timeout: float) -> dict[str, float]:
+    """kombu scans for expired unacked messages every interval x throttle seconds (100 s by default);
+    a short visibility timeout gets a matching scan period."""
+    opts: dict[str, float] = {"visibility_timeout": visibility_timeout}
+    if visibility_timeout < 100:
+        opts |= {"unacked_restore_interval": max(1, visibility_timeout / 2), "unacked_restore_throttle": 1}
+    return opts
 
 
 def execute_run_task(run_id: str) -> str:

@@ -120,6 +120,7 @@ class _Attempt:
 def execute_run(node: Node, run_id: str) -> str:
     """Run one run on this node. Returns what happened: the final status, or skipped:/lost: reasons."""
     cfg = node.config
+    node.r.hincrby(layout.rk_run(run_id), "deliveries", 1)  # every delivery counts; only a claim executes
     claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)
     if claim.outcome != "ok":
         return f"skipped:{claim.outcome}:{claim.token}"
