@@ -201,3 +201,18 @@ def test_max_nodes_never_exceeded_under_burst(ws: Workspace, source: Path, make_
         time.sleep(0.1)
     assert [r.get_status() for r in runs] == ["Completed"] * 20
     assert 1 <= peak <= 3
+
+
+def test_redis_wiped_runs_are_requeued_from_the_object_store(ws: Workspace, source: Path,
+                                                              make_pool: Callable[..., NodePool]) -> None:
+    pool = make_pool(max_nodes=1, idle_seconds_before_scaledown=30)
+    running = _submit(ws, source, pool, 4.0)
+    wait_until(lambda: running.get_status() == "Running", 60, "first run started")
+    queued = _submit(ws, source, pool, 0.2)
+    assert queued.get_status() == "Queued"
+    ws.redis.flushall()  # queue, live state, leases, heartbeats: all gone
+    for run in (running, queued):
+        details = run.wait_for_completion(timeout=120)
+        assert details["status"] == "Completed"
+    assert running.get_details()["attempt"] == 2  # its interrupted attempt was recorded as node-lost
+    assert [a.get("outcome") for a in running.get_details()["attempts"]] == ["node-lost", "Completed"]
