@@ -284,7 +284,7 @@ class Controller:
                     record = runs.stored_record(run_id)
                 except ClusterError:
                     continue
-                if record.status.is_final:
+                if record.status.is_final or record.tags.get("kind") == "sweep":  # sweeps: cluster.sweep.driver
                     continue
                 if record.status.value in LIVE:  # its attempt died with Redis' state
                     record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,

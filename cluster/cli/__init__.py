@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from cluster.errors import ClusterError
 
-from . import infra, pools, runs
+from . import infra, pools, runs, sweep
 
-GROUPS = [infra, runs, pools]
+GROUPS = [infra, runs, pools, sweep]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,16 +1,21 @@
-"""Hyperparameter sweeps (Azure ML HyperDrive): search spaces, samplers, early termination.
+"""Hyperparameter sweeps (Azure ML HyperDrive): search spaces, samplers, early termination, and the sweep.
 
-The decision logic only -- pure functions of their inputs, no servers, no I/O::
+The decision logic is pure -- functions of their inputs, no servers, no I/O::
 
     from cluster.sweep import RandomParameterSampling, BanditPolicy, PrimaryMetricGoal, choice, loguniform
 
     sampling = RandomParameterSampling({"--lr": loguniform(-9, -2), "--batch": choice(16, 32)}, seed=1)
     params = sampling.next_samples(history=[], n=4, goal=PrimaryMetricGoal.MAXIMIZE)
     stop = BanditPolicy(slack_factor=0.1).evaluate({"run-1": [0.8], "run-2": [0.5]}, "maximize")
+
+The sweep itself: ``experiment.submit(HyperDriveConfig(estimator=est, hyperparameter_sampling=sampling, ...))``
+creates the parent run and returns a :class:`HyperDriveRun` at once; the controller drives the sweep from then
+on (:mod:`cluster.sweep.driver`), so it goes on when the submitting process exits.
 """
 
 from __future__ import annotations
 
+from cluster.sweep.config import HyperDriveConfig
 from cluster.sweep.expressions import (
     Choice,
     LogUniform,
@@ -41,6 +46,7 @@ from cluster.sweep.policy import (
     TruncationSelectionPolicy,
     policy_from_dict,
 )
+from cluster.sweep.run import HyperDriveRun
 from cluster.sweep.sampling import (
     BayesianParameterSampling,
     GridParameterSampling,
@@ -49,9 +55,6 @@ from cluster.sweep.sampling import (
     Trial,
     sampling_from_dict,
 )
-
-# HyperDriveConfig (wiring samplers and policies to child runs) will live in cluster/sweep/config.py:
-# from cluster.sweep.config import HyperDriveConfig
 
 __all__ = [
     "BanditPolicy",
@@ -86,5 +89,6 @@ __all__ = [
     "randint",
     "sampling_from_dict",
     "uniform",
-    # "HyperDriveConfig",  # once cluster/sweep/config.py exists
+    "HyperDriveConfig",
+    "HyperDriveRun",
 ]

@@ -1,0 +1,280 @@
+"""``HyperDriveConfig``: what to sweep, how to sample it, when to stop -- validated before anything is submitted.
+
+``experiment.submit(HyperDriveConfig(...))`` calls :meth:`HyperDriveConfig.submit_to`, which uploads the
+source snapshot once, creates the sweep's *parent run* (a normal run record, status Running, tagged
+``kind=sweep``) with the sweep's specification stored next to it (``<parent prefix>sweep.json``), registers
+the sweep as active and returns a :class:`~cluster.sweep.run.HyperDriveRun` at once. From then on the
+controller drives the sweep (:mod:`cluster.sweep.driver`): closing the notebook does not stop it.
+
+Hyperparameter names are the script's argument names: ``'--regularization'`` is appended to each child's
+arguments as ``--regularization <value>``. A name given without a leading ``-`` (``'learning_rate'``) is
+passed as ``--learning_rate``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cluster import layout
+from cluster.errors import PayloadError, UsageError
+from cluster.sweep.policy import (
+    EarlyTerminationPolicy,
+    NoTerminationPolicy,
+    PrimaryMetricGoal,
+    coerce_goal,
+    policy_from_dict,
+)
+from cluster.sweep.sampling import ParameterSampling, sampling_from_dict
+
+if TYPE_CHECKING:
+    from cluster.estimator import RunConfiguration
+    from cluster.experiment import Experiment
+    from cluster.sweep.run import HyperDriveRun
+
+__all__ = ["MAX_TOTAL_RUNS", "HyperDriveConfig", "SweepSpec", "argument_name"]
+
+MAX_TOTAL_RUNS = 1000
+"""Upper bound of ``max_total_runs`` (HyperDrive's limit too)."""
+
+SPEC_VERSION = 1
+
+
+def argument_name(name: str) -> str:
+    """The command-line flag a hyperparameter is passed as: the name itself, or ``--name`` if it has no dash."""
+    return name if name.startswith("-") else f"--{name}"
+
+
+def _positive_int(name: str, value: Any, *, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"HyperDriveConfig: {name} must be an int >= 1, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise UsageError(f"HyperDriveConfig: {name} must be at most {maximum}, got {value}",
+                         hint="split the search into several sweeps")
+    return int(value)
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UsageError(f"HyperDriveConfig: {name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _run_configuration(estimator: Any, run_config: Any) -> RunConfiguration:
+    from cluster.estimator import RunConfiguration
+
+    if (estimator is None) == (run_config is None):
+        raise UsageError("HyperDriveConfig needs exactly one of estimator= (an Estimator) and run_config= "
+                         "(a ScriptRunConfig)",
+                         hint="e.g. HyperDriveConfig(estimator=est, hyperparameter_sampling=..., ...)")
+    given = estimator if estimator is not None else run_config
+    what = "estimator" if estimator is not None else "run_config"
+    if isinstance(given, RunConfiguration):
+        return given
+    make = getattr(given, "run_config", None)
+    if not callable(make):
+        raise UsageError(f"HyperDriveConfig: {what} must be an Estimator or a ScriptRunConfig, "
+                         f"not {type(given).__name__}")
+    rc = make()
+    if not isinstance(rc, RunConfiguration):
+        raise UsageError(f"HyperDriveConfig: {what}.run_config() did not return a RunConfiguration")
+    return rc
+
+
+def _flags(arguments: Any) -> set[str]:
+    return {a for a in arguments if isinstance(a, str) and a.startswith("-")}
+
+
+def run_config_to_dict(rc: RunConfiguration) -> dict[str, Any]:
+    return {
+        "source_directory": str(rc.source_directory), "entry_script": rc.entry_script,
+        "arguments": list(rc.arguments), "pool": rc.pool, "pip_packages": list(rc.pip_packages),
+        "conda_packages": list(rc.conda_packages), "environment_variables": dict(rc.environment_variables),
+        "max_run_duration_seconds": rc.max_run_duration_seconds,
+    }
+
+
+def run_config_from_dict(data: Mapping[str, Any]) -> RunConfiguration:
+    from cluster.estimator import RunConfiguration
+
+    try:
+        return RunConfiguration(
+            source_directory=Path(data["source_directory"]), entry_script=str(data["entry_script"]),
+            arguments=tuple(data.get("arguments", ())), pool=str(data.get("pool", "default")),
+            pip_packages=tuple(data.get("pip_packages", ())), conda_packages=tuple(data.get("conda_packages", ())),
+            environment_variables=dict(data.get("environment_variables", {})),
+            max_run_duration_seconds=data.get("max_run_duration_seconds"),
+        )
+    except (KeyError, TypeError) as e:
+        raise PayloadError(f"bad run configuration in a sweep spec: {e}") from e
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """Everything the controller needs to drive a sweep: stored once as ``<parent prefix>sweep.json``."""
+
+    sampling: dict[str, Any]
+    policy: dict[str, Any]
+    primary_metric_name: str
+    primary_metric_goal: str
+    max_total_runs: int
+    max_concurrent_runs: int
+    max_duration_minutes: float
+    goal_threshold: float | None
+    run_config: dict[str, Any]
+    snapshot: str = ""
+    experiment: str = ""
+    parent_id: str = ""
+    created: float = 0.0  # epoch seconds: the start of max_duration_minutes
+    version: int = SPEC_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def goal(self) -> PrimaryMetricGoal:
+        return coerce_goal(self.primary_metric_goal)
+
+    def sampler(self) -> ParameterSampling:
+        return sampling_from_dict(self.sampling)
+
+    def early_termination(self) -> EarlyTerminationPolicy:
+        return policy_from_dict(self.policy)
+
+    def run_configuration(self) -> RunConfiguration:
+        return run_config_from_dict(self.run_config)
+
+    @property
+    def deadline(self) -> float:
+        return self.created + self.max_duration_minutes * 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SweepSpec:
+        if not isinstance(data, dict):
+            raise PayloadError(f"sweep spec is not an object: {data!r:.80}")
+        if data.get("version", SPEC_VERSION) != SPEC_VERSION:
+            raise PayloadError(f"sweep spec version {data.get('version')!r} is not supported (expected {SPEC_VERSION})")
+        try:
+            spec = cls(**data)
+        except TypeError as e:
+            raise PayloadError(f"bad sweep spec: {e}") from e
+        try:  # a spec must rebuild into a valid sampler, policy and run configuration
+            spec.sampler()
+            spec.early_termination()
+            spec.run_configuration()
+            coerce_goal(spec.primary_metric_goal)
+        except UsageError as e:
+            raise PayloadError(f"bad sweep spec: {e.message}") from e
+        return spec
+
+
+class HyperDriveConfig:
+    """A hyperparameter sweep of one training script (Azure ML's ``HyperDriveConfig``).
+
+    Give the run to sweep as ``estimator=`` (an :class:`~cluster.Estimator`) or ``run_config=`` (a
+    :class:`~cluster.ScriptRunConfig`); each child runs it with the sampled values appended to its arguments.
+    Everything is validated here, so a bad sweep fails before anything is submitted.
+    """
+
+    def __init__(self, hyperparameter_sampling: ParameterSampling, primary_metric_name: str,
+                 primary_metric_goal: PrimaryMetricGoal | str, max_total_runs: int,
+                 max_concurrent_runs: int | None = None, max_duration_minutes: float = 10080,
+                 policy: EarlyTerminationPolicy | None = None, estimator: Any = None, run_config: Any = None,
+                 goal_threshold: float | None = None, **unsupported: Any) -> None:
+        given = sorted(k for k, v in unsupported.items() if v is not None)
+        if given:
+            raise UsageError(f"HyperDriveConfig: unsupported argument(s) {', '.join(given)}",
+                             hint="supported: estimator, run_config, hyperparameter_sampling, primary_metric_name, "
+                             "primary_metric_goal, max_total_runs, max_concurrent_runs, max_duration_minutes, "
+                             "policy, goal_threshold")
+        self._rc = _run_configuration(estimator, run_config)
+        layout.check_name("pool", self._rc.pool)
+        self.estimator = estimator
+        self.run_config = run_config
+        if not isinstance(hyperparameter_sampling, ParameterSampling):
+            raise UsageError("HyperDriveConfig: hyperparameter_sampling must be a RandomParameterSampling, "
+                             f"GridParameterSampling or BayesianParameterSampling, not "
+                             f"{type(hyperparameter_sampling).__name__}")
+        self.hyperparameter_sampling = hyperparameter_sampling
+        if not isinstance(primary_metric_name, str) or not primary_metric_name.strip():
+            raise UsageError(f"HyperDriveConfig: primary_metric_name must be a non-empty string, "
+                             f"got {primary_metric_name!r}",
+                             hint="the name the script logs with run.log(name, value), e.g. 'accuracy'")
+        self.primary_metric_name = primary_metric_name
+        self.primary_metric_goal = coerce_goal(primary_metric_goal)
+        self.max_total_runs = _positive_int("max_total_runs", max_total_runs, maximum=MAX_TOTAL_RUNS)
+        if max_concurrent_runs is None:
+            max_concurrent_runs = self.max_total_runs
+        self.max_concurrent_runs = min(_positive_int("max_concurrent_runs", max_concurrent_runs),
+                                       self.max_total_runs)
+        self.max_duration_minutes = _finite("max_duration_minutes", max_duration_minutes)
+        if self.max_duration_minutes <= 0:
+            raise UsageError(f"HyperDriveConfig: max_duration_minutes must be > 0, got {max_duration_minutes!r}")
+        if policy is None:
+            policy = NoTerminationPolicy()
+        if not isinstance(policy, EarlyTerminationPolicy):
+            raise UsageError("HyperDriveConfig: policy must be BanditPolicy, MedianStoppingPolicy, "
+                             f"TruncationSelectionPolicy or None, not {type(policy).__name__}")
+        self.policy = policy
+        self.goal_threshold = None if goal_threshold is None else _finite("goal_threshold", goal_threshold)
+        self._check_arguments()
+        # the stored form must round-trip (it is what the controller reads back)
+        spec = self.spec()
+        SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+
+    def _check_arguments(self) -> None:
+        names = list(self.hyperparameter_sampling.space)
+        flags = [argument_name(n) for n in names]
+        if len(set(flags)) != len(flags):
+            raise UsageError(f"HyperDriveConfig: hyperparameters {names} name the same argument twice",
+                             hint="'lr' and '--lr' are both passed as --lr")
+        clash = sorted(set(flags) & _flags(self._rc.arguments))
+        if clash:
+            raise UsageError(f"HyperDriveConfig: {', '.join(clash)} is both a fixed script argument and a "
+                             "hyperparameter",
+                             hint="remove it from script_params/arguments: the sweep appends the sampled value")
+        try:
+            json.dumps(list(self._rc.arguments))
+        except TypeError as e:
+            raise UsageError(f"HyperDriveConfig: script arguments cannot be stored: {e}") from e
+
+    def spec(self, *, snapshot: str = "", experiment: str = "", parent_id: str = "",
+             created: float | None = None) -> SweepSpec:
+        """The stored form of this sweep (what ``sweep.json`` holds)."""
+        return SweepSpec(
+            sampling=self.hyperparameter_sampling.to_dict(), policy=self.policy.to_dict(),
+            primary_metric_name=self.primary_metric_name, primary_metric_goal=self.primary_metric_goal.value,
+            max_total_runs=self.max_total_runs, max_concurrent_runs=self.max_concurrent_runs,
+            max_duration_minutes=self.max_duration_minutes, goal_threshold=self.goal_threshold,
+            run_config=run_config_to_dict(self._rc), snapshot=snapshot, experiment=experiment,
+            parent_id=parent_id, created=time.time() if created is None else created,
+        )
+
+    def submit_to(self, experiment: Experiment, tags: Mapping[str, str] | None = None) -> HyperDriveRun:
+        """Create the parent run and hand the sweep to the controller; returns at once."""
+        from cluster.experiment import new_run_id, upload_snapshot
+        from cluster.sweep import state
+        from cluster.sweep.run import HyperDriveRun
+
+        tags = dict(tags or {})
+        for k, v in tags.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise UsageError(f"tags must map strings to strings, got {k!r}: {v!r}")
+        ws = experiment.workspace
+        digest = upload_snapshot(ws, self._rc)
+        parent_id = new_run_id(experiment.name)
+        spec = self.spec(snapshot=digest, experiment=experiment.name, parent_id=parent_id)
+        state.create_parent(ws, spec, self._rc, tags)
+        return HyperDriveRun(experiment, parent_id)
+
+    def __repr__(self) -> str:
+        return (f"HyperDriveConfig(sampling={self.hyperparameter_sampling.kind}, "
+                f"parameters={list(self.hyperparameter_sampling.space)}, policy={self.policy.kind}, "
+                f"primary_metric={self.primary_metric_name!r} ({self.primary_metric_goal.value}), "
+                f"max_total_runs={self.max_total_runs}, max_concurrent_runs={self.max_concurrent_runs})")
