@@ -90,15 +90,20 @@ class LogWriter:
 
 
 def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, after: str = "0-0",
-           is_final: Callable[[], bool], poll_ms: int = 1000) -> Iterator[tuple[str, str]]:
-    """Yield ``(entry_id, line)`` from ``after`` on until the run's log ends.
+           is_final: Callable[[], bool], poll_ms: int = 1000,
+           deadline: float | None = None) -> Iterator[tuple[str, str]]:
+    """Yield ``(entry_id, line)`` from ``after`` on until the run's log ends (or ``time.monotonic()`` passes
+    ``deadline``, even while the run prints nothing or has not started).
 
     Falls back to the archived log when the live stream does not exist and the run is final.
     """
     key = layout.rk_run_log(run_id)
     last = after
+    quiet_final = 0
     while True:
-        got = r.xread({key: last}, count=1000, block=poll_ms)
+        if deadline is not None and time.monotonic() > deadline:
+            return
+        got = r.xread({key: last}, count=1000, block=poll_ms if not quiet_final else 100)
         if got:
             for entry_id, fields in got[0][1]:
                 last = entry_id
@@ -110,9 +115,13 @@ def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, afte
             if last == "0-0":  # never saw the live stream: read the archive
                 yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, prefix)))
             return
-        if is_final() and r.exists(key):
-            # final but no eof yet: the node is still closing; keep reading for a short while
-            time.sleep(0.05)
+        if is_final():
+            # Final, the stream is there, but no eof. The node writes eof before the final status, so one more
+            # read catches it if it is on its way; if not, it never comes (the attempt that wrote these lines
+            # died, and the run was then canceled or failed without it): end here rather than wait forever.
+            quiet_final += 1
+            if quiet_final > 1:
+                return
 
 
 def archived(store: ObjectStore, prefix: str) -> list[str]:

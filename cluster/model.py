@@ -129,8 +129,19 @@ class Model:
         return str(paths[0]) if len(paths) == 1 else str(target)
 
 
-def _versions(ws: Workspace, name: str) -> list[int]:
-    return sorted(int(v) for v in ws.store.list_dirs(layout.model_prefix(name)) if v.isdigit())
+def _versions(ws: Workspace, name: str, *, complete: bool = True) -> list[int]:
+    """Registered versions. A version is complete once its model.json is written (after its files are copied):
+    readers see only those, so a registration in progress is never half-visible. ``complete=False`` also counts
+    versions being registered (for reserving the next number)."""
+    prefix = layout.model_prefix(name)
+    if not complete:
+        return sorted(int(v) for v in ws.store.list_dirs(prefix) if v.isdigit())
+    found = set()
+    for obj in ws.store.list(prefix):
+        parts = obj.key[len(prefix):].split("/")
+        if len(parts) == 2 and parts[0].isdigit() and parts[1] == MODEL_RECORD:
+            found.add(int(parts[0]))
+    return sorted(found)
 
 
 def _latest(ws: Workspace, name: str) -> int | None:
@@ -148,5 +159,5 @@ return redis.call('INCR', KEYS[1])
 
 def _next_version(ws: Workspace, name: str) -> int:
     """Atomic: the counter never falls below what the object store already holds."""
-    stored = _latest(ws, name) or 0
+    stored = max(_versions(ws, name, complete=False), default=0)
     return int(ws.redis.eval(_RESERVE, 1, layout.rk_model_version(name), stored))

@@ -77,10 +77,8 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         if show_output:
             print(f"RunId: {self.id}\nStatus: {self.get_status()}\n", flush=True)
-            for _id, line in self.stream_log():
+            for _id, line in self.stream_log(deadline=deadline):
                 print(line, flush=True)
-                if deadline is not None and time.monotonic() > deadline:
-                    break
         while not self._ws.runs.status(self.id).is_final:
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeoutError(f"run {self.id} is still {self.get_status()} after {timeout}s",
@@ -97,11 +95,12 @@ class Run:
                                  hint=f"full log: `cluster runs logs {self.id}`")
         return details
 
-    def stream_log(self, after: str = "0-0", poll_ms: int = 1000) -> Any:
-        """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends."""
+    def stream_log(self, after: str = "0-0", poll_ms: int = 1000, deadline: float | None = None) -> Any:
+        """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends (or, if given,
+        ``time.monotonic()`` passes ``deadline``)."""
         runs = self._ws.runs
         return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
-                                is_final=lambda: runs.status(self.id).is_final)
+                                is_final=lambda: runs.status(self.id).is_final, deadline=deadline)
 
     def cancel(self) -> str:
         """Queued: it never starts. Running: the node stops its whole process tree. Returns what happened."""

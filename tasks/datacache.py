@@ -1,8 +1,9 @@
 """Resolving data references on a node.
 
 ``as_mount``: a node-level, read-only cache shared by every run on the node (``<cache>/data/<datastore>/``).
-Before a run it is validated against the object store (size + stored sha256 of every object under the
-path): only missing or changed files are downloaded, so a second run on the node downloads nothing.
+Before a run it is validated against the object store (size + etag of every object under the path) and
+against what the node wrote (each local file's size, mtime, ctime and inode): only missing, changed or
+locally altered files are downloaded, so a second run on the node downloads nothing.
 The script gets the cache folder's path; files there are read-only.
 
 ``as_download``: a private copy inside the run directory (at ``path_on_compute`` or the datastore path).
@@ -64,20 +65,31 @@ def sync_mount(store: ObjectStore, ref: DataReference, cache_dir: Path, log: Cal
         for obj in objects:
             local = _inside(root, obj.key)
             known = manifest.get(obj.key)
-            if known and known.get("etag") == obj.etag and known.get("size") == obj.size and local.exists() \
-                    and local.stat().st_size == obj.size:
+            if known and known.get("etag") == obj.etag and known.get("size") == obj.size \
+                    and known.get("local") == _stamp(local):
                 reused += 1
                 continue
             if local.exists():
                 os.chmod(local, 0o644)
             store.get_file(obj.key, local)
             os.chmod(local, 0o444)
-            manifest[obj.key] = {"etag": obj.etag, "size": obj.size}
+            manifest[obj.key] = {"etag": obj.etag, "size": obj.size, "local": _stamp(local)}
             downloaded += 1
             nbytes += obj.size
             manifest_path.write_text(json.dumps(manifest))
         log(f"data {ref}: {downloaded} file(s) downloaded ({nbytes} bytes), {reused} reused from the node cache")
     return SyncResult(root / prefix if prefix else root, downloaded, reused, nbytes)
+
+
+def _stamp(path: Path) -> dict[str, int] | None:
+    """What the local copy looked like when we wrote it. Any later write, chmod, utime or replacement of the
+    file changes its ctime or inode (a script running as root is not stopped by the 0444 mode), so a copy
+    that was touched since is downloaded again instead of being handed to the next run."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino}
 
 
 def download_copy(store: ObjectStore, ref: DataReference, run_dir: Path, log: Callable[[str], None]) -> Path:
