@@ -246,6 +246,8 @@ class Controller:
             return
         new = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
                                  lost_after=self.config.node_lost_seconds, now=now)
+        if new.status is RunStatus.QUEUED and runs.cancel_requested(run_id):
+            new = new.with_status(RunStatus.CANCELED, at=now)  # the user asked: don't start it again
         if runs.requeue(new, expected_holder=holder):
             if new.status is RunStatus.QUEUED:
                 self.ws.enqueue(run_id, new.pool)
@@ -277,7 +279,7 @@ class Controller:
         runs = self.ws.runs
         count = 0
         for experiment in runs.list_experiments():
-            for run_id in _all_run_ids(self.ws, experiment):
+            for run_id in runs.list_all_run_ids(experiment):
                 if self.r.exists(layout.rk_run(run_id)):
                     continue
                 try:
@@ -299,11 +301,3 @@ class Controller:
             print(f"controller: re-queued {count} run(s) from the object store", flush=True)
         return count
 
-
-def _all_run_ids(ws: Workspace, experiment: str) -> list[str]:
-    """Top-level runs and sweep children (children/<id>/ under their parent)."""
-    ids = []
-    for info in ws.store.list(layout.experiment_runs_prefix(experiment)):
-        if info.key.endswith("/" + layout.RUN_RECORD):
-            ids.append(info.key[: -len(layout.RUN_RECORD) - 1].rsplit("/", 1)[1])
-    return ids

@@ -77,7 +77,7 @@ class SnapshotError(ClusterError):
 
 
 class RunFailedError(ClusterError):
-    """A run ended Failed or Canceled while the caller waited for it to complete."""
+    """A run ended Failed while the caller waited for it with ``raise_on_error=True``."""
 
     exit_code = 8
 

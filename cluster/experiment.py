@@ -36,10 +36,12 @@ class Experiment:
         return submit_run(self, config.run_config(), tags=dict(tags or {}))
 
     def get_runs(self, include_children: bool = False) -> Iterator[Run]:
-        """Runs of this experiment, newest first (read from the object store: survives a Redis wipe)."""
+        """Runs of this experiment, newest first (read from the object store: survives a Redis wipe).
+        With ``include_children`` a sweep's child runs are listed too."""
         from cluster.run import Run
 
-        ids = self.workspace.runs.list_run_ids(self.name)
+        runs = self.workspace.runs
+        ids = runs.list_all_run_ids(self.name) if include_children else runs.list_run_ids(self.name)
         ids.sort(key=_run_sort_key, reverse=True)
         for run_id in ids:
             yield Run(self, run_id)

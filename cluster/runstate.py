@@ -212,6 +212,17 @@ class RunState:
     def list_run_ids(self, experiment: str) -> list[str]:
         return self.store.list_dirs(layout.experiment_runs_prefix(experiment))
 
+    def list_all_run_ids(self, experiment: str) -> list[str]:
+        """Top-level runs and sweep children (``children/<id>/`` under their parent)."""
+        base = layout.experiment_runs_prefix(experiment)
+        ids = []
+        for info in self.store.list(base):
+            parts = info.key[len(base):].split("/")  # <id>/run.json or <id>/children/<child>/.../run.json
+            if (parts[-1] == layout.RUN_RECORD and len(parts) % 2 == 0
+                    and all(parts[i] == "children" for i in range(1, len(parts) - 2, 2))):
+                ids.append(parts[-2])
+        return ids
+
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 

@@ -143,15 +143,15 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
     rows = []
     for name in experiments:
-        for run in Experiment(ws, name).get_runs():
+        for run in Experiment(ws, name).get_runs(include_children=True):
             rec = ws.runs.record(run.id)
             started = rec.timestamps.get("Queued", "")[:19].replace("T", " ")
-            rows.append([run.id, rec.status.value, rec.pool, str(rec.attempt), started])
+            rows.append([run.id, rec.status.value, rec.pool, str(rec.attempt), started, rec.parent_id or "-"])
     rows.sort(key=lambda r: r[4], reverse=True)
     if not rows:
         print("no runs yet")
         return 0
-    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)"])
+    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
     return 0
 
 

@@ -216,3 +216,20 @@ def test_redis_wiped_runs_are_requeued_from_the_object_store(ws: Workspace, sour
         assert details["status"] == "Completed"
     assert running.get_details()["attempt"] == 2  # its interrupted attempt was recorded as node-lost
     assert [a.get("outcome") for a in running.get_details()["attempts"]] == ["node-lost", "Completed"]
+
+
+def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster_dir: Path, source: Path,
+                                                          make_pool: Callable[..., NodePool]) -> None:
+    pool = make_pool(max_nodes=1)
+    run = _submit(ws, source, pool, 30.0)
+    wait_until(lambda: run.get_status() == "Running", 60, "run started")
+    controller = psutil.Process(next(p.pid for p in embedded.State.load(cluster_dir).processes
+                                    if p.name == "controller"))
+    controller.suspend()  # so the node's loss and the cancel are both seen in one controller tick
+    try:
+        _kill_node_tree(cluster_dir, run.get_details()["node"])
+        assert run.cancel() == "requested"  # the node is gone: nobody acts on it but the controller
+    finally:
+        controller.resume()
+    details = run.wait_for_completion(timeout=60)
+    assert details["status"] == "Canceled" and details["attempt"] == 1

@@ -156,8 +156,11 @@ def test_grid_runs_each_combination_once_within_concurrency(ws: Workspace, sourc
         assert r.status.value == "Completed" and r.parent_id == run.id and r.tags["parent"] == run.id
         assert r.arguments[:2] == ("--sleep", "0.3") and r.arguments[2::2] == ("--a", "--b")
         assert r.prefix.startswith(f"{run.prefix}children/{r.run_id}/")
-    # children live under the parent in the object store
+    # children live under the parent in the object store, and are listed with it
     assert sorted(ws.store.list_dirs(run.prefix + "children/")) == sorted(c.id for c in children)
+    listed = {r.id for r in exp.get_runs(include_children=True)}
+    assert listed == {run.id, *(c.id for c in children)}
+    assert [r.id for r in exp.get_runs()] == [run.id]
     # max_concurrent_runs, from the recorded timestamps (queued..final is stricter than running..final)
     assert peak_overlap([(stamp(r, "Queued"), stamp(r, "Completed")) for r in recs]) <= 2
     assert peak_overlap([(stamp(r, "Running"), stamp(r, "Completed")) for r in recs]) <= 2
