@@ -297,11 +297,20 @@ def reap(pid: int) -> None:
         _CHILDREN.pop(pid, None)
 
 
+def running_process(state_dir: Path, name: str) -> ManagedProcess | None:
+    """The live process of ours with this name, if any."""
+    return next((p for p in State.load(Path(state_dir)).processes if p.name == name and p.alive), None)
+
+
 def ensure_controller(state_dir: Path, extra_args: Iterable[str] = ()) -> bool:
     """Start the controller unless ours is running; True if it was started."""
     state_dir = Path(state_dir).resolve()
-    if any(p.name == "controller" and p.alive for p in State.load(state_dir).processes):
+    if running_process(state_dir, "controller") is not None:
         return False
+    with _state_lock(state_dir):  # forget dead controllers so the record names only the live one
+        state = State.load(state_dir)
+        state.processes = [p for p in state.processes if p.name != "controller" or p.alive]
+        state.save(state_dir)
     argv = [sys.executable, "-m", "cluster.cli", "controller", "--config", str(state_dir / CONFIG_FILE),
             "--state-dir", str(state_dir), *extra_args]
     add_process(state_dir, spawn("controller", argv, state_dir))

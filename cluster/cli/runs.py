@@ -55,7 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=func)
     p = runs.add_parser("logs", help="print a run's log; -f follows it live")
     p.add_argument("run_id")
-    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
+    p.add_argument("--after", default="0-0", metavar="ENTRY",
+                   help="with -f: resume after this log entry (printed when a follow is interrupted)")
     p.set_defaults(func=cmd_runs_logs)
     p = runs.add_parser("download", help="download a run's files")
     p.add_argument("run_id")
@@ -183,8 +185,14 @@ def cmd_runs_files(args: argparse.Namespace) -> int:
 def cmd_runs_logs(args: argparse.Namespace) -> int:
     run = _run(_ws(), args.run_id)
     if args.follow:
-        for _id, line in run.stream_log():
-            print(line, flush=True)
+        last = args.after
+        try:
+            for entry, line in run.stream_log(after=args.after):
+                print(line, flush=True)
+                last = entry
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; resume with: cluster runs logs -f {run.id} --after {last}", file=sys.stderr)
+            return 130
         return 0
     from cluster import logstream
 

@@ -11,35 +11,23 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from cluster import Experiment, Run, Workspace, layout
 from cluster.settings import Settings
+from tests.helpers import unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -319,3 +307,34 @@ def test_missing_config(cli: Cli, tmp_path: Path) -> None:
     if not any((d / ".cluster" / "config.json").exists() for d in (tmp_path, *tmp_path.parents)):
         proc = cli("models", "list", cwd=tmp_path, check=False)
         assert_clean_error(proc, "error: no cluster configuration found")
+
+
+def test_interrupted_follow_resumes_where_it_was(cli: Cli, pool: str, node: str, tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src", {"ticks.py": """
+        import time
+        for i in range(300):
+            print(f"tick {i:03d}", flush=True)
+            time.sleep(0.01)
+    """})
+    run_id = cli("submit", "-e", unique("resume"), "-d", src, "-s", "ticks.py", "-p", pool).stdout.split()[0]
+    seen: list[str] = []
+    with cli.popen("runs", "logs", run_id, "-f") as first:  # closes its pipes on the way out
+        assert first.stdout is not None and first.stderr is not None
+        try:
+            while len([s for s in seen if s.startswith("tick ")]) < 50:
+                line = first.stdout.readline()
+                assert line, "the follower ended early"
+                seen.append(line.rstrip("\n"))
+            first.send_signal(signal.SIGINT)
+            first.wait(30)
+            rest_out = first.stdout.read()  # through the same buffered reader that readline() filled
+            err = first.stderr.read()
+        finally:
+            if first.poll() is None:
+                first.kill()
+    assert first.returncode == 130, err
+    seen += rest_out.splitlines()
+    after = err.rsplit("--after ", 1)[1].split()[0]
+    second = cli("runs", "logs", run_id, "-f", "--after", after)
+    ticks = [s for s in seen + second.stdout.splitlines() if s.startswith("tick ")]
+    assert ticks == [f"tick {i:03d}" for i in range(300)]  # nothing lost, nothing twice, in order

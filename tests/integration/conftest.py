@@ -15,7 +15,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,27 +24,15 @@ import pytest
 
 from cluster import Workspace, layout
 from cluster.settings import Settings
+from tests.helpers import unique
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_START_TIMEOUT = 60.0
 NODE_STOP_GRACE = 20.0
 
 
-def wait_until(predicate: Callable[[], object], *, timeout: float = 60.0, interval: float = 0.1,
-               what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @dataclass

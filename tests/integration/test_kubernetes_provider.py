@@ -441,7 +441,8 @@ def test_awkward_pool_names_make_valid_pods(api: FakeKubeAPI, provider: Kubernet
         assert POD_NAME_RE.match(name) and len(name) <= 63, name
         labels = api.pod(name)["metadata"]["labels"]
         assert labels["cluster/pool"] == pool_label(pool_name)
-        assert api.pod(name)["spec"]["containers"][0]["command"][3] == pool_name
+        command = api.pod(name)["spec"]["containers"][0]["command"]
+        assert command[command.index("--pool") + 1] == pool_name
     assert provider.list_nodes(pool) == sorted(names)
     provider.stop_node(pool, names[0])
     assert provider.list_nodes(pool) == [names[1]]

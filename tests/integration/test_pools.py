@@ -14,6 +14,7 @@ import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 from cluster.errors import ConflictError, UsageError
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +38,6 @@ print("done", flush=True)
 """
 
 
-def wait_until(cond: Callable[[], object], timeout: float, what: str, every: float = 0.2) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture
@@ -175,7 +168,8 @@ def test_controller_restart_mid_run_loses_nothing(ws: Workspace, cluster_dir: Pa
     pool = make_pool(max_nodes=1)
     run = _submit(ws, source, pool, 4.0)
     wait_until(lambda: run.get_status() == "Running", 60, "run started")
-    ctl = next(p for p in embedded.State.load(cluster_dir).processes if p.name == "controller")
+    ctl = embedded.running_process(cluster_dir, "controller")
+    assert ctl is not None
     os.kill(ctl.pid, signal.SIGKILL)
     embedded.reap(ctl.pid)
     queued_while_down = _submit(ws, source, pool, 0.2)
@@ -223,8 +217,9 @@ def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster
     pool = make_pool(max_nodes=1)
     run = _submit(ws, source, pool, 30.0)
     wait_until(lambda: run.get_status() == "Running", 60, "run started")
-    controller = psutil.Process(next(p.pid for p in embedded.State.load(cluster_dir).processes
-                                    if p.name == "controller"))
+    ctl = embedded.running_process(cluster_dir, "controller")
+    assert ctl is not None
+    controller = psutil.Process(ctl.pid)
     controller.suspend()  # so the node's loss and the cancel are both seen in one controller tick
     try:
         _kill_node_tree(cluster_dir, run.get_details()["node"])

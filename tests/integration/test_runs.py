@@ -13,7 +13,6 @@ import json
 import re
 import tarfile
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from cluster.context import OfflineRun, get_context
 from cluster.errors import WaitTimeoutError
 from cluster.estimator import RunConfiguration
 from cluster.experiment import submit_run
+from tests.helpers import unique, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("node")]
 
@@ -49,20 +49,8 @@ while True:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 60.0, interval: float = 0.1,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def submit(ws: Workspace, pool: str, source: Path, *, script: str = "train.py", arguments: list[Any] | None = None,

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
-from tests.integration.test_pools import WORK, _kill_node_tree, wait_until
+from tests.helpers import wait_until
+from tests.integration.test_pools import WORK, _kill_node_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
