@@ -473,6 +473,3 @@ def _print_endpoints(settings: Settings, echo: Echo) -> None:
          f"buckets {settings.data_bucket}, {settings.cluster_bucket}")
     echo(f"  config       {settings.source}")
 
-
-if __name__ == "__main__":  # pragma: no cover
-    up(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".cluster"))

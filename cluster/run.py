@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import os
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +174,3 @@ def _check_rel(name: str) -> str:
         raise UsageError(f"file name {name!r} may not contain '..'")
     return rel
 
-
-def print_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

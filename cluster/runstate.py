@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
@@ -226,6 +225,3 @@ class RunState:
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 
-
-def record_json(record: RunRecord) -> dict[str, Any]:
-    return record.to_dict()

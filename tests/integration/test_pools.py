@@ -27,6 +27,9 @@ a = p.parse_args()
 os.makedirs("outputs", exist_ok=True)
 with open("outputs/pid.txt", "w") as f:
     f.write(str(os.getpid()))
+if a.marker:
+    with open(os.path.join(a.marker, "events.txt"), "a") as f:
+        f.write(f"start {os.environ['CLUSTER_RUN_ID']} {os.getpid()}\\n")
 print("started", os.getpid(), flush=True)
 deadline = time.time() + a.seconds
 while time.time() < deadline:
