@@ -290,10 +290,16 @@ def remove_process(state_dir: Path, pid: int) -> None:
         state.save(state_dir)
 
 
-def reap(pid: int) -> None:
-    """Collect the exit status of a child we started, if it has exited (no zombies)."""
+def reap(pid: int, timeout: float = 0.0) -> None:
+    """Collect the exit status of a child we started once it has exited (no zombies); wait up to ``timeout``."""
     child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
+    if child is None:
+        return
+    try:
+        child.wait(timeout) if timeout else child.poll()
+    except subprocess.TimeoutExpired:
+        return
+    if child.returncode is not None:
         _CHILDREN.pop(pid, None)
 
 

@@ -104,7 +104,7 @@ def _kill_node_tree(cluster_dir: Path, node: str) -> int:
         with contextlib.suppress(psutil.NoSuchProcess):
             v.send_signal(signal.SIGKILL)
     psutil.wait_procs(victims, timeout=5)
-    embedded.reap(mp.pid)
+    embedded.reap(mp.pid, timeout=10)
     return mp.pid
 
 
@@ -174,7 +174,7 @@ def test_controller_restart_mid_run_loses_nothing(ws: Workspace, cluster_dir: Pa
     ctl = embedded.running_process(cluster_dir, "controller")
     assert ctl is not None
     os.kill(ctl.pid, signal.SIGKILL)
-    embedded.reap(ctl.pid)
+    embedded.reap(ctl.pid, timeout=10)
     queued_while_down = _submit(ws, source, pool, 0.2)
     time.sleep(1.0)
     ws.redis.delete("cluster:controller:leader")  # the dead leader's lease would otherwise delay takeover

@@ -299,7 +299,7 @@ def _kill_controller(cluster_dir: Path) -> None:
     ctl = next(p for p in embedded.State.load(cluster_dir).processes if p.name == "controller" and p.alive)
     os.kill(ctl.pid, signal.SIGKILL)
     wait_until(lambda: not ctl.alive, 10, "controller killed")
-    embedded.reap(ctl.pid)
+    embedded.reap(ctl.pid, timeout=10)
 
 
 def _restart_controller(ws: Workspace, cluster_dir: Path) -> None:
