@@ -80,6 +80,7 @@ class Controller:
     _idle_since: dict[str, float] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _known: set[str] = field(default_factory=set)  # managed nodes the provider has reported
+    _joined: set[str] = field(default_factory=set)  # managed nodes seen heartbeating
     _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
 
     @property
@@ -188,8 +189,11 @@ class Controller:
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
         self._known |= managed
         seen = {v.name for v in views}
-        for name in managed - seen:  # asked for, not heartbeating yet
-            started = self._started.setdefault(name, now)
+        self._joined = (self._joined | {v.name for v in views}) & managed  # forget nodes whose process is gone
+        for name in managed - seen:
+            if name in self._joined:
+                continue  # it heartbeated before: exiting after a drain (or its key was just wiped); not "starting"
+            started = self._started.setdefault(name, now)  # asked for, not heartbeating yet
             if now - started > cfg.start_timeout_seconds:
                 self.provider.stop_node(spec, name)
                 self._event(spec.name, now, f"node {name} never joined within {cfg.start_timeout_seconds:g}s; removed")

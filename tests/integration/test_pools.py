@@ -133,8 +133,9 @@ def test_scales_zero_to_two_to_zero(ws: Workspace, source: Path, make_pool: Call
     for run in runs:
         assert run.wait_for_completion(timeout=60)["status"] == "Completed"
     wait_until(lambda: not _nodes(ws, pool.name), 30, "scale back to zero")
-    reasons = [e["reason"] for e in pool.events()]
-    assert any("start 2" in r for r in reasons) and any("drain" in r for r in reasons)
+    events = pool.events()
+    assert sum(e.get("start", 0) for e in events) == 2  # one tick may see one run queued, the next the other
+    assert sum(len(e.get("drain", [])) for e in events) == 2
     assert {run.get_details()["node"] for run in runs}.__len__() == 2
 
 
