@@ -20,6 +20,7 @@ test: $(STAMP)    ## every tier: unit, integration (real Redis + S3 server), e2e
 
 lint: $(STAMP)
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 
 bench: $(STAMP)   ## submit-to-first-line (warm, cold) and node-loss recovery vs a raw Celery round trip
 	$(PYTHON) bench/startup.py

@@ -104,7 +104,7 @@ def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
     if pool in ws.compute_targets:
         return  # the controller scales the pool
     for name in ws.redis.smembers(layout.RK_NODES):
-        if ws.redis.hget(layout.rk_node(name), "pool") == pool:
+        if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
             return
     print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
           f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)

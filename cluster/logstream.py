@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import redis
 
@@ -103,7 +103,7 @@ def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, afte
     while True:
         if deadline is not None and time.monotonic() > deadline:
             return
-        got = r.xread({key: last}, count=1000, block=poll_ms if not quiet_final else 100)
+        got: Any = r.xread({key: last}, count=1000, block=poll_ms if not quiet_final else 100)
         if got:
             for entry_id, fields in got[0][1]:
                 last = entry_id

@@ -57,7 +57,7 @@ def aggregate(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def live_events(r: redis.Redis, run_id: str) -> list[dict[str, Any]] | None:
     """Events from the run's Redis stream, or None if there is no stream (finished long ago / Redis wiped)."""
     key = layout.rk_run_metrics(run_id)
-    entries = r.xrange(key)
+    entries: Any = r.xrange(key)
     if not entries and not r.exists(key):
         return None
     return [json.loads(fields["e"]) for _id, fields in entries if "e" in fields]

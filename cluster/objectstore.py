@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import json
@@ -90,7 +91,7 @@ class ObjectStore:
 
     # -- objects ----------------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        meta = {SHA256_META: hashlib.sha256(data).hexdigest()}
+        meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: hashlib.sha256(data).hexdigest()}
         with self._errors(f"write {key}"):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
                                    metadata=meta)
@@ -100,7 +101,7 @@ class ObjectStore:
         self.put_bytes(key, data, content_type="application/json")
 
     def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> None:
-        meta = {SHA256_META: sha256 or file_sha256(path)}
+        meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256 or file_sha256(path)}
         with self._errors(f"upload {path} to {key}"):
             self.client.fput_object(self.bucket, key, str(path), metadata=meta)
 
@@ -149,7 +150,7 @@ class ObjectStore:
                 if o.object_name and not o.is_dir
             ]
 
-    def list_dirs(self, prefix: str) -> list[str]:
+    def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Immediate 'sub-folders' under a prefix (names only)."""
         with self._errors(f"list {prefix}"):
             names = [o.object_name or "" for o in self.client.list_objects(self.bucket, prefix=prefix)

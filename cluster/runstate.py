@@ -146,7 +146,7 @@ class RunState:
 
     def status(self, run_id: str) -> RunStatus:
         st = self.r.hget(layout.rk_run(run_id), "status")
-        return RunStatus(st) if st else self.stored_record(run_id).status
+        return RunStatus(str(st)) if st else self.stored_record(run_id).status
 
     # -- node side: claim, fenced writes, lease renewal -------------------------------------------
     def claim(self, run_id: str, node: str, lease_ms: int) -> Claim:

@@ -62,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_controller(args: argparse.Namespace) -> int:
     from cluster.controller import Controller, ControllerConfig
     from cluster.objectstore import ObjectStore
+    from cluster.providers.base import Provider
 
     settings = Settings.discover(args.config)
     ws = Workspace(settings)
@@ -69,7 +70,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         from cluster.providers.kubernetes import KubernetesProvider
 
         kw = {"namespace": args.namespace} if args.namespace else {}
-        provider = KubernetesProvider.from_in_cluster(image=args.image, **kw)
+        provider: Provider = KubernetesProvider.from_in_cluster(image=args.image, **kw)
     else:
         from cluster.providers.local import LocalProvider
 
@@ -164,8 +165,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     while True:
         rows = []
         now = time.time()
-        for name in sorted(ws.redis.smembers(layout.RK_NODES)):
-            h = ws.redis.hgetall(layout.rk_node(name))
+        for name in sorted(str(n) for n in ws.redis.smembers(layout.RK_NODES)):
+            h: dict[str, str] = ws.redis.hgetall(layout.rk_node(name))  # type: ignore[assignment]
             if not h:
                 continue
             age = now - float(h.get("heartbeat", 0) or 0)

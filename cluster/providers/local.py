@@ -62,7 +62,8 @@ class LocalProvider:
             embedded.remove_process(self.state_dir, mp.pid)
 
     def list_nodes(self, pool: PoolSpec) -> list[str]:
-        alive, dead = [], []
+        alive: list[embedded.ManagedProcess] = []
+        dead: list[embedded.ManagedProcess] = []
         for mp in self._mine(pool):
             embedded.reap(mp.pid)
             (alive if mp.alive else dead).append(mp)
