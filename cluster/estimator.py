@@ -119,11 +119,14 @@ class ScriptRunConfig:
         self.max_run_duration_seconds = max_run_duration_seconds
 
     def run_config(self) -> RunConfiguration:
-        env = self.environment
-        pip = tuple(getattr(env, "pip_packages", ()) or (env.get("pip_packages", ()) if isinstance(env, dict) else ()))
-        conda = tuple(getattr(env, "conda_packages", ()) or
-                      (env.get("conda_packages", ()) if isinstance(env, dict) else ()))
-        env_vars = dict(getattr(env, "environment_variables", {}) or
-                        (env.get("environment_variables", {}) if isinstance(env, dict) else {}))
+        pip = tuple(self._env_field("pip_packages", ()))
+        conda = tuple(self._env_field("conda_packages", ()))
+        env_vars = {str(k): str(v) for k, v in dict(self._env_field("environment_variables", {})).items()}
         return RunConfiguration(self.source_directory, self.script, tuple(_argument(a) for a in self.arguments),
                                 pool_name(self.compute_target), pip, conda, env_vars, self.max_run_duration_seconds)
+
+    def _env_field(self, name: str, default: Any) -> Any:
+        """``environment`` may be a dict or an object with these attributes (Azure's Environment-like)."""
+        env = self.environment
+        value = env.get(name) if isinstance(env, dict) else getattr(env, name, None)
+        return value or default
