@@ -88,7 +88,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     heartbeat.start()
     try:
         app.worker_main([
-            "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
+            "--quiet", "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
             f"--queues={layout.queue_name(opts.pool)}", f"--hostname={opts.name}@%h",
             "--without-gossip", "--without-mingle", f"--loglevel={opts.loglevel}",
         ])
