@@ -2,6 +2,9 @@
 # Both install the project first (once per change of pyproject.toml).
 PYTHON ?= python3
 STAMP := .setup.stamp
+# MNIST: imported from a folder when there is one beside the checkout (as in CI), else downloaded (verified)
+MNIST_DIR ?= $(wildcard $(CURDIR)/../shared/data/mnist)
+export MNIST_DIR
 
 .PHONY: setup demo test lint bench down
 
