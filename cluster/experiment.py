@@ -90,7 +90,8 @@ def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, 
                        arguments=tuple(_display(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
     ws.runs.create(spec, record)
     ws.enqueue(run_id, rc.pool)
-    _warn_if_no_nodes(ws, rc.pool)
+    if parent is None:  # a sweep's children are submitted by the controller: nobody reads a note there
+        _warn_if_no_nodes(ws, rc.pool)
     return Run(experiment, run_id)
 
 
@@ -101,8 +102,8 @@ def _display(arg: Any) -> str:
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
-    if pool in ws.compute_targets:
-        return  # the controller scales the pool
+    if ws.store.exists(layout.pool_key(pool)):
+        return  # a compute target: the controller scales the pool (one lookup, not every pool's record)
     for name in ws.redis.smembers(layout.RK_NODES):
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
             return
