@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from cluster.errors import ClusterError
 
-from . import infra, pools, runs, sweep
+from . import infra, pools, runs, sweep, ui
 
-GROUPS = [infra, runs, pools, sweep]
+GROUPS = [infra, runs, pools, sweep, ui]
 
 
 def build_parser() -> argparse.ArgumentParser:
