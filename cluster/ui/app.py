@@ -136,11 +136,11 @@ def create_app(ws: Workspace, token: str) -> Any:
         last_id = request.headers.get("last-event-id")
         log_after, met_after = stream.parse_cursor(last_id or f"{after or ''}|{metrics_after or ''}")
         r = _async_redis(app, ws)
-        body = stream.follow(r, run_id, after=log_after, metrics_after=met_after,
+        feed = stream.follow(r, run_id, after=log_after, metrics_after=met_after,
                              read_archive=lambda: logstream.archived(ws.store, run.prefix),
                              stored_status=lambda: ws.runs.stored_record(run_id).status.value,
                              disconnected=request.is_disconnected)
-        return StreamingResponse(body, media_type="text/event-stream",
+        return StreamingResponse(stream.guarded(feed, run_id), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
     @app.get("/api/runs/{run_id}/files", tags=["runs"])
@@ -208,8 +208,9 @@ def _async_redis(app: FastAPI, ws: Workspace) -> Any:
 
     r = getattr(app.state, "aredis", None)
     if r is None:
+        # the socket timeout must outlast a blocking XREAD (stream.BLOCK_MS)
         r = aioredis.Redis.from_url(ws.settings.redis_url, decode_responses=True, socket_connect_timeout=3,
-                                    health_check_interval=30)
+                                    socket_timeout=stream.BLOCK_MS / 1000 + 20, health_check_interval=30)
         app.state.aredis = r
     return r
 

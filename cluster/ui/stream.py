@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -19,7 +20,10 @@ import redis.asyncio as aioredis
 from cluster import layout, logstream
 from cluster.records import RunStatus
 
+log = logging.getLogger("cluster.ui.stream")
+
 BLOCK_MS = 10_000  # a keep-alive comment at least this often
+RETRY_MS = 2_000  # how long a browser waits before it reconnects (with Last-Event-ID)
 FINAL = {s.value for s in RunStatus if s.is_final}
 
 
@@ -113,6 +117,16 @@ async def follow(r: aioredis.Redis, run_id: str, *, after: str, metrics_after: s
                 yield sse("end", {"status": status}, f"{last_log}|{last_met}")
                 return
             block_ms = 200
+
+
+async def guarded(feed: AsyncIterator[str], run_id: str) -> AsyncIterator[str]:
+    """End the response cleanly if Redis fails mid-stream: the browser reconnects and resumes where it was."""
+    yield f"retry: {RETRY_MS}\n\n"
+    try:
+        async for chunk in feed:
+            yield chunk
+    except (aioredis.RedisError, OSError) as e:
+        log.warning("live feed of run %s ended early: %s", run_id, e)
 
 
 async def _archive(read_archive: Callable[[], list[str]], start: int, last_met: str) -> AsyncIterator[str]:
