@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -197,10 +199,19 @@ def create_app(ws: Workspace, token: str) -> Any:
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # build (or load) every experiment's run index in the background, so the first visitor does not wait
+    threading.Thread(target=_warm, args=(app.state.views,), name="ui-index-warmup", daemon=True).start()
     yield
     r = getattr(app.state, "aredis", None)
     if r is not None:
         await r.aclose()
+
+
+def _warm(views: Views) -> None:
+    try:
+        views.experiments()
+    except Exception as e:  # a cache warm-up: the first request does the work instead
+        logging.getLogger("cluster.ui").warning("could not warm the run index: %s", e)
 
 
 def _async_redis(app: FastAPI, ws: Workspace) -> Any:

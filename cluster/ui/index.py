@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("cluster.ui.index")
 
 INDEX_VERSION = 1
+READ_THREADS = 8
 CHILDREN = "children/"
 
 
@@ -46,6 +48,13 @@ def _ts(stamp: str | None) -> float | None:
         return datetime.fromisoformat(stamp).timestamp()
     except ValueError:
         return None
+
+
+def _final_json(raw: str) -> bool:
+    try:
+        return RunStatus(json.loads(raw).get("status")).is_final
+    except (ValueError, AttributeError):
+        return False
 
 
 def scalar_metrics(values: dict[str, Any]) -> dict[str, Any]:
@@ -91,6 +100,7 @@ class RunIndex:
         self._final: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self.reads = 0  # object-store reads of records and metrics made for rows (for tests and the benchmark)
+        self._count = threading.Lock()
 
     # -- the stored index ---------------------------------------------------------------------------
     def _load(self, experiment: str) -> dict[str, dict[str, Any]]:
@@ -158,24 +168,34 @@ class RunIndex:
             pipe.hget(layout.rk_run(run_id), "record")
             pipe.xrange(layout.rk_run_metrics(run_id))
         replies = pipe.execute()
-        out: dict[str, dict[str, Any]] = {}
-        for n, (run_id, prefix) in enumerate(pending):
-            raw, entries = replies[2 * n], replies[2 * n + 1]
+        def build(item: tuple[str, str, Any, Any]) -> tuple[str, dict[str, Any] | None]:
+            run_id, prefix, raw, entries = item
             try:
                 if raw:
                     record = RunRecord.from_dict(json.loads(raw))
                 else:
-                    self.reads += 1
+                    self._read()
                     record = RunRecord.from_dict(self.ws.store.get_json(prefix + layout.RUN_RECORD))
             except (NotFoundError, PayloadError, ValueError):
-                continue  # being created (spec written, record not yet) or damaged: not listed
+                return run_id, None  # being created (spec written, record not yet) or damaged: not listed
             if record.status.is_final:
-                self.reads += 1
+                self._read()
                 events = metrics.stored_events(self.ws.store, record.prefix)
             else:
                 events = [json.loads(f["e"]) for _id, f in entries or [] if "e" in f]
-            out[run_id] = make_row(record, metrics.aggregate(events))
-        return out
+            return run_id, make_row(record, metrics.aggregate(events))
+
+        items = [(run_id, prefix, replies[2 * n], replies[2 * n + 1]) for n, (run_id, prefix) in enumerate(pending)]
+        slow = [i for i in items if not i[2] or _final_json(i[2])]
+        out = dict(build(i) for i in items if i not in slow)
+        if slow:  # object-store reads: in parallel (the first listing of a big experiment reads every run once)
+            with ThreadPoolExecutor(READ_THREADS) as pool:
+                out.update(pool.map(build, slow))
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _read(self) -> None:
+        with self._count:
+            self.reads += 1
 
     def experiments(self) -> list[str]:
         return sorted(self.ws.runs.list_experiments())

@@ -185,6 +185,7 @@
     return e;
   };
 
+  const PAD = 0.05; // keep points off the axes
   function axisScale(values) {
     const nums = values.every((v) => typeof v === "number");
     if (nums) {
@@ -193,10 +194,12 @@
       const log = lo > 0 && hi / lo > 50;
       const f = log ? Math.log10 : (v) => v;
       const a = f(lo), b = f(hi);
-      return { pos: (v) => (f(v) - a) / (b - a), ticks: [lo, hi], label: fmt, log: log };
+      const mid = log ? Math.pow(10, (a + b) / 2) : (lo + hi) / 2;
+      return { pos: (v) => PAD + (1 - 2 * PAD) * (f(v) - a) / (b - a), ticks: [lo, mid, hi], label: fmt, log: log };
     }
     const cats = Array.from(new Set(values.map(String)));
-    return { pos: (v) => (cats.length === 1 ? 0.5 : cats.indexOf(String(v)) / (cats.length - 1)), ticks: cats, label: String, cats: true };
+    return { pos: (v) => (cats.length === 1 ? 0.5 : PAD + (1 - 2 * PAD) * cats.indexOf(String(v)) / (cats.length - 1)),
+      ticks: cats, label: String, cats: true };
   }
 
   function sweepCharts() {
@@ -219,8 +222,7 @@
       const X = (v) => L + xs.pos(v) * (W - L - R), Y = (v) => H - B - ys.pos(v) * (H - T - B);
       s.appendChild(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
       s.appendChild(svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
-      xs.ticks.forEach((t, i) => s.appendChild(svg("text", { x: X(t), y: H - B + 14,
-        "text-anchor": xs.cats ? "middle" : (i === 0 ? "start" : "end") }, xs.label(t))));
+      xs.ticks.forEach((t) => s.appendChild(svg("text", { x: X(t), y: H - B + 14, "text-anchor": "middle" }, xs.label(t))));
       ys.ticks.forEach((t) => s.appendChild(svg("text", { x: L - 4, y: Y(t) + 4, "text-anchor": "end" }, ys.label(t))));
       s.appendChild(svg("text", { x: (L + W - R) / 2, y: H - 6, "text-anchor": "middle" }, p + (xs.log ? " (log scale)" : "")));
       for (const c of rows) {
@@ -253,7 +255,7 @@
       s.appendChild(svg("line", { class: "axis", x1: AX(i), y1: PT, x2: AX(i), y2: PH - PB }));
       s.appendChild(svg("text", { x: AX(i), y: PH - 10, "text-anchor": "middle" }, a));
       const sc = scales[i];
-      sc.ticks.forEach((t) => s.appendChild(svg("text", { x: AX(i) + 5, y: AY(i, t) + (sc.cats ? 4 : (t === sc.ticks[0] ? -3 : 11)) }, sc.label(t))));
+      sc.ticks.forEach((t) => s.appendChild(svg("text", { x: AX(i) + 5, y: AY(i, t) + 4 }, sc.label(t))));
     });
     par.appendChild(s);
   }
@@ -302,7 +304,11 @@
     sweepCharts();
     poolChartsRender();
     document.body.addEventListener("htmx:afterSwap", (e) => {
-      if (e.target.id === "sweep-panel") sweepCharts();
+      if (e.target.id === "sweep-panel") {
+        sweepCharts();
+        const data = jsonData("sweep-data");
+        if (data && data.final) { const b = $("#cancel"); if (b) b.hidden = true; }
+      }
       if (e.target.id === "pools-panel") { poolCharts.forEach((u) => u.destroy()); poolCharts.clear(); poolChartsRender(); }
     });
   }
