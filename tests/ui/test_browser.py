@@ -180,3 +180,31 @@ def test_without_the_token_the_browser_gets_401(browser: Any, dashboard: Any) ->
         assert resp is not None and resp.status == 401
     finally:
         context.close()
+
+
+def test_pool_page_shows_nodes_scaling_up_and_down(ws: Workspace, page: Any,
+                                                   make_source: Callable[..., Path]) -> None:
+    from cluster import ComputeTarget, NodePool
+
+    name = unique("uipool")
+    target = ComputeTarget.create(ws, name, NodePool.provisioning_configuration(
+        vm_size="small", min_nodes=0, max_nodes=1, idle_seconds_before_scaledown=1))
+    try:
+        page.goto("/pools")
+        section = page.page.locator(f'section.pool[data-pool="{name}"]')
+        poll(lambda: section.count() == 1, what="the new pool on the page")
+        run = submit(ws, name, make_source("import time\nprint('on an autoscaled node')\ntime.sleep(2)\n"))
+        # the page refreshes itself: the node the controller started appears with the run it is doing
+        poll(lambda: section.locator(f'a[href="/runs/{run.id}"]').count() == 1, timeout=120,
+             what="the autoscaled node busy with the run")
+        page.screenshot("pools-scaled-up")
+        run.wait_for_completion(timeout=120)
+        # ... and once it idled past the timeout, the drain, and the node gone
+        poll(lambda: section.locator("table.events tbody tr").count() >= 2 and
+             section.locator("tr[data-node]").count() == 0, timeout=120, what="the scale-down")
+        reasons = section.locator("table.events tbody").inner_text()
+        assert "start 1" in reasons and "drain" in reasons, reasons
+        assert section.locator(".pool-chart .uplot").count() == 1  # the nodes-over-time chart
+        page.screenshot("pools-scaled-down")
+    finally:
+        target.delete()
