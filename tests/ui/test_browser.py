@@ -76,6 +76,8 @@ def test_run_page_shows_the_log_and_the_chart_growing_live(ws: Workspace, pool: 
     poll(lambda: page.page.locator("#files").count(), what="the files panel after the run ended")
     assert page.page.locator("#timeline tbody tr").count() == 5  # Queued .. Completed, each with its time
     assert page.page.locator("#cancel").is_hidden()
+    page.page.locator('#files a.preview[data-src*="logs/driver.log"]').click()  # text preview
+    poll(lambda: "step 29 accuracy" in page.page.locator("#preview pre").inner_text(), what="the log preview")
     page.screenshot("run-completed")
 
 
@@ -202,7 +204,7 @@ def test_pool_page_shows_nodes_scaling_up_and_down(ws: Workspace, page: Any,
         # ... and once it idled past the timeout, the drain, and the node gone
         poll(lambda: section.locator("table.events tbody tr").count() >= 2 and
              section.locator("tr[data-node]").count() == 0, timeout=120, what="the scale-down")
-        reasons = section.locator("table.events tbody").inner_text()
+        reasons = section.locator("table.events tbody").text_content() or ""  # inside a closed <details>
         assert "start 1" in reasons and "drain" in reasons, reasons
         assert section.locator(".pool-chart .uplot").count() == 1  # the nodes-over-time chart
         page.screenshot("pools-scaled-down")
