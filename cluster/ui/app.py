@@ -20,18 +20,20 @@ from fastapi.templating import Jinja2Templates
 from cluster import logstream
 from cluster.errors import ClusterError, NotFoundError, UsageError
 from cluster.ui import stream
-from cluster.ui.auth import TokenAuth, derive
+from cluster.ui.auth import SecurityHeaders, TokenAuth, derive
 from cluster.ui.views import TEXT_PREVIEW_BYTES, Views
 from cluster.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent
+# a run's files are the script's output, i.e. untrusted: never active content in the dashboard's origin
+_FILE_CSP = "sandbox; default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
 PAGE_SIZE = 50
 
 
 def create_app(ws: Workspace, token: str) -> Any:
     """The ASGI app for one workspace, guarded by ``token``."""
     views = Views(ws)
-    app = FastAPI(title="cluster dashboard", version="1", lifespan=_lifespan,
+    app = FastAPI(title="cluster dashboard", version="1", lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Runs, logs, metrics, sweeps, models and node pools of one cluster. Every call needs "
                               "`Authorization: Bearer <token>` (the `ui_token` of `.cluster/config.json`).")
     templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -194,7 +196,26 @@ def create_app(ws: Workspace, token: str) -> Any:
         """Every node: pool, state (idle/busy/draining, or lost after 10 s of silence), current run."""
         return views.nodes()
 
-    return TokenAuth(app, token)
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def api_docs(request: Request) -> HTMLResponse:
+        """The API reference, rendered here from the OpenAPI schema (no CDN: works offline)."""
+        return page(request, "api.html", title="API", nav="api", ops=_operations(app.openapi()))
+
+    return SecurityHeaders(TokenAuth(app, token))
+
+
+def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    ops = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, op in methods.items():
+            params = [{"name": p["name"], "in": p["in"], "required": p.get("required", False),
+                       "type": p.get("schema", {}).get("type") or "/".join(
+                           t.get("type", "") for t in p.get("schema", {}).get("anyOf", []) if t.get("type")),
+                       "default": p.get("schema", {}).get("default")} for p in op.get("parameters", [])]
+            ops.append({"method": method.upper(), "path": path, "summary": op.get("summary", ""),
+                        "description": op.get("description", ""), "tag": (op.get("tags") or [""])[0],
+                        "params": params})
+    return ops
 
 
 @contextlib.asynccontextmanager
@@ -239,7 +260,8 @@ def _object_response(ws: Workspace, key: str, path: str, preview: bool) -> Respo
             finally:
                 resp.close()
                 resp.release_conn()
-        return Response(data.decode("utf-8", "replace"), media_type="text/plain; charset=utf-8")
+        return Response(data.decode("utf-8", "replace"), media_type="text/plain; charset=utf-8",
+                        headers={"content-security-policy": _FILE_CSP})
     import mimetypes
 
     mime = mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -258,7 +280,7 @@ def _object_response(ws: Workspace, key: str, path: str, preview: bool) -> Respo
     inline = preview and kind == "image"
     disposition = f'{"inline" if inline else "attachment"}; filename="{name.replace(chr(34), "")}"'
     return StreamingResponse(body(), media_type=mime if inline or kind != "binary" else "application/octet-stream",
-                             headers={"content-disposition": disposition, "x-content-type-options": "nosniff"})
+                             headers={"content-disposition": disposition, "content-security-policy": _FILE_CSP})
 
 
 def _experiment_ctx(views: Views, name: str, status: str, tag: str, sort: str, order: str,

@@ -276,3 +276,23 @@ def read_sse(api: httpx.Client, path: str, *, headers: dict[str, str] | None = N
             if field in ("event", "id", "data"):
                 current[field] = value.removeprefix(" ")
     return events
+
+
+def test_pages_carry_a_strict_policy_and_files_are_sandboxed(api: httpx.Client, finished: Run) -> None:
+    home = api.get("/")
+    csp = home.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert home.headers["referrer-policy"] == "no-referrer" and home.headers["x-content-type-options"] == "nosniff"
+    f = api.get(f"/api/runs/{finished.id}/files/outputs/plot.png", params={"preview": 1})
+    assert f.headers["content-security-policy"].startswith("sandbox")  # a run's output is never active content
+
+
+def test_api_reference_page_lists_every_call_offline(api: httpx.Client) -> None:
+    page = api.get("/docs")
+    assert page.status_code == 200
+    for path in ("/api/experiments", "/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/log",
+                 "/api/runs/{run_id}/log/stream", "/api/runs/{run_id}/files", "/api/runs/{run_id}/files/{path}",
+                 "/api/runs/{run_id}/cancel", "/api/sweeps/{run_id}", "/api/models", "/api/pools", "/api/nodes"):
+        assert f"</strong> {path}</td>" in page.text, path
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    assert api.get("/openapi.json").json()["paths"].keys() >= {"/api/runs", "/api/nodes"}

@@ -170,6 +170,9 @@ def test_models_and_pools_pages(ws: Workspace, pool: str, node: Any, page: Any,
     page.goto("/pools")
     assert page.page.locator(f'section.pool[data-pool="{pool}"] tr[data-node="{node.name}"]').count() == 1
     page.screenshot("pools")
+    page.goto("/docs")
+    assert page.page.locator("#api tbody tr").count() >= 12
+    page.screenshot("api")
 
 
 def test_without_the_token_the_browser_gets_401(browser: Any, dashboard: Any) -> None:
