@@ -213,7 +213,8 @@ def _operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
                            t.get("type", "") for t in p.get("schema", {}).get("anyOf", []) if t.get("type")),
                        "default": p.get("schema", {}).get("default")} for p in op.get("parameters", [])]
             ops.append({"method": method.upper(), "path": path, "summary": op.get("summary", ""),
-                        "description": op.get("description", ""), "tag": (op.get("tags") or [""])[0],
+                        "description": op.get("description", "").replace("``", ""),
+                        "tag": (op.get("tags") or [""])[0],
                         "params": params})
     return ops
 
