@@ -17,7 +17,7 @@ from cluster import Experiment, Run, Workspace
 from cluster.cli import main as cli_main
 from cluster.sweep import GridParameterSampling, HyperDriveConfig, HyperDriveRun, PrimaryMetricGoal, choice
 from cluster.ui.auth import derive
-from tests.helpers import unique
+from tests.helpers import unique, wait_until
 from tests.ui.support import Dashboard, submit, wait_status
 
 pytestmark = pytest.mark.integration
@@ -296,3 +296,36 @@ def test_api_reference_page_lists_every_call_offline(api: httpx.Client) -> None:
         assert f"</strong> {path}</td>" in page.text, path
     assert "cdn" not in page.text.lower() and "https://" not in page.text
     assert api.get("/openapi.json").json()["paths"].keys() >= {"/api/runs", "/api/nodes"}
+
+
+def test_cluster_ui_command_serves_with_the_token_from_the_environment(cluster_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from cluster import embedded
+
+    port = embedded.free_port()
+    env = {**os.environ, "CLUSTER_UI_TOKEN": "from-the-environment-0123456789"}
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "ui", "--config", str(cluster_dir / "config.json"),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def answers() -> int | None:
+            try:
+                return httpx.get(f"{url}/api/health", headers={"Authorization": f"Bearer {env['CLUSTER_UI_TOKEN']}"},
+                                 timeout=2).status_code
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                return None
+
+        assert wait_until(answers, timeout=60, what="`cluster ui` to answer") == 200
+        config_token = json.loads((cluster_dir / "config.json").read_text())["ui_token"]
+        assert httpx.get(f"{url}/api/health", headers={"Authorization": f"Bearer {config_token}"}).status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode in (0, -signal.SIGTERM)  # uvicorn shuts down, then re-raises the signal
+    assert f"http://127.0.0.1:{port}/" in out.decode() and env["CLUSTER_UI_TOKEN"] not in out.decode()
