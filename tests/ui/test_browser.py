@@ -213,3 +213,43 @@ def test_pool_page_shows_nodes_scaling_up_and_down(ws: Workspace, page: Any,
         page.screenshot("pools-scaled-down")
     finally:
         target.delete()
+
+
+MODES = """
+import argparse, time
+from cluster import Run
+p = argparse.ArgumentParser()
+p.add_argument("--mode", default="good")
+args = p.parse_args()
+run = Run.get_context()
+if args.mode == "lag":  # a bad value, slowly: the bandit policy stops it
+    for _ in range(60):
+        run.log("score", 0.1)
+        time.sleep(0.5)
+else:
+    for _ in range(10):
+        run.log("score", 1.0)
+        time.sleep(0.1)
+"""
+
+
+def test_sweep_page_marks_a_child_stopped_early_with_the_policys_reason(ws: Workspace, pool: str, node: Any,
+                                                                        page: Any,
+                                                                        make_source: Callable[..., Path]) -> None:
+    est = Estimator(source_directory=str(make_source(MODES)), entry_script="train.py", compute_target=pool)
+    hd = HyperDriveConfig(estimator=est, hyperparameter_sampling=GridParameterSampling({"--mode": choice("good",
+                                                                                                         "lag")}),
+                          policy=BanditPolicy(evaluation_interval=1, slack_factor=0.2), primary_metric_name="score",
+                          primary_metric_goal=PrimaryMetricGoal.MAXIMIZE, max_total_runs=2, max_concurrent_runs=2)
+    sweep = Experiment(ws, unique("uistop")).submit(hd)
+    sweep.wait_for_completion(timeout=180)
+    lag = next(r for r in sweep.get_children_sorted_by_primary_metric() if r["hyperparameters"]["--mode"] == "lag")
+    assert lag["status"] == "Canceled" and lag["stopped_by"]["by"] == "BanditPolicy"
+    page.goto(f"/sweeps/{sweep.id}")
+    row = page.page.locator(f'#children tr[data-run="{lag["run_id"]}"]')
+    assert "stopped" in (row.get_attribute("class") or "")
+    note = row.locator("td").last.inner_text()
+    assert "stopped by BanditPolicy" in note and lag["stopped_by"]["reason"] in note
+    assert page.page.locator("#progress").inner_text().count("Stopped early\t1") == 1
+    assert page.page.locator(f'#sweep-scatter circle.stopped[data-run="{lag["run_id"]}"]').count() == 1
+    page.screenshot("sweep-stopped")
