@@ -12,13 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from cluster import logstream
-from cluster.errors import ClusterError, NotFoundError, UsageError
+from cluster.errors import ClusterError, NotFoundError, ServiceError, UsageError
 from cluster.ui import stream
 from cluster.ui.auth import SecurityHeaders, TokenAuth, derive
 from cluster.ui.views import TEXT_PREVIEW_BYTES, Views
@@ -51,6 +52,11 @@ def create_app(ws: Workspace, token: str) -> Any:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=code)
         return page(request, "error.html", status_code=code, title=f"{code}", message=exc.message, hint=exc.hint)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_error(request: Request, exc: redis.RedisError) -> Response:
+        return await cluster_error(request, ServiceError(f"Redis failed: {type(exc).__name__}: {exc}",
+                                                         hint="`cluster status` checks every service"))
 
     # ---- pages ----------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.compute import load_specs, rk_pool_events, rk_pool_status
-from cluster.errors import NotFoundError, UsageError
+from cluster.errors import ClusterError, NotFoundError, UsageError
 from cluster.experiment import Experiment
 from cluster.model import MODEL_RECORD, Model, ModelRecord
 from cluster.run import Run
@@ -32,6 +32,7 @@ class Views:
         self.ws = ws
         self.index = RunIndex(ws)
         self._models: dict[tuple[str, int], dict[str, Any]] = {}
+        self._sweeps: dict[str, tuple[str, bool]] = {}  # sweep id -> (primary metric, maximize): immutable
         self._lock = threading.Lock()
 
     # -- experiments and runs ---------------------------------------------------------------------
@@ -61,7 +62,7 @@ class Views:
         if sort not in SORTS and not sort.startswith("metric:"):
             raise UsageError(f"cannot sort by {sort!r}", hint=f"use one of {', '.join(SORTS)} or metric:<name>")
         names = [layout.check_name("experiment", experiment)] if experiment else self.index.experiments()
-        rows = [r for name in names for r in self.index.rows(name)]
+        rows = self._with_sweep_best([r for name in names for r in self.index.rows(name)])
         metric_names = sorted({m for r in rows for m in r["metrics"]})
         matching = [r for r in rows if _matches(r, status, tag)]
         key = _sort_key(sort)
@@ -85,6 +86,41 @@ class Views:
                 top.append(next(r for r in rows if r["run_id"] == parent_id))
         page = [{**r, "children": children.get(r["run_id"], [])} for r in top[offset:offset + limit]]
         return {"total": len(top), "offset": offset, "limit": limit, "metrics": metric_names, "runs": page}
+
+    def _with_sweep_best(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A sweep's row shows (and sorts by) its best completed child's value of the primary metric."""
+        kids: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            if r["parent_id"]:
+                kids.setdefault(r["parent_id"], []).append(r)
+        out = []
+        for r in rows:
+            if r["kind"] == "sweep" and kids.get(r["run_id"]):
+                metric, maximize = self._sweep_goal(r)
+                values = [c["metrics"][metric] for c in kids[r["run_id"]] if c["status"] == "Completed"
+                          and isinstance(c["metrics"].get(metric), int | float)
+                          and not isinstance(c["metrics"][metric], bool)]
+                if metric and values:
+                    best = max(values) if maximize else min(values)
+                    r = {**r, "metrics": {**r["metrics"], metric: best}, "best_of_children": metric}
+            out.append(r)
+        return out
+
+    def _sweep_goal(self, row: dict[str, Any]) -> tuple[str, bool]:
+        key = row["run_id"]
+        with self._lock:
+            cached = self._sweeps.get(key)
+        if cached is None:
+            from cluster.sweep import state
+
+            try:
+                spec = state.load_spec(self.ws, layout.run_prefix(row["experiment"], key))
+                cached = (spec.primary_metric_name, spec.goal.value.lower().startswith("max"))
+            except ClusterError:
+                cached = ("", True)
+            with self._lock:
+                self._sweeps[key] = cached
+        return cached
 
     def run(self, run_id: str) -> Run:
         record = self.ws.runs.record(run_id)

@@ -232,6 +232,8 @@ def test_sweep_children_and_best_match_hyperdrive_run(ws: Workspace, pool: str, 
     assert data["parameters"] == ["--value"]
     rows = api.get("/api/runs", params={"experiment": exp.name, "grouped": True}).json()
     assert rows["total"] == 1 and rows["runs"][0]["kind"] == "sweep"
+    parent = rows["runs"][0]  # shows its best completed child's value of the primary metric
+    assert parent["metrics"]["accuracy"] == 0.7 and parent["best_of_children"] == "accuracy"
     assert sorted(c["run_id"] for c in rows["runs"][0]["children"]) == sorted(r.id for r in sweep.get_children())
     assert api.get(f"/api/sweeps/{best.id}").status_code == 400  # a child is not a sweep
 
