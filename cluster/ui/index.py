@@ -168,6 +168,7 @@ class RunIndex:
             pipe.hget(layout.rk_run(run_id), "record")
             pipe.xrange(layout.rk_run_metrics(run_id))
         replies = pipe.execute()
+
         def build(item: tuple[str, str, Any, Any]) -> tuple[str, dict[str, Any] | None]:
             run_id, prefix, raw, entries = item
             try:
@@ -178,16 +179,18 @@ class RunIndex:
                     record = RunRecord.from_dict(self.ws.store.get_json(prefix + layout.RUN_RECORD))
             except (NotFoundError, PayloadError, ValueError):
                 return run_id, None  # being created (spec written, record not yet) or damaged: not listed
-            if record.status.is_final:
+            live = [json.loads(f["e"]) for _id, f in entries or [] if "e" in f]
+            if record.status.is_final:  # the archive is authoritative; the live stream if there is none
                 self._read()
-                events = metrics.stored_events(self.ws.store, record.prefix)
+                events = metrics.stored_events(self.ws.store, record.prefix) or live
             else:
-                events = [json.loads(f["e"]) for _id, f in entries or [] if "e" in f]
+                events = live
             return run_id, make_row(record, metrics.aggregate(events))
 
         items = [(run_id, prefix, replies[2 * n], replies[2 * n + 1]) for n, (run_id, prefix) in enumerate(pending)]
         slow = [i for i in items if not i[2] or _final_json(i[2])]
-        out = dict(build(i) for i in items if i not in slow)
+        slow_ids = {i[0] for i in slow}
+        out = dict(build(i) for i in items if i[0] not in slow_ids)
         if slow:  # object-store reads: in parallel (the first listing of a big experiment reads every run once)
             with ThreadPoolExecutor(READ_THREADS) as pool:
                 out.update(pool.map(build, slow))

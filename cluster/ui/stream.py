@@ -80,6 +80,7 @@ async def follow(r: aioredis.Redis, run_id: str, *, after: str, metrics_after: s
                     last_log = entry_id
                     if fields.get("eof") == "1":
                         log_done = True
+                        block_ms = min(block_ms, 250)  # the final status follows the eof within moments
                         continue
                     out.append(sse("log", {"id": entry_id, "line": fields.get("l", ""), "s": fields.get("s", "o")},
                                    f"{last_log}|{last_met}"))

@@ -55,7 +55,7 @@ def chart_points(page: Any, name: str) -> int:
 
 def test_run_page_shows_the_log_and_the_chart_growing_live(ws: Workspace, pool: str, node: Any, page: Any,
                                                            make_source: Callable[..., Path]) -> None:
-    run = submit(ws, pool, make_source(LIVE), arguments=["--steps", "30", "--sleep", "0.4"], tags={"case": "live"})
+    run = submit(ws, pool, make_source(LIVE), arguments=["--steps", "40", "--sleep", "0.5"], tags={"case": "live"})
     wait_status(run, {"Running"})
     page.goto(f"/runs/{run.id}")
     first = poll(lambda: log_lines(page) if log_lines(page) >= 3 else 0, what="the first log lines")
@@ -70,14 +70,14 @@ def test_run_page_shows_the_log_and_the_chart_growing_live(ws: Workspace, pool: 
     expected = [line for _id, line in run.stream_log()]
     shown = page.page.locator("#log").inner_text().splitlines()
     assert shown == expected  # every line once, in order
-    assert chart_points(page, "accuracy") == 30
+    assert chart_points(page, "accuracy") == 40
     assert page.page.locator('#metric-values tr[data-metric="rate"] td').inner_text() == "0.2"
     assert page.page.locator('#metric-rows [data-metric="final"] tbody tr').count() == 1
     poll(lambda: page.page.locator("#files").count(), what="the files panel after the run ended")
     assert page.page.locator("#timeline tbody tr").count() == 5  # Queued .. Completed, each with its time
     assert page.page.locator("#cancel").is_hidden()
     page.page.locator('#files a.preview[data-src*="logs/driver.log"]').click()  # text preview
-    poll(lambda: "step 29 accuracy" in page.page.locator("#preview pre").inner_text(), what="the log preview")
+    poll(lambda: "step 39 accuracy" in page.page.locator("#preview pre").inner_text(), what="the log preview")
     page.screenshot("run-completed")
 
 
