@@ -119,6 +119,8 @@ def rk_node(name: str) -> str:
 
 
 RK_NODES = "cluster:nodes"
+#: a list the submitter pushes to (trimmed to one entry): the controller's wait for its next tick ends at once
+RK_CONTROLLER_WAKE = "cluster:controller:wake"
 
 
 def rk_model_version(name: str) -> str:

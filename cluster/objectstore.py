@@ -6,7 +6,8 @@ import builtins
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,19 @@ class ObjectStore:
         with self._errors(f"write {key}"):
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
                                    metadata=meta)
+
+    def put_many(self, items: Iterable[tuple[str, bytes, str]]) -> None:
+        """Write several small objects ``(key, data, content type)`` concurrently; raises the first error
+        after all writes ended (none is left running)."""
+        todo = list(items)
+        if len(todo) <= 1:
+            for key, data, ctype in todo:
+                self.put_bytes(key, data, content_type=ctype)
+            return
+        with ThreadPoolExecutor(max_workers=min(4, len(todo)), thread_name_prefix="s3-put") as pool:
+            futures = [pool.submit(self.put_bytes, key, data, content_type=ctype) for key, data, ctype in todo]
+        for f in futures:
+            f.result()
 
     def put_json(self, key: str, obj: Any) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()

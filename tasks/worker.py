@@ -33,6 +33,7 @@ class WorkerOptions:
     cache_dir: Path
     static: bool = True
     limits: ResourceLimits | None = None
+    cpus: tuple[int, ...] = ()  # pin the node (and so its runs) to these CPUs; () = all it may use
     lease_ms: int = 10_000
     visibility_timeout: float = app_module.VISIBILITY_TIMEOUT
     loglevel: str = "WARNING"
@@ -77,6 +78,8 @@ class Heartbeat(threading.Thread):
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     """Block running the node until it is stopped (SIGTERM/SIGINT) or drained."""
     layout.check_name("pool", opts.pool)
+    if opts.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, opts.cpus)  # a run's CPUs are the first of the node's (ResourceLimits)
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     opts.cache_dir.mkdir(parents=True, exist_ok=True)
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,

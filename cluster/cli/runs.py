@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path, help="node cache: snapshots, environments, mounted data "
                    "(default: ~/.cache/cluster/cache)")
     p.add_argument("--size", help="node size (limits for each run's process); see docs")
+    p.add_argument("--cpus", help="pin this node and its runs to these CPUs, e.g. 0 or 2,3 (the local provider "
+                   "gives each node its own)")
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
@@ -102,6 +105,20 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 
+def _parse_cpus(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        cpus = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise UsageError(f"--cpus {text!r} is not a list of CPU numbers", hint="e.g. --cpus 0 or --cpus 2,3") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cpus)
+    if not cpus or not set(cpus) <= allowed:
+        raise UsageError(f"--cpus {text!r}: this process may use CPUs {sorted(allowed)} only",
+                         hint="pick CPUs from that list")
+    return cpus
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from tasks.process import ResourceLimits
     from tasks.worker import WorkerOptions, default_name, run_worker
@@ -116,7 +133,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
-                         static=not args.managed, limits=limits,
+                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus),
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     print(f"node {opts.name} serving pool {opts.pool} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     run_worker(settings, opts)

@@ -6,8 +6,13 @@ cluster's state.json (pid + start time) so that `cluster down` stops it even if 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 import secrets
 import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import psutil
@@ -15,8 +20,27 @@ import psutil
 from cluster import embedded
 from cluster.autoscale import PoolSpec
 from cluster.settings import CONFIG_FILE
+from cluster.sizes import get_size
 
 NODE_PREFIX = "node-"
+CPUS_FLAG = "--cpus"
+
+
+def allocate_cpus(available: Sequence[int], in_use: Iterable[Sequence[int]], count: int) -> tuple[int, ...]:
+    """The ``count`` CPUs of ``available`` least used by the nodes already running (``in_use``: each node's
+    CPU set), lowest number first among equals. Nodes get disjoint sets while the host has cores to spare;
+    beyond that the load is spread evenly rather than piled on CPU 0."""
+    usage = Counter(cpu for cpus in in_use for cpu in cpus)
+    ranked = sorted(available, key=lambda cpu: (usage[cpu], cpu))
+    return tuple(sorted(ranked[:max(1, min(count, len(ranked)))]))
+
+
+def node_cpus(argv: Sequence[str]) -> tuple[int, ...]:
+    """The CPU set a node was started with (its ``--cpus`` argument), or () if none."""
+    for flag, value in itertools.pairwise(argv):
+        if flag == CPUS_FLAG:
+            return tuple(int(c) for c in value.split(",") if c.strip().isdigit())
+    return ()
 
 
 class LocalProvider:
@@ -33,11 +57,17 @@ class LocalProvider:
 
     def start_nodes(self, pool: PoolSpec, count: int) -> list[str]:
         names = []
+        available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         for _ in range(count):
             name = f"{NODE_PREFIX}{pool.name}-{secrets.token_hex(3)}"
             config = self.state_dir / CONFIG_FILE  # absent in compose: nodes then read CLUSTER_* variables
+            cpus: list[str] = []
+            if available:  # each node its own cores (its size's count) while the host has them
+                in_use = [node_cpus(p.argv) for p in embedded.State.load(self.state_dir).processes if p.alive]
+                chosen = allocate_cpus(available, in_use, get_size(pool.vm_size).cpus)
+                cpus = [CPUS_FLAG, ",".join(map(str, chosen))]
             argv = [sys.executable, "-m", "cluster.cli", "worker", "--managed", "--pool", pool.name,
-                    "--node-name", name, "--size", pool.vm_size,
+                    "--node-name", name, "--size", pool.vm_size, *cpus,
                     *(["--config", str(config)] if config.exists() else []),
                     "--work-dir", str(self.state_dir / "nodes" / name),
                     "--cache-dir", str(self.state_dir / "node-cache"), *self.extra_args]
@@ -45,12 +75,20 @@ class LocalProvider:
             names.append(name)
         return names
 
-    def stop_node(self, pool: PoolSpec, node: str, *, grace: float = 10.0) -> None:
+    def stop_node(self, pool: PoolSpec, node: str, *, force: bool = False, grace: float = 10.0) -> None:
         for mp in self._mine(pool):
             if mp.name != node:
                 continue
             proc = mp.process()
-            if proc is not None:
+            if proc is not None and force:
+                # lost: a stopped or hung node never answers SIGTERM; its run's script is its child
+                victims = [proc]
+                with contextlib.suppress(psutil.Error):
+                    victims += proc.children(recursive=True)
+                for v in victims:
+                    with contextlib.suppress(psutil.Error):
+                        v.kill()
+            elif proc is not None:
                 try:
                     proc.terminate()
                     proc.wait(grace)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -232,3 +233,59 @@ def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster
         controller.resume()
     details = run.wait_for_completion(timeout=60)
     assert details["status"] == "Canceled" and details["attempt"] == 1
+
+
+PROBE = """
+import json, os, time
+os.makedirs("outputs", exist_ok=True)
+with open("outputs/probe.json", "w") as f:
+    json.dump({"cpus": sorted(os.sched_getaffinity(0)),
+               "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                          "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                                          "NUMEXPR_NUM_THREADS")}}, f)
+time.sleep(2)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to show disjoint sets")
+def test_two_small_nodes_get_their_own_cpu_and_thread_counts(ws: Workspace, tmp_path: Path,
+                                                            make_pool: Callable[..., NodePool]) -> None:
+    src = tmp_path / "probe"
+    src.mkdir()
+    (src / "probe.py").write_text(PROBE)
+    pool = make_pool(max_nodes=2, idle_seconds_before_scaledown=30)
+    exp = Experiment(ws, "pools")
+    runs = [exp.submit(Estimator(src, "probe.py", compute_target=pool)) for _ in range(2)]
+    seen = []
+    for run in runs:
+        assert run.wait_for_completion(timeout=90)["status"] == "Completed"
+        seen.append(json.loads(Path(run.download_file("outputs/probe.json", tmp_path / f"{run.id}.json"))
+                               .read_text()))
+    assert len({run.get_details()["node"] for run in runs}) == 2
+    assert [len(s["cpus"]) for s in seen] == [1, 1]
+    assert seen[0]["cpus"] != seen[1]["cpus"]  # two 1-CPU nodes never share a core
+    for s in seen:
+        assert set(s["threads"].values()) == {"1"}
+
+
+def test_silent_node_is_removed_and_its_run_restarts_elsewhere(ws: Workspace, cluster_dir: Path, source: Path,
+                                                               make_pool: Callable[..., NodePool],
+                                                               tmp_path: Path) -> None:
+    pool = make_pool(max_nodes=2, min_nodes=2, idle_seconds_before_scaledown=30)
+    wait_until(lambda: len(_nodes(ws, pool.name)) == 2, 60, "two nodes")
+    run = _submit(ws, source, pool, 3.0, marker=tmp_path)
+    wait_until(lambda: run.get_status() == "Running", 60, "run started")
+    first = run.get_details()
+    mp = next(p for p in embedded.State.load(cluster_dir).processes if p.name == first["node"])
+    stopped = psutil.Process(mp.pid)
+    script_pids = [c.pid for c in stopped.children(recursive=True)]
+    stopped.send_signal(signal.SIGSTOP)  # silent, not dead: no heartbeat, no lease renewal, process still there
+    details = run.wait_for_completion(timeout=90)
+    assert details["status"] == "Completed" and details["node"] != first["node"]
+    assert [a.get("outcome") for a in details["attempts"]] == ["node-lost", "Completed"]
+    # the controller removed the silent node and the script it had started (a stopped process ignores SIGTERM)
+    wait_until(lambda: not psutil.pid_exists(mp.pid) or psutil.Process(mp.pid).status() == psutil.STATUS_ZOMBIE,
+               30, "the silent node removed")
+    for pid in script_pids:
+        wait_until(lambda p=pid: not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE,
+                   30, "its script removed")
