@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a node: one Celery worker with one slot, serving a pool",
                        description="Join a pool by hand (a static node: used, never scaled away). Runs until "
                        "stopped with Ctrl-C / SIGTERM; a run in progress finishes first.")
-    p.add_argument("--pool", required=True, help="the pool (compute target) whose queue this node consumes")
+    p.add_argument("--pool", help="the pool (compute target) whose queue this node consumes (required)")
     p.add_argument("--node-name", help="default: <pool>-<host>-<pid>")
     p.add_argument("--work-dir", type=Path, help="where run directories live (default: ~/.cache/cluster/work)")
     p.add_argument("--cache-dir", type=Path, help="node cache: snapshots, environments, mounted data "
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cpus", help="pin this node and its runs to these CPUs, e.g. 0 or 2,3 (the local provider "
                    "gives each node its own)")
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
+    # a warm spare of the local provider: loads everything, then waits for this file to say which node it becomes
+    p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
     p.set_defaults(func=cmd_worker)
@@ -119,10 +122,35 @@ def _parse_cpus(text: str | None) -> tuple[int, ...]:
     return cpus
 
 
+def _become_node(args: argparse.Namespace) -> None:
+    """A warm spare: import what a node needs now, then wait for the provider's assignment (a JSON file with
+    pool, node_name, size, cpus, work_dir) and take it as if given on the command line."""
+    import celery.apps.worker
+    import celery.worker.consumer  # noqa: F401
+    import kombu.transport.redis  # noqa: F401
+
+    import tasks.node
+    import tasks.worker  # noqa: F401
+
+    path: Path = args.spare_file
+    while not path.exists():
+        time.sleep(0.01)
+    assignment = json.loads(path.read_text())
+    path.unlink()
+    args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
+    args.cpus = assignment.get("cpus") or None
+    args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
+    args.managed = True
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from tasks.process import ResourceLimits
     from tasks.worker import WorkerOptions, default_name, run_worker
 
+    if args.spare_file:
+        _become_node(args)
+    if not args.pool:
+        raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None

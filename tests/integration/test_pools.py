@@ -24,6 +24,7 @@ import argparse, os, sys, time
 p = argparse.ArgumentParser()
 p.add_argument("--seconds", type=float, default=1.0)
 p.add_argument("--marker", default="")
+p.add_argument("--barrier", type=int, default=0)  # wait until this many runs started (needs --marker)
 a = p.parse_args()
 os.makedirs("outputs", exist_ok=True)
 with open("outputs/pid.txt", "w") as f:
@@ -32,6 +33,12 @@ if a.marker:
     with open(os.path.join(a.marker, "events.txt"), "a") as f:
         f.write(f"start {os.environ['CLUSTER_RUN_ID']} {os.getpid()}\\n")
 print("started", os.getpid(), flush=True)
+barrier_deadline = time.time() + 120
+while a.barrier and time.time() < barrier_deadline:
+    with open(os.path.join(a.marker, "events.txt")) as f:
+        if len(f.read().splitlines()) >= a.barrier:
+            break
+    time.sleep(0.05)
 deadline = time.time() + a.seconds
 while time.time() < deadline:
     time.sleep(0.05)
@@ -88,10 +95,12 @@ def _nodes(ws: Workspace, pool: str) -> dict[str, dict[str, str]]:
 
 
 def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: Path | None = None,
-            experiment: str = "pools") -> object:
+            experiment: str = "pools", barrier: int = 0) -> object:
     params: dict[str, object] = {"--seconds": seconds}
     if marker is not None:
         params["--marker"] = str(marker)
+    if barrier:
+        params["--barrier"] = barrier
     est = Estimator(source_directory=source, entry_script="work.py", script_params=params, compute_target=pool)
     return Experiment(ws, experiment).submit(est)
 
@@ -125,10 +134,12 @@ def test_api_and_validation(ws: Workspace, make_pool: Callable[..., NodePool]) -
     assert ws.compute_targets[pool.name].max_nodes == 2
 
 
-def test_scales_zero_to_two_to_zero(ws: Workspace, source: Path, make_pool: Callable[..., NodePool]) -> None:
+def test_scales_zero_to_two_to_zero(ws: Workspace, source: Path, make_pool: Callable[..., NodePool],
+                                    tmp_path: Path) -> None:
     pool = make_pool(max_nodes=2, idle_seconds_before_scaledown=1)
     assert _nodes(ws, pool.name) == {}
-    runs = [_submit(ws, source, pool, 2.0) for _ in range(2)]
+    # each run waits until both started: two nodes busy at once however fast or slow each node starts
+    runs = [_submit(ws, source, pool, 0.5, marker=tmp_path, barrier=2) for _ in range(2)]
     wait_until(lambda: sum(h.get("state") == "busy" for h in _nodes(ws, pool.name).values()) == 2, 60,
                "two busy nodes")
     for run in runs:
@@ -289,3 +300,23 @@ def test_silent_node_is_removed_and_its_run_restarts_elsewhere(ws: Workspace, cl
     for pid in script_pids:
         wait_until(lambda p=pid: not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE,
                    30, "its script removed")
+
+
+def _spares(cluster_dir: Path) -> dict[int, str]:
+    return {p.pid: p.name for p in embedded.State.load(cluster_dir).processes
+            if p.name.startswith("spare-") and p.alive}
+
+
+def test_first_node_of_a_cold_pool_is_a_warm_spare(ws: Workspace, cluster_dir: Path, source: Path,
+                                                   make_pool: Callable[..., NodePool]) -> None:
+    wait_until(lambda: len(_spares(cluster_dir)) == 1, 60, "the controller's warm spare")
+    before = _spares(cluster_dir)
+    pool = make_pool(max_nodes=1, idle_seconds_before_scaledown=1)
+    run = _submit(ws, source, pool, 0.5)
+    assert run.wait_for_completion(timeout=60)["status"] == "Completed"
+    node = run.get_details()["node"]
+    record = next(p for p in embedded.State.load(cluster_dir).processes if p.name == node)
+    assert record.pid in before  # the spare became the node: same process, recorded under the node's name
+    assert "--managed" in record.argv and "--pool" in record.argv
+    wait_until(lambda: len(_spares(cluster_dir)) == 1 and set(_spares(cluster_dir)) != set(before), 60,
+               "a new spare in its place")
