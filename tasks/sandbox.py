@@ -149,6 +149,9 @@ class Sandbox:
             hs = str(h)
             if any(_under(hs, m) for m in made if m != "/") and os.path.isdir(hs):
                 args += ["--tmpfs", hs]
+        # the private /tmp first: binds below it (a run directory under /tmp) are made on top of it
+        args += ["--bind", str(tmp_dir), "/tmp"]
+        made.add("/tmp")
         sdk = _sdk_dir()
         if sdk is not None:
             args += [*_dirs_for(SDK_DIR, made), "--ro-bind", str(sdk), f"{SDK_DIR}/cluster"]
@@ -158,7 +161,7 @@ class Sandbox:
         for p in (run_dir, *writable):
             ps = str(p)
             args += [*_dirs_for(os.path.dirname(ps), made), "--bind", ps, ps]
-        args += ["--proc", "/proc", "--dev", "/dev", "--bind", str(tmp_dir), "/tmp", "--chdir", str(cwd)]
+        args += ["--proc", "/proc", "--dev", "/dev", "--chdir", str(cwd)]
         if self.privileged and self.run_uid is not None:
             setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",
@@ -187,7 +190,7 @@ def _dirs_for(path: str, made: set[str]) -> list[str]:
     parts = Path(path).parts
     for i in range(2, len(parts) + 1):
         d = "/".join(("", *parts[1:i]))
-        if d in made or _covered(d, made):
+        if d in made:
             continue
         out += ["--perms", "0755", "--dir", d]
         made.add(d)
