@@ -201,7 +201,7 @@ def test_a_run_finds_no_secret_anywhere(ws: Workspace, pool: str, node: NodeProc
         assert not any("S3 ANONYMOUS WRITE WORKED" in line for line in lines)
         assert ws.redis.get("hostile:sentinel") == "1"
         assert not ws.store.exists("snapshots/planted.tar.gz")
-    assert details["attempts"][-1]["isolation"] == level
+    assert details["attempts"][-1]["isolation"] == level == details["isolation"]
     assert_node_alive(ws, node)
 
 
