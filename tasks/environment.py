@@ -10,6 +10,11 @@ Layout of the cache::
     <cache_dir>/<digest>.lock          flock'ed while the environment is checked or built
     <cache_dir>/<digest>/              the virtualenv
     <cache_dir>/<digest>/.cluster-env.json   marker, written last and atomically: the env is complete
+    <cache_dir>/<digest>.stamps.json  stat of every file of the finished env (mode, size, mtime, ctime, inode)
+
+An environment is reused only when its files still match their stamps (a write, chmod, utime or replacement
+changes ctime or inode); otherwise it is removed, rebuilt and the event logged. Sandboxed runs see it
+read-only anyway; the stamps catch tampering by a run on an unisolated node.
 
 conda: nodes build pip virtualenvs only. ``conda_packages`` are installed with pip, their names
 mapped where conda and PyPI differ (``CONDA_TO_PIP``), and a line in the run log says so.
@@ -292,6 +297,31 @@ def _link_node_packages(env_dir: Path, base_python: str, log: Callable[[str], No
     (purelib / "_cluster_node_packages.pth").write_text("\n".join(lines) + "\n")
 
 
+def _stamps(root: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for base, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]  # bytecode a run's Python may write on a level-none node
+        for name in files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+def _write_stamps(env_dir: Path, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_stamps(env_dir)))
+    os.replace(tmp, path)
+
+
+def _stamps_ok(env_dir: Path, path: Path) -> bool:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(known == _stamps(env_dir))
+
+
 def resolve_environment(
     spec: EnvSpec,
     cache_dir: Path,
@@ -323,14 +353,18 @@ def resolve_environment(
                          hint="point the node's environment cache at a writable directory") from e
     with _locked(cache_dir / f"{digest}.lock", log, short):
         if _is_complete(env_dir, base_python):
-            log(f"[env] reusing environment {short}")
-            return python
+            if _stamps_ok(env_dir, cache_dir / f"{digest}.stamps.json"):
+                log(f"[env] reusing environment {short}")
+                return python
+            log(f"[env] environment {short} failed verification (its files changed since it was built): "
+                "rebuilding it")
         if env_dir.exists():
             why = "built from another Python" if _read_marker(env_dir) else "incomplete"
             log(f"[env] removing {why} environment {short}")
             shutil.rmtree(env_dir)
         try:
             _build(env_dir, spec, base_python, log, timeout)
+            _write_stamps(env_dir, cache_dir / f"{digest}.stamps.json")
         except BaseException:
             shutil.rmtree(env_dir, ignore_errors=True)
             raise

@@ -138,7 +138,7 @@ def verified_snapshot(store: ObjectStore, digest: str, cache: Path, log: Callabl
     finally:
         archive.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"snapshot {digest[:12]} fetched, verified and extracted ({len(files)} files)")
+    log(f"snapshot {digest[:12]} fetched and extracted ({len(files)} files), verified against its digest")
     return target
 
 
