@@ -161,7 +161,8 @@ class Sandbox:
         for p in (run_dir, *writable):
             ps = str(p)
             args += [*_dirs_for(os.path.dirname(ps), made), "--bind", ps, ps]
-        args += ["--proc", "/proc", "--dev", "/dev", "--chdir", str(cwd)]
+        # /dev/shm writable by the run's uid: POSIX semaphores and shared memory (joblib, torch dataloaders)
+        args += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--chdir", str(cwd)]
         if self.privileged and self.run_uid is not None:
             setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
             args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP", "--",

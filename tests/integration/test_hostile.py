@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cluster import Experiment, Run, ScriptRunConfig, Workspace, layout
+from cluster import Estimator, Experiment, Run, ScriptRunConfig, Workspace, layout
 from cluster.settings import Settings
 from tasks.process import LINE_SPLIT_MARKER
 from tests.helpers import unique, wait_until
@@ -406,3 +406,14 @@ def test_the_node_reports_its_isolation(ws: Workspace, node: NodeProcess, level:
     assert level in ("sandbox", "uid", "none")
     first = node.log_text().splitlines()[0]
     assert f"isolation: {level}" in first
+
+
+def test_the_leak_check_sees_what_a_run_prints(ws: Workspace, pool: str, node: NodeProcess, tmp_path: Path) -> None:
+    """The control for every assert_no_secret above: a value a run does hold shows up where we look."""
+    token = unique("visible-token")
+    config = Estimator(source(tmp_path, 'import os\nprint(os.environ["GIVEN"])\n'), entry_script="train.py",
+                       compute_target=pool, environment_variables={"GIVEN": token})
+    run = Experiment(ws, unique("hostile")).submit(config)
+    assert finish(run)["status"] == "Completed"
+    with pytest.raises(AssertionError, match="got hold of 1 secret"):
+        assert_no_secret(ws, run, [token])
