@@ -254,7 +254,8 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
     if not entry.is_relative_to(run_dir.resolve()) or not entry.is_file():
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
-    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log)
+    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
+                                 sandbox=cfg.sandbox)
     argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
     return python, argv
 

@@ -417,3 +417,39 @@ def test_the_leak_check_sees_what_a_run_prints(ws: Workspace, pool: str, node: N
     assert finish(run)["status"] == "Completed"
     with pytest.raises(AssertionError, match="got hold of 1 secret"):
         assert_no_secret(ws, run, [token])
+
+
+ENV_POISON = r"""
+import os, sys, tabulate
+pkg = os.path.dirname(tabulate.__file__)
+print("IMPORTED", tabulate.__version__)
+for what, fn in (("module", lambda: open(os.path.join(pkg, "__init__.py"), "a").write("\nprint('PWNED')\n")),
+                 ("plant", lambda: open(os.path.join(pkg, "evil.py"), "w").write("x")),
+                 ("bin", lambda: open(os.path.join(sys.prefix, "bin", "evil"), "w").write("x"))):
+    try:
+        fn()
+        print("POISONED", what)
+    except OSError as e:
+        print("refused", what, e.strerror)
+"""
+
+
+def test_a_run_cannot_poison_its_environment_for_later_runs(ws: Workspace, pool: str, node: NodeProcess,
+                                                              level: str, tmp_path: Path) -> None:
+    """The environment is built (pip runs package code too) in the sandbox, then handed back to the node
+    and bound read-only: a run that imports it cannot change what the next run with the same spec gets."""
+    def run_it() -> list[str]:
+        config = Estimator(source(tmp_path, ENV_POISON), entry_script="train.py", compute_target=pool,
+                           pip_packages=["tabulate==0.9.0"])
+        run = Experiment(ws, unique("hostile")).submit(config)
+        assert finish(run)["status"] == "Completed", run.get_details()
+        return log_lines(ws, run)
+
+    first = run_it()
+    assert any("IMPORTED 0.9.0" in line for line in first)
+    if level == "sandbox":
+        assert not [line for line in first if "POISONED" in line]
+    second = run_it()
+    assert not any("PWNED" in line for line in second)
+    assert any("reusing environment" in line for line in second)
+    assert_node_alive(ws, node)
