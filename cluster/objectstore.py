@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -118,6 +118,18 @@ class ObjectStore:
         meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256 or file_sha256(path)}
         with self._errors(f"upload {path} to {key}"):
             self.client.fput_object(self.bucket, key, str(path), metadata=meta)
+
+    def put_stream(self, key: str, fh: BinaryIO, size: int) -> None:
+        """Upload ``size`` bytes of an open, seekable file (hashed first, then sent from the start)."""
+        h = hashlib.sha256()
+        left = size
+        while left > 0 and (chunk := fh.read(min(left, 1024 * 1024))):
+            h.update(chunk)
+            left -= len(chunk)
+        fh.seek(0)
+        meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: h.hexdigest()}
+        with self._errors(f"upload {key}"):
+            self.client.put_object(self.bucket, key, fh, size - left, metadata=meta)
 
     def get_bytes(self, key: str) -> bytes:
         with self._errors(f"read {key}"):

@@ -67,6 +67,7 @@ class Run:
             "timestamps": dict(stamps), "snapshot": spec.snapshot, "script": spec.entry_script,
             "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
             "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
+            "isolation": rec.attempts[-1].get("isolation") if rec.attempts else None,
             "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
         }
 

@@ -34,8 +34,10 @@ from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
 from tasks import datacache
 from tasks.environment import EnvSpec, resolve_environment
-from tasks.extract import safe_extract
-from tasks.process import ProcessResult, ResourceLimits, run_supervised, scrubbed_env
+from tasks.process import ProcessResult, ResourceLimits, run_supervised
+from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new
+from tasks.sandbox import Sandbox, prepare_dirs, script_env
+from tasks.snapshots import check_digest, check_run_id, verified_snapshot
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ class NodeConfig:
     grace_seconds: float = 5.0
     limits: ResourceLimits | None = None
     keep_run_dirs: bool = False
+    sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
+    output_caps: OutputCaps = field(default_factory=OutputCaps)
+
+    @property
+    def isolation(self) -> str:
+        return self.sandbox.level if self.sandbox is not None else "none"
 
 
 #: Thread-pool variables of the BLAS/OpenMP libraries; the node sets each to its size's CPU count unless the
@@ -159,6 +167,7 @@ class _Attempt:
 def execute_run(node: Node, run_id: str) -> str:
     """Run one run on this node. Returns what happened: the final status, or skipped:/lost: reasons."""
     cfg = node.config
+    check_run_id(run_id)  # before any key or path is made from it
     clock = _Clock()
     claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)  # also counts the delivery; only a claim executes
     clock.mark("claim")
@@ -196,18 +205,24 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     run_id, attempt_no = attempt.run_id, claim.attempt
     spec = claim.spec or node.state.spec(run_id)
     record = claim.record or node.state.record(run_id)  # claim reset the live metrics of a retried attempt
-    history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time()})
+    history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time(),
+                                  "isolation": cfg.isolation})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
                                               attempts=history), durable=False)
     logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log")
-    logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool})")
+    logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool}, "
+                f"isolation {cfg.sandbox.describe() if cfg.sandbox else 'none'})")
     channel = run_dir.with_suffix(run_dir.suffix + ".channel")
-    metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt)
+    metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
     try:
         if attempt.cancel.is_set():
             raise _Canceled()
+        refusal = cfg.sandbox.refuses() if cfg.sandbox is not None else None
+        if refusal:
+            raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
+                                             "run the node as root; or create the pool with isolation='best-effort'")
         clock.mark("spec")
         python, argv = _prepare(node, spec, run_dir, logs.system, clock)
         if attempt.cancel.is_set():
@@ -217,16 +232,24 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         channel.mkdir(parents=True, exist_ok=True)
         metrics_file = metrics_tail.path
         metrics_file.touch()
-        env = scrubbed_env(os.environ, extra={
-            **thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
-            **spec.environment_variables, "CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-            "CLUSTER_EXPERIMENT": spec.experiment, "PYTHONUNBUFFERED": "1",
-        })
+        tmp_dir = channel / "tmp"
+        prepare_dirs(cfg.sandbox, run_dir, channel, tmp_dir)
+        env = script_env(cfg.sandbox, os.environ, python=python, tmp_dir=tmp_dir,
+                         extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
+                         user=dict(spec.environment_variables),
+                         channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
+                                  "CLUSTER_EXPERIMENT": spec.experiment})
+        readonly = _readonly_paths(cfg, python, argv)
+        launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
+                                   writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
+                  if cfg.sandbox is not None else None)
         clock.mark("start")
         with metrics_tail:
-            result = run_supervised([python, "-u", spec.entry_script, *argv], cwd=run_dir, env=env,
-                                    on_line=logs.line, timeout=spec.max_run_duration_seconds, cancel=attempt.cancel,
-                                    grace=cfg.grace_seconds, limits=cfg.limits)
+            result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
+                                    cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
+                                    cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
+                                    user=launch.user if launch else None, group=launch.group if launch else None,
+                                    wrapped=launch.wrapped if launch else False)
         clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
@@ -244,8 +267,11 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         logs.system(f"node error: {type(e).__name__}: {e}")
 
     record = attempt.write(record.with_status(RunStatus.FINALIZING), durable=False)
-    uploaded = _upload_results(node, attempt, spec, run_dir, logs)
+    uploaded, over = _upload_results(node, attempt, spec, run_dir, logs)
     logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
+    if over and error is None:
+        error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
+                                              "(max_output_files / max_output_bytes); the rest was not uploaded")
     clock.mark("upload")
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
@@ -298,7 +324,8 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
     clock.mark("snapshot")
-    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log)
+    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
+                                 sandbox=cfg.sandbox)
     clock.mark("environment")
     argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
     clock.mark("data")
@@ -306,27 +333,24 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
 
 
 def _snapshot(node: Node, digest: str, log: Callable[[str], None]) -> Path:
-    """The extracted snapshot, cached per node by digest (extracted once, then copied per run)."""
-    cache = node.config.cache_dir / "snapshots"
-    target = cache / digest
-    if target.is_dir():
-        log(f"snapshot {digest[:12]} reused from the node cache")
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / f"{digest}.{os.getpid()}.tar.gz"
-    node.store.get_file(layout.snapshot_key(digest), archive)
-    try:
-        tmp = cache / f"{digest}.{os.getpid()}.d"
-        shutil.rmtree(tmp, ignore_errors=True)
-        files = safe_extract(archive, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another node process on this machine got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        archive.unlink(missing_ok=True)
-    log(f"snapshot {digest[:12]} fetched and extracted ({len(files)} files)")
-    return target
+    """The extracted snapshot, cached per node by digest and verified against it (see tasks/snapshots.py)."""
+    check_digest(digest)
+    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log)
+
+
+def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]:
+    """What a sandboxed script must see read-only besides the system: its environment and mounted data."""
+    out: list[Path] = []
+    envs = (cfg.cache_dir / "envs").absolute()
+    exe = Path(python).absolute()
+    if exe.is_relative_to(envs):
+        out.append(envs / exe.relative_to(envs).parts[0])
+    data = (cfg.cache_dir / "data").absolute()
+    for a in argv:
+        p = Path(a)
+        if p.is_absolute() and p.is_relative_to(data) and p.exists() and p not in out:
+            out.append(p)
+    return out
 
 
 def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None]) -> str:
@@ -342,29 +366,44 @@ def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], Non
     return json.dumps(value)
 
 
-def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path, logs: LogWriter) -> int:
-    count = 0
+def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
+                    logs: LogWriter) -> tuple[int, str]:
+    """Upload ./outputs and ./logs, trusting nothing in them (tasks/rundir.py); (files uploaded, cap hit or '')."""
+    count, caps = 0, node.config.output_caps
+    used_files = used_bytes = 0
     for folder in (layout.OUTPUTS_DIR, layout.LOGS_DIR):
-        base = run_dir / folder
-        if not base.is_dir():
-            continue
-        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
+        walk = OutputWalk(run_dir, folder, OutputCaps(caps.max_bytes - used_bytes, caps.max_files - used_files),
+                          logs.system)
+        for key, fh, size in walk:
             attempt.check()
-            node.store.put_file(spec.prefix + path.relative_to(run_dir).as_posix(), path)
+            node.store.put_stream(spec.prefix + key, fh, size)
             count += 1
-    return count
+        used_files += walk.files
+        used_bytes += walk.nbytes
+        if walk.over:
+            return count, walk.over
+    return count, ""
+
+
+METRICS_READ_BYTES = 1024 * 1024  # per poll
+METRICS_MAX_BYTES = 256 * 1024 * 1024  # per run
+METRICS_MAX_LINE = 1024 * 1024
 
 
 class _MetricsTail:
     """Tail the per-run channel file into the run's Redis metrics stream; archive them at the end."""
 
-    def __init__(self, node: Node, run_id: str, path: Path, attempt: _Attempt) -> None:
+    def __init__(self, node: Node, run_id: str, path: Path, attempt: _Attempt,
+                 log: Callable[[str], None] = lambda _m: None) -> None:
         self.node, self.run_id, self.path, self.attempt = node, run_id, path, attempt
+        self._log = log
         self.events: list[dict[str, Any]] | None = None  # None until the script started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"metrics-{run_id}", daemon=True)
         self._pos = 0
         self._partial = b""
+        self._total = 0
+        self._dead = False
 
     def __enter__(self) -> _MetricsTail:
         self.events = []
@@ -381,12 +420,29 @@ class _MetricsTail:
             self._drain()
 
     def _drain(self) -> None:
-        with open(self.path, "rb") as fh:
-            fh.seek(self._pos)
-            chunk = fh.read()
+        # The channel is hostile: never follow a link, never block on a FIFO, read a bounded amount.
+        if self._dead:
+            return
+        fd, why = open_regular(self.path)
+        if fd is None:
+            self._dead = True
+            self._log(f"metrics channel ignored from now on: it is {why}")
+            return
+        try:
+            if os.fstat(fd).st_size < self._pos:
+                self._pos = 0  # truncated by the script: start over
+            chunk = read_new(fd, self._pos, METRICS_READ_BYTES)
+        finally:
+            os.close(fd)
         if not chunk:
             return
         self._pos += len(chunk)
+        self._total += len(chunk)
+        if self._total > METRICS_MAX_BYTES:
+            self._dead = True
+            self._log(f"metrics channel ignored from now on: over {METRICS_MAX_BYTES} bytes")
+        if len(self._partial) > METRICS_MAX_LINE:
+            self._partial = b""  # an overlong line is no metric
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         new = []

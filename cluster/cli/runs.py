@@ -32,6 +32,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
+    p.add_argument("--isolation", choices=["required", "best-effort"], default="best-effort",
+                   help="required: refuse to run scripts when no sandbox/uid isolation is available")
+    p.add_argument("--network", choices=["host", "none"], default="host",
+                   help="none: each run gets a private network namespace (loopback only)")
+    p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
+    p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
+    p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -159,12 +166,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         size = get_size(args.size)
         limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
+    from tasks.rundir import OutputCaps
+    from tasks.sandbox import SandboxPolicy
+
+    policy = SandboxPolicy(isolation=args.isolation, network=args.network, max_processes=args.max_processes)
+    caps = OutputCaps(max_bytes=args.max_output_bytes, max_files=args.max_output_files)
+    hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
-                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus),
+                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
+                         output_caps=caps, hidden=hidden,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
-    print(f"node {opts.name} serving pool {opts.pool} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    run_worker(settings, opts)
+    run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0
 
 
