@@ -33,6 +33,7 @@ LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING
 @dataclass(frozen=True)
 class ControllerConfig:
     tick_seconds: float = 0.5
+    min_tick_gap: float = 0.1  # woken by submits: never more often than this
     node_lost_seconds: float = 10.0
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
@@ -82,6 +83,7 @@ class Controller:
     _known: set[str] = field(default_factory=set)  # managed nodes the provider has reported
     _joined: set[str] = field(default_factory=set)  # managed nodes seen heartbeating
     _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
+    _last_tick: float = 0.0  # time.monotonic() of the last tick's start
 
     @property
     def r(self) -> Any:
@@ -92,14 +94,26 @@ class Controller:
         while not stop.is_set():
             try:
                 if self._lead():
+                    self._last_tick = time.monotonic()
                     self.tick(time.time())
             except ClusterError as e:  # a server blip: report and retry next tick
                 print(f"controller: {e.message}", flush=True)
             except Exception as e:  # never die on one bad tick
                 print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
-            stop.wait(self.config.tick_seconds)
+            self._sleep(stop)
         if self.r.get(CONTROLLER_LEADER) == self.ident:
             self.r.delete(CONTROLLER_LEADER)
+
+    def _sleep(self, stop: threading.Event) -> None:
+        """Wait for the next tick, or less: a submit pushes to the wake list, so a queued run reaches a cold pool's
+        scaling decision at once instead of up to a tick later."""
+        try:
+            if self.r.blpop([layout.RK_CONTROLLER_WAKE], timeout=self.config.tick_seconds):
+                self.r.delete(layout.RK_CONTROLLER_WAKE)  # one tick serves every submit so far
+                # a burst of submits: at most one tick per min_tick_gap
+                stop.wait(max(0.0, self._last_tick + self.config.min_tick_gap - time.monotonic()))
+        except Exception:  # Redis down: the next tick reports it
+            stop.wait(self.config.tick_seconds)
 
     def _lead(self) -> bool:
         ttl = self.config.leader_ttl_ms
@@ -176,7 +190,7 @@ class Controller:
             gone = name in self._known and name not in managed  # its process/pod no longer exists
             if gone or (state is NodeState.LOST and name in managed):
                 if not gone:
-                    self.provider.stop_node(spec, name)  # silent but still there (hung): make sure it is gone
+                    self.provider.stop_node(spec, name, force=True)  # silent but still there (hung): remove it
                 managed.discard(name)
                 self._known.discard(name)
                 self._lost[name] = now

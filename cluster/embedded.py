@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +292,14 @@ def add_process(state_dir: Path, proc: ManagedProcess) -> None:
     with _state_lock(state_dir):
         state = State.load(state_dir)
         state.processes.append(proc)
+        state.save(state_dir)
+
+
+def replace_process(state_dir: Path, pid: int, *, name: str, argv: list[str]) -> None:
+    """A recorded process took on another role (a warm spare became a node): same pid, new name and argv."""
+    with _state_lock(state_dir):
+        state = State.load(state_dir)
+        state.processes = [replace(p, name=name, argv=argv) if p.pid == pid else p for p in state.processes]
         state.save(state_dir)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
-from cluster.snapshot import build_snapshot
+from cluster.snapshot import build_snapshot, fingerprint
 
 if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
@@ -61,13 +62,16 @@ def new_run_id(experiment: str) -> str:
 
 def upload_snapshot(ws: Workspace, rc: RunConfiguration) -> str:
     """Package the source directory; upload it unless the object store already has that digest."""
-    snap = build_snapshot(rc.source_directory, max_bytes=ws.settings.max_snapshot_bytes)
-    try:
+    key = fingerprint(rc.source_directory)
+    if key is not None and key in ws.uploaded_snapshots:
+        return ws.uploaded_snapshots[key]
+    with tempfile.TemporaryDirectory(prefix="cluster-snapshot-") as tmp:
+        snap = build_snapshot(rc.source_directory, max_bytes=ws.settings.max_snapshot_bytes, work_dir=tmp)
         if not ws.store.exists(layout.snapshot_key(snap.digest)):
             ws.store.put_json(layout.snapshot_manifest_key(snap.digest), snap.manifest())
             ws.store.put_file(layout.snapshot_key(snap.digest), snap.archive)
-    finally:
-        snap.archive.unlink(missing_ok=True)
+    if key is not None and fingerprint(rc.source_directory) == key:  # unchanged while it was packed
+        ws.uploaded_snapshots[key] = snap.digest
     return snap.digest
 
 
@@ -102,10 +106,14 @@ def _display(arg: Any) -> str:
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
+    if pool in ws.served_pools:
+        return
     if ws.store.exists(layout.pool_key(pool)):
-        return  # a compute target: the controller scales the pool (one lookup, not every pool's record)
+        ws.served_pools.add(pool)  # a compute target: the controller scales the pool; no need to look again
+        return
     for name in ws.redis.smembers(layout.RK_NODES):
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
+            ws.served_pools.add(pool)
             return
     print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
           f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)

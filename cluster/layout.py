@@ -47,7 +47,7 @@ def check_name(kind: str, name: str) -> str:
     """Validate a user-chosen name (experiment, model, pool) so it is safe as a path segment."""
     from cluster.errors import UsageError
 
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid {kind} name {name!r}",
             hint="use 1-128 characters from letters, digits, '.', '_' and '-', starting with a letter or digit",
@@ -119,6 +119,8 @@ def rk_node(name: str) -> str:
 
 
 RK_NODES = "cluster:nodes"
+#: a list the submitter pushes to (trimmed to one entry): the controller's wait for its next tick ends at once
+RK_CONTROLLER_WAKE = "cluster:controller:wake"
 
 
 def rk_model_version(name: str) -> str:

@@ -6,11 +6,12 @@ import builtins
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import urllib3
 from minio import Minio
@@ -96,6 +97,19 @@ class ObjectStore:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
                                    metadata=meta)
 
+    def put_many(self, items: Iterable[tuple[str, bytes, str]]) -> None:
+        """Write several small objects ``(key, data, content type)`` concurrently; raises the first error
+        after all writes ended (none is left running)."""
+        todo = list(items)
+        if len(todo) <= 1:
+            for key, data, ctype in todo:
+                self.put_bytes(key, data, content_type=ctype)
+            return
+        with ThreadPoolExecutor(max_workers=min(4, len(todo)), thread_name_prefix="s3-put") as pool:
+            futures = [pool.submit(self.put_bytes, key, data, content_type=ctype) for key, data, ctype in todo]
+        for f in futures:
+            f.result()
+
     def put_json(self, key: str, obj: Any) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
         self.put_bytes(key, data, content_type="application/json")
@@ -104,6 +118,18 @@ class ObjectStore:
         meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: sha256 or file_sha256(path)}
         with self._errors(f"upload {path} to {key}"):
             self.client.fput_object(self.bucket, key, str(path), metadata=meta)
+
+    def put_stream(self, key: str, fh: BinaryIO, size: int) -> None:
+        """Upload ``size`` bytes of an open, seekable file (hashed first, then sent from the start)."""
+        h = hashlib.sha256()
+        left = size
+        while left > 0 and (chunk := fh.read(min(left, 1024 * 1024))):
+            h.update(chunk)
+            left -= len(chunk)
+        fh.seek(0)
+        meta: dict[str, str | list[str] | tuple[str]] = {SHA256_META: h.hexdigest()}
+        with self._errors(f"upload {key}"):
+            self.client.put_object(self.bucket, key, fh, size - left, metadata=meta)
 
     def get_bytes(self, key: str) -> bytes:
         with self._errors(f"read {key}"):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout, logstream, metrics
+from cluster import layout
 from cluster.context import get_context as _get_context
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunRecord, RunStatus
@@ -67,6 +67,7 @@ class Run:
             "timestamps": dict(stamps), "snapshot": spec.snapshot, "script": spec.entry_script,
             "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
             "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
+            "isolation": rec.attempts[-1].get("isolation") if rec.attempts else None,
             "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
         }
 
@@ -98,6 +99,8 @@ class Run:
         """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends (or, if given,
         ``time.monotonic()`` passes ``deadline``)."""
         runs = self._ws.runs
+        from cluster import logstream  # not at import: train.py imports this module and needs no Redis client
+
         return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
                                 is_final=lambda: runs.status(self.id).is_final, deadline=deadline)
 
@@ -108,6 +111,8 @@ class Run:
     # -- metrics ----------------------------------------------------------------------------------
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         final = self._ws.runs.status(self.id).is_final
+        from cluster import metrics
+
         values = metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
         if name is not None:
             return {name: values[name]} if name in values else {}

@@ -20,16 +20,20 @@ from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
 
 FINAL = [s.value for s in FINAL_STATUSES]
 
+# One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
+# return the live record and the spec (kept in the hash since submit) so the node reads nothing else.
 _CLAIM = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', ''} end
+redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return {'final', st} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'held', holder} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 local token = ARGV[1] .. '/' .. attempt
 redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-return {'ok', token}
+redis.call('DEL', KEYS[3])
+return {'ok', token, redis.call('HGET', KEYS[1], 'record') or '', redis.call('HGET', KEYS[1], 'spec') or ''}
 """
 
 _FENCED_WRITE = """
@@ -74,6 +78,10 @@ return 1
 """
 
 
+def _json_bytes(obj: object) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
 def rk_active(pool: str) -> str:
     """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
     return f"cluster:pool:{pool}:active"
@@ -83,6 +91,8 @@ def rk_active(pool: str) -> str:
 class Claim:
     outcome: str  # ok | final | held | missing
     token: str = ""
+    record: RunRecord | None = None  # with outcome ok: the live record at claim time
+    spec: RunSpec | None = None  # with outcome ok, when Redis has it (set at submit)
 
     @property
     def attempt(self) -> int:
@@ -103,20 +113,30 @@ class RunState:
 
     # -- create / read ----------------------------------------------------------------------------
     def create(self, spec: RunSpec, record: RunRecord) -> None:
-        """Submit-time: spec, record and index in the object store first (the system of record), then Redis."""
-        self.store.put_json(spec.prefix + layout.RUN_SPEC, spec.to_dict())
-        self.store.put_json(spec.prefix + layout.RUN_RECORD, record.to_dict())
-        self.store.put_bytes(layout.run_index_key(spec.run_id), spec.prefix.encode(), content_type="text/plain")
-        self.seed(record)
+        """Submit-time: spec, record and index in the object store first (the system of record), then Redis.
 
-    def seed(self, record: RunRecord) -> None:
+        The three objects are independent, so they are written concurrently; Redis is seeded only after all
+        of them are stored."""
+        self.store.put_many([
+            (spec.prefix + layout.RUN_SPEC, _json_bytes(spec.to_dict()), "application/json"),
+            (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
+            (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
+        ])
+        self.seed(record, spec)
+
+    def seed(self, record: RunRecord, spec: RunSpec | None = None) -> None:
         pipe = self.r.pipeline()
+        # the spec goes with the record for the node's claim (one round trip); spec.json stays the record
         pipe.hset(layout.rk_run(record.run_id), mapping={
             "record": json.dumps(record.to_dict()), "status": record.status.value, "attempt": record.attempt,
             "prefix": record.prefix, "pool": record.pool,
         })
+        if spec is not None:
+            pipe.hset(layout.rk_run(record.run_id), "spec", json.dumps(spec.to_dict()))
         if not record.status.is_final:
             pipe.sadd(rk_active(record.pool), record.run_id)
+            pipe.lpush(layout.RK_CONTROLLER_WAKE, "1")  # the controller scales for it now, not next tick
+            pipe.ltrim(layout.RK_CONTROLLER_WAKE, 0, 0)
         pipe.execute()
 
     def prefix(self, run_id: str) -> str:
@@ -150,26 +170,39 @@ class RunState:
 
     # -- node side: claim, fenced writes, lease renewal -------------------------------------------
     def claim(self, run_id: str, node: str, lease_ms: int) -> Claim:
-        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id)]
-        outcome, token = self._claim(keys=keys, args=[node, lease_ms])
-        if outcome == "missing":  # Redis lost it (wiped?): re-seed from the object store, then try again
-            record = self.stored_record(run_id)
-            if record.status.is_final:
-                return Claim("final", record.status.value)
-            self.r.hsetnx(keys[0], "status", record.status.value)
-            self.seed(record)
-            outcome, token = self._claim(keys=keys, args=[node, lease_ms])
-        return Claim(str(outcome), str(token))
+        """Take the run's lease for a new attempt (one Lua call); with outcome ok, also its record and spec."""
+        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), layout.rk_run_metrics(run_id)]
+        reply = self._claim(keys=keys, args=[node, lease_ms])
+        if reply[0] == "missing":  # Redis lost it (wiped?): re-seed from the object store, then try again
+            stored = self.stored_record(run_id)
+            if stored.status.is_final:
+                return Claim("final", stored.status.value)
+            self.r.hsetnx(keys[0], "status", stored.status.value)
+            self.seed(stored)
+            reply = self._claim(keys=keys, args=[node, lease_ms])
+        outcome, token = str(reply[0]), str(reply[1])
+        if outcome != "ok":
+            return Claim(outcome, token)
+        try:
+            record = RunRecord.from_dict(json.loads(reply[2])) if reply[2] else self.stored_record(run_id)
+            spec = RunSpec.from_dict(json.loads(reply[3])) if reply[3] else None
+        except ValueError as e:
+            raise PayloadError(f"live state of {run_id} is not valid JSON: {e}") from e
+        return Claim(outcome, token, record, spec)
 
-    def write(self, record: RunRecord, token: str) -> bool:
-        """Fenced update of the live record; on success also writes run.json. False: we lost the run."""
+    def write(self, record: RunRecord, token: str, *, store: bool = True) -> bool:
+        """Fenced update of the live record; on success also writes run.json (unless ``store`` is False: the
+        caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
         keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
                                           "1" if final else "0", record.run_id])
-        if ok:
-            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+        if ok and store:
+            self.store_record(record)
         return bool(ok)
+
+    def store_record(self, record: RunRecord) -> None:
+        self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
 
     def holds(self, run_id: str, token: str) -> bool:
         return self.r.get(layout.rk_run_lease(run_id)) == token

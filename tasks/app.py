@@ -39,6 +39,7 @@ def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIM
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(visibility_timeout),
         task_create_missing_queues=True,
+        worker_enable_remote_control=False,  # no broadcast commands (shutdown, pool changes) via the broker
     )
     app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(execute_run_task)
     return app

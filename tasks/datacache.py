@@ -4,7 +4,10 @@
 Before a run it is validated against the object store (size + etag of every object under the path) and
 against what the node wrote (each local file's size, mtime, ctime and inode): only missing, changed or
 locally altered files are downloaded, so a second run on the node downloads nothing.
-The script gets the cache folder's path; files there are read-only.
+The script gets the cache folder's path; files there are read-only (and, in a sandbox, bound read-only).
+The cache's own manifest lives beside the folder (``<cache>/data/<datastore>.manifest.json``), not in it, and
+a file under the mounted path that the datastore does not have (planted by an unsandboxed run) is removed and
+logged: a mount shows exactly the datastore's files.
 
 ``as_download``: a private copy inside the run directory (at ``path_on_compute`` or the datastore path).
 """
@@ -52,7 +55,8 @@ def sync_mount(store: ObjectStore, ref: DataReference, cache_dir: Path, log: Cal
     prefix = ref.path_on_datastore
     with _locked(cache_dir / "data" / f"{ref.datastore}.lock"):
         root.mkdir(parents=True, exist_ok=True)
-        manifest_path = root / MANIFEST
+        manifest_path = cache_dir / "data" / f"{ref.datastore}.manifest.json"
+        (root / MANIFEST).unlink(missing_ok=True)  # the manifest's old place, inside the user's folder
         try:
             manifest: dict[str, dict[str, object]] = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
@@ -77,8 +81,25 @@ def sync_mount(store: ObjectStore, ref: DataReference, cache_dir: Path, log: Cal
             downloaded += 1
             nbytes += obj.size
             manifest_path.write_text(json.dumps(manifest))
-        log(f"data {ref}: {downloaded} file(s) downloaded ({nbytes} bytes), {reused} reused from the node cache")
+        removed = _remove_extra(root, root / prefix if prefix else root, {o.key for o in objects}, log)
+        log(f"data {ref}: {downloaded} file(s) downloaded ({nbytes} bytes), {reused} reused from the node cache"
+            + (f", {removed} file(s) not in the datastore removed" if removed else ""))
     return SyncResult(root / prefix if prefix else root, downloaded, reused, nbytes)
+
+
+def _remove_extra(root: Path, folder: Path, wanted: set[str], log: Callable[[str], None]) -> int:
+    """Delete every file under ``folder`` whose key (its path relative to ``root``) is not in ``wanted``."""
+    removed = 0
+    if not folder.is_dir() or folder.is_symlink():
+        return 0
+    for base, dirs, files in os.walk(folder):
+        for name in (*files, *[d for d in dirs if os.path.islink(os.path.join(base, d))]):
+            path = Path(base) / name
+            if path.relative_to(root).as_posix() not in wanted:
+                log(f"data cache: removing {path.relative_to(folder)}, which the datastore does not have")
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def _stamp(path: Path) -> dict[str, int] | None:

@@ -10,6 +10,11 @@ Layout of the cache::
     <cache_dir>/<digest>.lock          flock'ed while the environment is checked or built
     <cache_dir>/<digest>/              the virtualenv
     <cache_dir>/<digest>/.cluster-env.json   marker, written last and atomically: the env is complete
+    <cache_dir>/<digest>.stamps.json  stat of every file of the finished env (mode, size, mtime, ctime, inode)
+
+An environment is reused only when its files still match their stamps (a write, chmod, utime or replacement
+changes ctime or inode); otherwise it is removed, rebuilt and the event logged. Sandboxed runs see it
+read-only anyway; the stamps catch tampering by a run on an unisolated node.
 
 conda: nodes build pip virtualenvs only. ``conda_packages`` are installed with pip, their names
 mapped where conda and PyPI differ (``CONDA_TO_PIP``), and a line in the run log says so.
@@ -24,15 +29,17 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cluster.errors import UsageError
 from tasks.process import run_supervised, scrubbed_env
+from tasks.sandbox import Sandbox, prepare_dirs
 
 __all__ = [
     "CONDA_TO_PIP",
@@ -203,22 +210,52 @@ def _write_marker(env_dir: Path, spec: EnvSpec, base_python: str, requirements: 
         "created": time.time(),
     }
     tmp = env_dir / f"{MARKER}.tmp"
-    with open(tmp, "w") as fh:
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # whatever a package build left there (a symlink, say): we never write through it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, env_dir / MARKER)
 
 
+@dataclass(frozen=True)
+class _Jail:
+    """Where build steps run: a user's packages (setup.py, build backends) are as hostile as train.py, so
+    with a sandbox they run in it -- network on, only the environment directory and a private tmp writable."""
+
+    box: Sandbox | None
+    env_dir: Path
+    tmp: Path
+
+    def launch(self, argv: list[str]) -> tuple[list[str], dict[str, str], int | None, int | None, bool]:
+        env = scrubbed_env(os.environ, extra={})
+        if self.box is None or self.box.level == "none":
+            return argv, env, None, None, False
+        env |= {"HOME": str(self.tmp), "TMPDIR": str(self.tmp)} if self.box.level == "uid" else \
+            {"HOME": "/tmp", "TMPDIR": "/tmp"}
+        box = replace(self.box, policy=replace(self.box.policy, network="host"))
+        # local wheel folders the operator points pip at (PIP_FIND_LINKS) are visible, read-only
+        links = [Path(p) for p in env.get("PIP_FIND_LINKS", "").split() if p.startswith("/") and Path(p).is_dir()]
+        launch = box.wrap(argv, python=argv[0], run_dir=self.env_dir, tmp_dir=self.tmp, cwd=self.env_dir,
+                          readonly=links)
+        return launch.argv, env, launch.user, launch.group, launch.wrapped
+
+
 def _run_step(argv: list[str], cwd: Path, prefix: str, log: Callable[[str], None],
-              tail: deque[str], deadline: float) -> bool:
+              tail: deque[str], deadline: float, jail: _Jail | None = None) -> bool:
     """Run one build step, logging each line as ``[prefix] line``; True when it succeeded."""
 
     def on_line(_stream: str, line: str) -> None:
         tail.append(line)
         log(f"[{prefix}] {line}")
 
-    result = run_supervised(argv, cwd=cwd, env=scrubbed_env(os.environ, extra={}), on_line=on_line,
+    if jail is None:
+        cmd, env, user, group, wrapped = argv, scrubbed_env(os.environ, extra={}), None, None, False
+    else:
+        cmd, env, user, group, wrapped = jail.launch(argv)
+    result = run_supervised(cmd, cwd=cwd, env=env, on_line=on_line, user=user, group=group, wrapped=wrapped,
                             timeout=max(1.0, deadline - time.monotonic()), grace=5.0)
     if not result.ok:
         tail.append(f"({prefix} ended: {result.describe()})")
@@ -226,17 +263,45 @@ def _run_step(argv: list[str], cwd: Path, prefix: str, log: Callable[[str], None
 
 
 def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], None],
-           timeout: float) -> None:
+           timeout: float, box: Sandbox | None = None) -> None:
     short = spec.digest()[:12]
     requirements = _pip_requirements(spec, log)
     log(f"[env] building environment {short} in {env_dir}: {' '.join(requirements)}")
     deadline = time.monotonic() + timeout
     tail: deque[str] = deque(maxlen=ERROR_TAIL_LINES)
     started = time.monotonic()
+    tmp = env_dir.with_name(env_dir.name + ".build-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    prepare_dirs(box, env_dir, tmp)  # empty, owned by the run uid while packages are built
+    jail = _Jail(box, env_dir, tmp)
+    try:
+        _build_steps(env_dir, spec, base_python, log, tail, deadline, requirements, jail)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _reown(env_dir)  # the finished (or failed) environment belongs to the node again
+    log(f"[env] environment {short} ready in {time.monotonic() - started:.1f}s")
+
+
+def _reown(root: Path) -> None:
+    """Give the tree back to the node's uid (no link followed) and take write access away from others."""
+    uid, gid = os.geteuid(), os.getegid()
+    for base, dirs, files in os.walk(root):
+        for name in (".", *dirs, *files):
+            path = os.path.join(base, name)
+            with contextlib.suppress(OSError):
+                os.chown(path, uid, gid, follow_symlinks=False)
+                st = os.lstat(path)
+                if not stat.S_ISLNK(st.st_mode):
+                    os.chmod(path, stat.S_IMODE(st.st_mode) & ~0o022)
+
+
+def _build_steps(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], None], tail: deque[str],
+                 deadline: float, requirements: list[str], jail: _Jail) -> None:
+    short = spec.digest()[:12]
     # Without its own pip: the node's pip is importable through --system-site-packages and
     # installs into the venv (sys.prefix), which saves the seconds ensurepip takes.
     if not _run_step([base_python, "-m", "venv", "--system-site-packages", "--without-pip", str(env_dir)],
-                 env_dir.parent, "venv", log, tail, deadline):
+                     env_dir, "venv", log, tail, deadline, jail):
         raise EnvironmentBuildError(
             f"could not create a virtualenv for environment {short} with {base_python}",
             hint="check that the node's Python has the venv module and the cache directory is writable",
@@ -244,10 +309,10 @@ def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], 
         )
     python = str(_venv_python(env_dir))
     _link_node_packages(env_dir, base_python, log)
-    if not _run_step([python, "-m", "pip", "--version"], env_dir, "pip", log, tail, deadline):
+    if not _run_step([python, "-m", "pip", "--version"], env_dir, "pip", log, tail, deadline, jail):
         tail.clear()
         if not _run_step([python, "-m", "ensurepip", "--default-pip"], env_dir, "venv", log, tail,
-                         deadline):
+                         deadline, jail):
             raise EnvironmentBuildError(
                 f"environment {short} has no pip and ensurepip failed",
                 hint="install pip for the node's Python (python -m ensurepip)",
@@ -255,7 +320,7 @@ def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], 
             )
     tail.clear()
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *requirements]
-    if not _run_step(pip, env_dir, "pip", log, tail, deadline):
+    if not _run_step(pip, env_dir, "pip", log, tail, deadline, jail):
         raise EnvironmentBuildError(
             f"pip could not install the run's packages ({' '.join(requirements)})",
             hint="fix the package names/versions in the run's environment (pip_packages/conda_packages): "
@@ -263,7 +328,6 @@ def _build(env_dir: Path, spec: EnvSpec, base_python: str, log: Callable[[str], 
             output_tail=tuple(tail),
         )
     _write_marker(env_dir, spec, base_python, requirements)
-    log(f"[env] environment {short} ready in {time.monotonic() - started:.1f}s")
 
 
 _SITE_DIRS = "import json, site, sys; print(json.dumps([*site.getsitepackages(), site.getusersitepackages()]))"
@@ -292,6 +356,31 @@ def _link_node_packages(env_dir: Path, base_python: str, log: Callable[[str], No
     (purelib / "_cluster_node_packages.pth").write_text("\n".join(lines) + "\n")
 
 
+def _stamps(root: Path) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for base, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]  # bytecode a run's Python may write on a level-none node
+        for name in files:
+            path = os.path.join(base, name)
+            st = os.lstat(path)
+            out[os.path.relpath(path, root)] = [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return out
+
+
+def _write_stamps(env_dir: Path, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_stamps(env_dir)))
+    os.replace(tmp, path)
+
+
+def _stamps_ok(env_dir: Path, path: Path) -> bool:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(known == _stamps(env_dir))
+
+
 def resolve_environment(
     spec: EnvSpec,
     cache_dir: Path,
@@ -299,6 +388,7 @@ def resolve_environment(
     log: Callable[[str], None],
     base_python: str = sys.executable,
     timeout: float = BUILD_TIMEOUT,
+    sandbox: Sandbox | None = None,
 ) -> str:
     """Return the Python executable a run with ``spec`` should use, building its env if needed.
 
@@ -323,14 +413,18 @@ def resolve_environment(
                          hint="point the node's environment cache at a writable directory") from e
     with _locked(cache_dir / f"{digest}.lock", log, short):
         if _is_complete(env_dir, base_python):
-            log(f"[env] reusing environment {short}")
-            return python
+            if _stamps_ok(env_dir, cache_dir / f"{digest}.stamps.json"):
+                log(f"[env] reusing environment {short}")
+                return python
+            log(f"[env] environment {short} failed verification (its files changed since it was built): "
+                "rebuilding it")
         if env_dir.exists():
             why = "built from another Python" if _read_marker(env_dir) else "incomplete"
             log(f"[env] removing {why} environment {short}")
             shutil.rmtree(env_dir)
         try:
-            _build(env_dir, spec, base_python, log, timeout)
+            _build(env_dir, spec, base_python, log, timeout, sandbox)
+            _write_stamps(env_dir, cache_dir / f"{digest}.stamps.json")
         except BaseException:
             shutil.rmtree(env_dir, ignore_errors=True)
             raise

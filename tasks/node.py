@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ from cluster.metrics import aggregate
 from cluster.objectstore import ObjectStore
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
-from cluster.runstate import RunState
+from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
 from tasks import datacache
 from tasks.environment import EnvSpec, resolve_environment
-from tasks.extract import safe_extract
-from tasks.process import ProcessResult, ResourceLimits, run_supervised, scrubbed_env
+from tasks.process import ProcessResult, ResourceLimits, run_supervised
+from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new
+from tasks.sandbox import Sandbox, prepare_dirs, script_env
+from tasks.snapshots import check_digest, check_run_id, verified_snapshot
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,24 @@ class NodeConfig:
     grace_seconds: float = 5.0
     limits: ResourceLimits | None = None
     keep_run_dirs: bool = False
+    sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
+    output_caps: OutputCaps = field(default_factory=OutputCaps)
+
+    @property
+    def isolation(self) -> str:
+        return self.sandbox.level if self.sandbox is not None else "none"
+
+
+#: Thread-pool variables of the BLAS/OpenMP libraries; the node sets each to its size's CPU count unless the
+#: run's own environment_variables set it (so two 1-CPU nodes on one host do not each start a thread per core).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS")
+
+
+def thread_env(cpus: int | None, user_env: dict[str, str]) -> dict[str, str]:
+    """The thread-count variables a run gets: ``cpus`` each (the node's size), except those the run sets."""
+    count = cpus if cpus else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {var: str(count or 1) for var in THREAD_VARS if var not in user_env}
 
 
 @dataclass
@@ -61,12 +82,15 @@ class Node:
     data: ObjectStore = field(init=False)
     state: RunState = field(init=False)
     current_run: str | None = None
+    #: object-store writes taken off a run's critical path (intermediate run.json, archives, clean-up)
+    background: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.r = connect(self.settings)
         self.store = ObjectStore(self.settings, self.settings.cluster_bucket)
         self.data = ObjectStore(self.settings, self.settings.data_bucket, client=self.store.client)
         self.state = RunState(self.store, self.r)
+        self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{self.config.name}")
 
 
 class LeaseLost(Exception):
@@ -82,6 +106,7 @@ class _Attempt:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{run_id}", daemon=True)
+        self._stored: Future[None] | None = None  # the last intermediate run.json write, if any
 
     def __enter__(self) -> _Attempt:
         self._thread.start()
@@ -105,11 +130,33 @@ class _Attempt:
             if rc == 1:
                 self.cancel.set()
 
-    def write(self, record: RunRecord) -> RunRecord:
-        if self.lost.is_set() or not self.node.state.write(record, self.token):
+    def write(self, record: RunRecord, *, durable: bool = True) -> RunRecord:
+        """Fenced write of the run's record. Intermediate statuses (``durable=False``) are atomic in Redis at
+        once and reach run.json in the background, in order; a durable write waits for those first, so the
+        object store never goes back to an older status. Only non-final statuses may skip the wait: Redis
+        is their home, and after a Redis wipe any non-final run is re-queued from run.json alike."""
+        if self.lost.is_set():
+            raise LeaseLost(self.token)
+        if durable:
+            self._wait_stored()
+        if not self.node.state.write(record, self.token, store=durable):
             self.lost.set()
             raise LeaseLost(self.token)
+        if not durable:
+            previous = self._stored
+
+            def store() -> None:
+                if previous is not None:
+                    previous.exception()  # keep the order; a failed intermediate write is superseded
+                self.node.state.store_record(record)
+
+            self._stored = self.node.background.submit(store)
         return record
+
+    def _wait_stored(self) -> None:
+        if self._stored is not None:
+            self._stored.exception()  # its failure does not matter: this write supersedes it
+            self._stored = None
 
     def check(self) -> None:
         if self.lost.is_set() or not self.node.state.holds(self.run_id, self.token):
@@ -120,15 +167,17 @@ class _Attempt:
 def execute_run(node: Node, run_id: str) -> str:
     """Run one run on this node. Returns what happened: the final status, or skipped:/lost: reasons."""
     cfg = node.config
-    node.r.hincrby(layout.rk_run(run_id), "deliveries", 1)  # every delivery counts; only a claim executes
-    claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)
+    check_run_id(run_id)  # before any key or path is made from it
+    clock = _Clock()
+    claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)  # also counts the delivery; only a claim executes
+    clock.mark("claim")
     if claim.outcome != "ok":
         return f"skipped:{claim.outcome}:{claim.token}"
     node.current_run = run_id
     run_dir = cfg.work_dir / "runs" / f"{run_id}.{claim.attempt}"
     try:
         with _Attempt(node, run_id, claim.token) as attempt:
-            return _execute(node, attempt, run_id, claim.attempt, run_dir)
+            return _execute(node, attempt, claim, run_dir, clock)
     except LeaseLost:
         return "lost:lease"
     finally:
@@ -138,38 +187,70 @@ def execute_run(node: Node, run_id: str) -> str:
             shutil.rmtree(run_dir.with_suffix(run_dir.suffix + ".channel"), ignore_errors=True)
 
 
-def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_dir: Path) -> str:
+class _Clock:
+    """Where an attempt's time goes, phase by phase (seconds), kept in its history entry as ``phases``."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 6)
+        self._last = now
+
+
+def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: _Clock) -> str:
     cfg = node.config
-    spec = node.state.spec(run_id)
-    record = node.state.record(run_id)
-    history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time()})
+    run_id, attempt_no = attempt.run_id, claim.attempt
+    spec = claim.spec or node.state.spec(run_id)
+    record = claim.record or node.state.record(run_id)  # claim reset the live metrics of a retried attempt
+    history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time(),
+                                  "isolation": cfg.isolation})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
-                                              attempts=history))
-    node.r.delete(layout.rk_run_metrics(run_id))  # a retried attempt starts its metrics afresh
+                                              attempts=history), durable=False)
     logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log")
-    logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool})")
+    logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool}, "
+                f"isolation {cfg.sandbox.describe() if cfg.sandbox else 'none'})")
+    channel = run_dir.with_suffix(run_dir.suffix + ".channel")
+    metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
     try:
         if attempt.cancel.is_set():
             raise _Canceled()
-        python, argv = _prepare(node, spec, run_dir, logs.system)
+        refusal = cfg.sandbox.refuses() if cfg.sandbox is not None else None
+        if refusal:
+            raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
+                                             "run the node as root; or create the pool with isolation='best-effort'")
+        clock.mark("spec")
+        python, argv = _prepare(node, spec, run_dir, logs.system, clock)
         if attempt.cancel.is_set():
             raise _Canceled()
-        record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)))
+        record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
         logs.system(f"running {' '.join([spec.entry_script, *argv])}")
-        channel = run_dir.with_suffix(run_dir.suffix + ".channel")
         channel.mkdir(parents=True, exist_ok=True)
-        metrics_file = channel / "metrics.jsonl"
+        metrics_file = metrics_tail.path
         metrics_file.touch()
-        env = scrubbed_env(os.environ, extra={
-            **spec.environment_variables, "CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-            "CLUSTER_EXPERIMENT": spec.experiment, "PYTHONUNBUFFERED": "1",
-        })
-        with _MetricsTail(node, run_id, metrics_file, attempt):
-            result = run_supervised([python, "-u", spec.entry_script, *argv], cwd=run_dir, env=env,
-                                    on_line=logs.line, timeout=spec.max_run_duration_seconds, cancel=attempt.cancel,
-                                    grace=cfg.grace_seconds, limits=cfg.limits)
+        tmp_dir = channel / "tmp"
+        prepare_dirs(cfg.sandbox, run_dir, channel, tmp_dir)
+        env = script_env(cfg.sandbox, os.environ, python=python, tmp_dir=tmp_dir,
+                         extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
+                         user=dict(spec.environment_variables),
+                         channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
+                                  "CLUSTER_EXPERIMENT": spec.experiment})
+        readonly = _readonly_paths(cfg, python, argv)
+        launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
+                                   writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
+                  if cfg.sandbox is not None else None)
+        clock.mark("start")
+        with metrics_tail:
+            result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
+                                    cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
+                                    cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
+                                    user=launch.user if launch else None, group=launch.group if launch else None,
+                                    wrapped=launch.wrapped if launch else False)
+        clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
     except _Canceled:
@@ -185,15 +266,28 @@ def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_di
         error = RunError(kind="infrastructure", message=f"{type(e).__name__}: {e}")
         logs.system(f"node error: {type(e).__name__}: {e}")
 
-    record = attempt.write(record.with_status(RunStatus.FINALIZING))
-    uploaded = _upload_results(node, attempt, spec, run_dir, logs)
+    record = attempt.write(record.with_status(RunStatus.FINALIZING), durable=False)
+    uploaded, over = _upload_results(node, attempt, spec, run_dir, logs)
     logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
+    if over and error is None:
+        error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
+                                              "(max_output_files / max_output_bytes); the rest was not uploaded")
+    clock.mark("upload")
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
     logs.close()
     attempt.check()
-    node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)
-    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value})
+    # the metrics archive and the full log are independent: written concurrently, both before the final record
+    archives = [node.background.submit(node.store.put_file, spec.prefix + layout.RUN_DRIVER_LOG, logs.path)]
+    if metrics_tail.events is not None and not attempt.lost.is_set():
+        archives.append(node.background.submit(
+            node.store.put_json, spec.prefix + layout.RUN_METRICS,
+            {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}))
+    for f in archives:
+        f.result()
+    clock.mark("finalize")
+    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value,
+                                       "phases": clock.phases})
     attempt.write(record.with_status(final, error=error, attempts=history))
     return final.value
 
@@ -217,7 +311,8 @@ def _final_status(attempt: _Attempt, result: ProcessResult | None,
                                       signal=result.signal, stderr_tail=result.stderr_tail)
 
 
-def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> tuple[str, list[str]]:
+def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None],
+             clock: _Clock) -> tuple[str, list[str]]:
     cfg = node.config
     template = _snapshot(node, spec.snapshot, log)
     shutil.copytree(template, run_dir, symlinks=False)
@@ -228,33 +323,34 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
     if not entry.is_relative_to(run_dir.resolve()) or not entry.is_file():
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
-    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log)
+    clock.mark("snapshot")
+    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
+                                 sandbox=cfg.sandbox)
+    clock.mark("environment")
     argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
+    clock.mark("data")
     return python, argv
 
 
 def _snapshot(node: Node, digest: str, log: Callable[[str], None]) -> Path:
-    """The extracted snapshot, cached per node by digest (extracted once, then copied per run)."""
-    cache = node.config.cache_dir / "snapshots"
-    target = cache / digest
-    if target.is_dir():
-        log(f"snapshot {digest[:12]} reused from the node cache")
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    archive = cache / f"{digest}.{os.getpid()}.tar.gz"
-    node.store.get_file(layout.snapshot_key(digest), archive)
-    try:
-        tmp = cache / f"{digest}.{os.getpid()}.d"
-        shutil.rmtree(tmp, ignore_errors=True)
-        files = safe_extract(archive, tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another node process on this machine got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        archive.unlink(missing_ok=True)
-    log(f"snapshot {digest[:12]} fetched and extracted ({len(files)} files)")
-    return target
+    """The extracted snapshot, cached per node by digest and verified against it (see tasks/snapshots.py)."""
+    check_digest(digest)
+    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log)
+
+
+def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]:
+    """What a sandboxed script must see read-only besides the system: its environment and mounted data."""
+    out: list[Path] = []
+    envs = (cfg.cache_dir / "envs").absolute()
+    exe = Path(python).absolute()
+    if exe.is_relative_to(envs):
+        out.append(envs / exe.relative_to(envs).parts[0])
+    data = (cfg.cache_dir / "data").absolute()
+    for a in argv:
+        p = Path(a)
+        if p.is_absolute() and p.is_relative_to(data) and p.exists() and p not in out:
+            out.append(p)
+    return out
 
 
 def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None]) -> str:
@@ -270,31 +366,47 @@ def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], Non
     return json.dumps(value)
 
 
-def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path, logs: LogWriter) -> int:
-    count = 0
+def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
+                    logs: LogWriter) -> tuple[int, str]:
+    """Upload ./outputs and ./logs, trusting nothing in them (tasks/rundir.py); (files uploaded, cap hit or '')."""
+    count, caps = 0, node.config.output_caps
+    used_files = used_bytes = 0
     for folder in (layout.OUTPUTS_DIR, layout.LOGS_DIR):
-        base = run_dir / folder
-        if not base.is_dir():
-            continue
-        for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
+        walk = OutputWalk(run_dir, folder, OutputCaps(caps.max_bytes - used_bytes, caps.max_files - used_files),
+                          logs.system)
+        for key, fh, size in walk:
             attempt.check()
-            node.store.put_file(spec.prefix + path.relative_to(run_dir).as_posix(), path)
+            node.store.put_stream(spec.prefix + key, fh, size)
             count += 1
-    return count
+        used_files += walk.files
+        used_bytes += walk.nbytes
+        if walk.over:
+            return count, walk.over
+    return count, ""
+
+
+METRICS_READ_BYTES = 1024 * 1024  # per poll
+METRICS_MAX_BYTES = 256 * 1024 * 1024  # per run
+METRICS_MAX_LINE = 1024 * 1024
 
 
 class _MetricsTail:
     """Tail the per-run channel file into the run's Redis metrics stream; archive them at the end."""
 
-    def __init__(self, node: Node, run_id: str, path: Path, attempt: _Attempt) -> None:
+    def __init__(self, node: Node, run_id: str, path: Path, attempt: _Attempt,
+                 log: Callable[[str], None] = lambda _m: None) -> None:
         self.node, self.run_id, self.path, self.attempt = node, run_id, path, attempt
-        self.events: list[dict[str, Any]] = []
+        self._log = log
+        self.events: list[dict[str, Any]] | None = None  # None until the script started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"metrics-{run_id}", daemon=True)
         self._pos = 0
         self._partial = b""
+        self._total = 0
+        self._dead = False
 
     def __enter__(self) -> _MetricsTail:
+        self.events = []
         self._thread.start()
         return self
 
@@ -302,22 +414,35 @@ class _MetricsTail:
         self._stop.set()
         self._thread.join()
         self._drain()
-        if not self.attempt.lost.is_set():
-            prefix = self.node.state.prefix(self.run_id)
-            self.node.store.put_json(prefix + layout.RUN_METRICS,
-                                     {"events": self.events, "metrics": aggregate(self.events)})
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
             self._drain()
 
     def _drain(self) -> None:
-        with open(self.path, "rb") as fh:
-            fh.seek(self._pos)
-            chunk = fh.read()
+        # The channel is hostile: never follow a link, never block on a FIFO, read a bounded amount.
+        if self._dead:
+            return
+        fd, why = open_regular(self.path)
+        if fd is None:
+            self._dead = True
+            self._log(f"metrics channel ignored from now on: it is {why}")
+            return
+        try:
+            if os.fstat(fd).st_size < self._pos:
+                self._pos = 0  # truncated by the script: start over
+            chunk = read_new(fd, self._pos, METRICS_READ_BYTES)
+        finally:
+            os.close(fd)
         if not chunk:
             return
         self._pos += len(chunk)
+        self._total += len(chunk)
+        if self._total > METRICS_MAX_BYTES:
+            self._dead = True
+            self._log(f"metrics channel ignored from now on: over {METRICS_MAX_BYTES} bytes")
+        if len(self._partial) > METRICS_MAX_LINE:
+            self._partial = b""  # an overlong line is no metric
         data = self._partial + chunk
         *lines, self._partial = data.split(b"\n")
         new = []
@@ -328,7 +453,7 @@ class _MetricsTail:
                 continue
             if isinstance(event, dict) and {"name", "kind", "value"} <= event.keys():
                 new.append(event)
-        if not new or self.attempt.lost.is_set():
+        if not new or self.attempt.lost.is_set() or self.events is None:
             return
         self.events.extend(new)
         pipe = self.node.r.pipeline(transaction=False)

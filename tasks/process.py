@@ -18,7 +18,11 @@
   background process (``sleep 100 &``, a dataloader that was never joined) does not leave orphans
   on the node. They get the same SIGTERM, ``grace``, SIGKILL treatment.
 
-``scrubbed_env`` builds the child's environment from the node's without the node's secrets.
+``run_env`` builds a script's environment from an allowlist (``scrubbed_env``: the same for package builds).
+
+Everything a script prints is hostile input: output is read in bounded chunks, a line longer than
+``MAX_LINE_BYTES`` is delivered in pieces (each but the last ending with ``LINE_SPLIT_MARKER``), and a
+carriage return ends a line too, so a ``\r`` progress bar shows as live lines.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -46,6 +50,7 @@ __all__ = [
     "PROCESS_TAG_VAR",
     "ProcessResult",
     "ResourceLimits",
+    "run_env",
     "run_supervised",
     "scrubbed_env",
 ]
@@ -54,38 +59,67 @@ __all__ = [
 PROCESS_TAG_VAR = "CLUSTER_PROCESS_TAG"
 
 STDERR_TAIL_LINES = 20
+MAX_LINE_BYTES = 64 * 1024
+LINE_SPLIT_MARKER = " [line split: continues]"
+_READ_CHUNK = 64 * 1024
 _POLL = 0.05  # seconds between checks of the child, the deadline and the cancel event
 _TREE_POLL = 0.25  # seconds between walks of the process tree
 _EOF_WAIT = 5.0  # after everything is dead, how long to wait for pipes held by unkillable processes
 
-_DEFAULT_SECRET_PREFIXES = ("CLUSTER_", "AWS_", "MINIO_", "REDIS", "CELERY_", "S3_")
-_SECRET_WORDS = ("PASSWORD", "SECRET", "TOKEN", "ACCESS_KEY")
+#: Variables a run may inherit from the node (names, or prefixes ending in ``_``/``*``): nothing else passes.
+RUN_ENV_ALLOW = ("PATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TERM")
+#: Python variables that change only how the interpreter behaves, never where it loads code from.
+SAFE_PYTHON_VARS = ("PYTHONUNBUFFERED", "PYTHONIOENCODING", "PYTHONHASHSEED", "PYTHONDONTWRITEBYTECODE",
+                    "PYTHONUTF8", "PYTHONFAULTHANDLER", "PYTHONWARNINGS", "PYTHONOPTIMIZE")
+#: Thread-count variables a node sets for its runs (passed in ``extra``).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS")
+#: Extra variables a package build (pip) may also inherit: its own settings and proxies.
+BUILD_ENV_ALLOW = ("PIP_*", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                   "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "HOME", "TMPDIR")
+#: Prefix of the run's own channel variables (set by the node, never taken from the user).
+RUN_CHANNEL_PREFIX = "CLUSTER_RUN_"
 
 
-# ---- environment --------------------------------------------------------------------------------
+def _allowed(name: str, allow: Iterable[str]) -> bool:
+    for pattern in allow:
+        if pattern.endswith("*"):
+            if name.startswith(pattern[:-1]):
+                return True
+        elif name == pattern:
+            return True
+    return False
 
-def scrubbed_env(
+
+def run_env(
     base: Mapping[str, str],
     *,
     extra: Mapping[str, str],
-    secret_prefixes: Iterable[str] = _DEFAULT_SECRET_PREFIXES,
+    user: Mapping[str, str] | None = None,
+    channel: Mapping[str, str] | None = None,
+    allow: Iterable[str] = (),
 ) -> dict[str, str]:
-    """Return a copy of ``base`` fit for a user's script, with ``extra`` added.
+    """The environment of a run's script, built from an allowlist, never from the node's whole environment.
 
-    Dropped: every variable whose name starts with one of ``secret_prefixes`` or contains
-    PASSWORD, SECRET, TOKEN or ACCESS_KEY (both checks case-insensitive). Everything else (PATH,
-    HOME, LANG, ...) is kept. ``extra`` is trusted and added last, unfiltered, so it may set e.g.
-    ``CLUSTER_RUN_ID``.
+    From ``base`` (the node's environment) only ``RUN_ENV_ALLOW``, ``SAFE_PYTHON_VARS`` and ``allow`` pass.
+    Then ``extra`` (the node's own settings: HOME, TMPDIR, thread counts, PYTHONPATH of the sandbox), then
+    ``user`` (the run's ``environment_variables``), then ``channel`` (``CLUSTER_RUN_*`` and the like), which
+    the user cannot override.
     """
-    prefixes = tuple(p.upper() for p in secret_prefixes)
-    env: dict[str, str] = {}
-    for name, value in base.items():
-        upper = name.upper()
-        if upper.startswith(prefixes) or any(word in upper for word in _SECRET_WORDS):
-            continue
-        env[name] = value
+    allow_all = (*RUN_ENV_ALLOW, *SAFE_PYTHON_VARS, *allow)
+    env = {k: v for k, v in base.items() if _allowed(k, allow_all)}
     env.update(extra)
+    for k, v in (user or {}).items():
+        if k == PROCESS_TAG_VAR or k.startswith(RUN_CHANNEL_PREFIX):
+            continue
+        env[k] = v
+    env.update(channel or {})
     return env
+
+
+def scrubbed_env(base: Mapping[str, str], *, extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a package build on the node: the run allowlist plus pip settings and proxies."""
+    return run_env(base, extra=extra, allow=BUILD_ENV_ALLOW)
 
 
 # ---- limits -------------------------------------------------------------------------------------
@@ -96,11 +130,14 @@ class ResourceLimits:
 
     ``memory_bytes`` caps the address space (``RLIMIT_AS``): allocations beyond it fail (Python
     raises ``MemoryError``). ``cpu_count`` pins the child to the first N CPUs this node process may
-    use (``sched_setaffinity``). Either is skipped silently where the platform lacks it.
+    use (``sched_setaffinity``). ``max_processes`` caps the processes/threads of the child's uid
+    (``RLIMIT_NPROC``; effective when the child runs as a dedicated, non-root uid), so a fork bomb fails
+    inside its own run. Each is skipped silently where the platform lacks it.
     """
 
     memory_bytes: int | None = None
     cpu_count: int | None = None
+    max_processes: int | None = None
 
     def __post_init__(self) -> None:
         if self.memory_bytes is not None and self.memory_bytes <= 0:
@@ -109,6 +146,9 @@ class ResourceLimits:
         if self.cpu_count is not None and self.cpu_count <= 0:
             raise UsageError(f"cpu limit must be positive, got {self.cpu_count}",
                              hint="give cpu_count as a number of CPUs, or None for no limit")
+        if self.max_processes is not None and self.max_processes <= 0:
+            raise UsageError(f"process limit must be positive, got {self.max_processes}",
+                             hint="give max_processes as a number of processes, or None for no limit")
 
 
 def _limits_preexec(limits: ResourceLimits) -> Callable[[], None] | None:
@@ -126,13 +166,21 @@ def _limits_preexec(limits: ResourceLimits) -> Callable[[], None] | None:
     if limits.cpu_count is not None and hasattr(os, "sched_setaffinity"):
         allowed = sorted(os.sched_getaffinity(0))
         cpus = set(allowed[: limits.cpu_count])
-    if rlimit is None and cpus is None:
+    nproc: tuple[int, int] | None = None
+    if limits.max_processes is not None and hasattr(resource, "RLIMIT_NPROC"):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        cap = limits.max_processes if hard == resource.RLIM_INFINITY else min(limits.max_processes, hard)
+        nproc = (cap, cap)
+    if rlimit is None and cpus is None and nproc is None:
         return None
 
     def apply() -> None:
         if rlimit is not None:
             with contextlib.suppress(OSError, ValueError):
                 resource.setrlimit(resource.RLIMIT_AS, rlimit)
+        if nproc is not None:
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(resource.RLIMIT_NPROC, nproc)
         if cpus is not None:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(0, cpus)
@@ -208,9 +256,7 @@ def _reader(name: str, pipe: IO[bytes], out: queue.Queue[tuple[str, object]], st
         return False
 
     try:
-        for raw in iter(pipe.readline, b""):
-            if raw.endswith(b"\n"):
-                raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        for raw in split_lines(pipe):
             if not put((name, raw.decode("utf-8", errors="replace"))):
                 return
     except (OSError, ValueError):  # pipe closed under us
@@ -219,11 +265,63 @@ def _reader(name: str, pipe: IO[bytes], out: queue.Queue[tuple[str, object]], st
         put((name, _EOF))
 
 
+def split_lines(pipe: IO[bytes], max_line: int = MAX_LINE_BYTES) -> Iterator[bytes]:
+    """Yield the lines of ``pipe`` without their endings, reading bounded chunks.
+
+    ``\n``, ``\r\n`` and a lone ``\r`` end a line (a ``\r`` progress bar becomes one line per update;
+    an empty segment between two ``\r`` is dropped). A line longer than ``max_line`` bytes comes in pieces
+    of ``max_line`` bytes, each but the last followed by ``LINE_SPLIT_MARKER``, so memory stays bounded
+    whatever the script prints.
+    """
+    marker = LINE_SPLIT_MARKER.encode()
+    fd = pipe.fileno()
+    buf = b""
+    after_cr = False
+    while True:
+        chunk = os.read(fd, _READ_CHUNK)
+        if not chunk:
+            break
+        buf += chunk
+        start = 0
+        while True:
+            nl, cr = buf.find(b"\n", start), buf.find(b"\r", start)
+            ends = [i for i in (nl, cr) if i >= 0]
+            if not ends:
+                break
+            i = min(ends)
+            line = buf[start:i]
+            if buf[i:i + 1] == b"\n":
+                if not (after_cr and not line):
+                    yield from _pieces(line, max_line, marker)
+                after_cr = False
+            else:
+                if line:
+                    yield from _pieces(line, max_line, marker)
+                after_cr = True
+            start = i + 1
+        buf = buf[start:]
+        if buf:
+            after_cr = False
+        while len(buf) > max_line:
+            yield buf[:max_line] + marker
+            buf = buf[max_line:]
+    if buf:
+        yield buf
+
+
+def _pieces(line: bytes, max_line: int, marker: bytes) -> Iterator[bytes]:
+    while len(line) > max_line:
+        yield line[:max_line] + marker
+        line = line[max_line:]
+    yield line
+
+
 class _Tree:
     """The processes belonging to one supervised child: its group plus tracked descendants."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], tag: str) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], tag: str, *, wrapped: bool = False) -> None:
         self.proc = proc
+        self.wrapped = wrapped
         self.pgid = proc.pid  # start_new_session: the child leads its own session and group
         self.tag = tag
         self.known: dict[int, psutil.Process] = {}
@@ -257,15 +355,29 @@ class _Tree:
         return [p for p in self.known.values() if _alive(p)]
 
     def signal_all(self, sig: int, procs: list[psutil.Process]) -> None:
-        """Send ``sig`` to the whole process group and to each process in ``procs``."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pgid, sig)
+        """Send ``sig`` to the whole process group and to each process in ``procs``.
+
+        In a wrapped (sandboxed) tree SIGTERM spares the launchers: killing them would SIGKILL the
+        namespace before the script could clean up."""
+        spare_launchers = self.wrapped and sig != _signal.SIGKILL
+        if not spare_launchers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, sig)
         for p in procs:
+            if spare_launchers and _is_launcher(p):
+                continue
             with contextlib.suppress(psutil.Error):
                 p.send_signal(sig)
 
     def all_dead(self, procs: list[psutil.Process]) -> bool:
         return _exited(self.proc) and not any(_alive(p) for p in procs)
+
+
+def _is_launcher(p: psutil.Process) -> bool:
+    try:
+        return p.name() == "bwrap"
+    except psutil.Error:
+        return True
 
 
 def _exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -295,6 +407,9 @@ def run_supervised(
     cancel: threading.Event | None = None,
     grace: float = 5.0,
     limits: ResourceLimits | None = None,
+    user: int | None = None,
+    group: int | None = None,
+    wrapped: bool = False,
 ) -> ProcessResult:
     """Run ``argv`` in ``cwd`` with exactly ``env``, deliver its output, and clean up its process tree.
 
@@ -304,6 +419,12 @@ def run_supervised(
 
     ``timeout`` (seconds) and ``cancel`` stop the run: SIGTERM to the tree, SIGKILL after ``grace``
     seconds. After the main child exits, whatever it left running is stopped the same way.
+
+    ``user``/``group`` switch the child to that uid/gid (no supplementary groups) before it execs.
+    ``wrapped`` says ``argv[0]`` is a sandbox launcher (bwrap) that runs the command as the init of a pid
+    namespace: the launchers get no SIGTERM (they would take the namespace down at once), only the
+    script's processes do, then SIGKILL ends everything; an exit status above 128 is reported as the
+    signal that ended the script.
 
     Raises ``MissingBinaryError`` when ``argv[0]`` cannot be found or executed, ``UsageError`` when
     ``cwd`` is not a directory.
@@ -329,6 +450,9 @@ def run_supervised(
             stderr=subprocess.PIPE,
             start_new_session=True,
             preexec_fn=preexec,
+            user=user,
+            group=group if group is not None or user is None else user,
+            extra_groups=[] if user is not None else None,
         )
     except FileNotFoundError as e:
         raise MissingBinaryError(
@@ -343,7 +467,7 @@ def run_supervised(
         ) from e
 
     assert proc.stdout is not None and proc.stderr is not None
-    lines: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=10_000)
+    lines: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=512)  # x 64 KiB at most
     stop_readers = threading.Event()
     readers = [
         threading.Thread(target=_reader, args=(name, pipe, lines, stop_readers),
@@ -353,7 +477,7 @@ def run_supervised(
     for t in readers:
         t.start()
 
-    tree = _Tree(proc, tag)
+    tree = _Tree(proc, tag, wrapped=wrapped)
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     deadline = None if timeout is None else started + timeout
     timed_out = canceled = False
@@ -447,6 +571,8 @@ def run_supervised(
 
     duration = time.monotonic() - started
     code = proc.returncode
+    if wrapped and code is not None and 128 < code < 128 + 65:
+        code = -(code - 128)  # bwrap reports a signal death of its command as 128 + signal
     return ProcessResult(
         exit_code=code if code is not None and code >= 0 else None,
         signal=-code if code is not None and code < 0 else None,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cluster import layout
@@ -20,6 +21,8 @@ from cluster.settings import Settings
 from tasks import app as app_module
 from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
+from tasks.rundir import OutputCaps
+from tasks.sandbox import Sandbox, SandboxPolicy, detect, make_undumpable
 
 HEARTBEAT_SECONDS = 1.0
 NODE_KEY_TTL = 3600
@@ -33,9 +36,13 @@ class WorkerOptions:
     cache_dir: Path
     static: bool = True
     limits: ResourceLimits | None = None
+    cpus: tuple[int, ...] = ()  # pin the node (and so its runs) to these CPUs; () = all it may use
     lease_ms: int = 10_000
     visibility_timeout: float = app_module.VISIBILITY_TIMEOUT
     loglevel: str = "WARNING"
+    policy: SandboxPolicy = field(default_factory=SandboxPolicy)
+    output_caps: OutputCaps = field(default_factory=OutputCaps)
+    hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
 
 
 def default_name(pool: str) -> str:
@@ -57,6 +64,7 @@ class Heartbeat(threading.Thread):
         pipe.hset(self.key, mapping={
             "pool": self.opts.pool, "state": state, "run": run or "", "heartbeat": f"{time.time():.3f}",
             "pid": os.getpid(), "host": socket.gethostname(), "static": "1" if self.opts.static else "0",
+            "isolation": self.node.config.isolation,
         })
         pipe.hsetnx(self.key, "started", f"{time.time():.3f}")
         pipe.expire(self.key, NODE_KEY_TTL)
@@ -74,13 +82,33 @@ class Heartbeat(threading.Thread):
                 continue
 
 
+def node_sandbox(opts: WorkerOptions) -> Sandbox:
+    """Detect the node's isolation level; the state, work and cache directories are hidden from runs."""
+    hidden = (*opts.hidden, opts.work_dir, opts.cache_dir)
+    return detect(opts.policy, node_name=opts.name, hidden=hidden)
+
+
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     """Block running the node until it is stopped (SIGTERM/SIGINT) or drained."""
     layout.check_name("pool", opts.pool)
+    if opts.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, opts.cpus)  # a run's CPUs are the first of the node's (ResourceLimits)
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     opts.cache_dir.mkdir(parents=True, exist_ok=True)
+    make_undumpable()  # our /proc/<pid>/environ and memory: root-only, even for processes of our uid
+    sandbox = node_sandbox(opts)
+    limits = opts.limits or ResourceLimits()
+    limits = ResourceLimits(memory_bytes=limits.memory_bytes, cpu_count=limits.cpu_count,
+                            max_processes=opts.policy.max_processes)
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
-                                     cache_dir=opts.cache_dir, limits=opts.limits, lease_ms=opts.lease_ms))
+                                     cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
+                                     sandbox=sandbox, output_caps=opts.output_caps))
+    print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    if sandbox.level == "none":
+        print(f"WARNING: node {opts.name} runs scripts without isolation: a run can read this node's "
+              "configuration and credentials" + (" -- and the pool requires isolation, so every run will fail"
+                                                 if sandbox.refuses() else ""), file=sys.stderr, flush=True)
     app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout)
     app_module.set_node(node)
     heartbeat = Heartbeat(node, opts)

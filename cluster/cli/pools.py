@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from cluster import layout
+from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -27,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-lost-seconds", type=float, default=10.0, help="heartbeat silence before a node is lost")
     p.add_argument("--max-infra-attempts", type=int, default=3, help="node-lost retries before a run fails")
     p.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--spare-nodes", type=int, default=1, metavar="N",
+                   help="local provider: keep N warm node processes ready, so a pool scaling up from zero gets its "
+                   "first node in well under a second (each costs one idle Python process; 0 turns this off)")
     p.set_defaults(func=cmd_controller)
 
     pools = sub.add_parser("pools", help="compute targets (autoscaled node pools)").add_subparsers(
@@ -75,7 +79,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
         from cluster.providers.local import LocalProvider
 
         state_dir = args.state_dir or Path(settings.source).parent
-        provider = LocalProvider(state_dir)
+        if args.spare_nodes < 0:
+            raise UsageError(f"--spare-nodes must be 0 or more, got {args.spare_nodes}")
+        provider = LocalProvider(state_dir, spares=args.spare_nodes)
     for bucket in (settings.data_bucket, settings.cluster_bucket):  # a fresh deployment has none yet
         ObjectStore(settings, bucket).ensure_bucket()
     cfg = ControllerConfig(tick_seconds=args.tick, node_lost_seconds=args.node_lost_seconds,
@@ -172,11 +178,11 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             age = now - float(h.get("heartbeat", 0) or 0)
             state = h.get("state", "?") if age <= 10 else "lost"
             rows.append([name, h.get("pool", ""), state, h.get("run", "") or "-", f"{age:.1f}s ago",
-                         "static" if h.get("static") == "1" else "managed"])
+                         "static" if h.get("static") == "1" else "managed", h.get("isolation", "?")])
         if args.watch:
             print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
         if rows:
-            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND"])
+            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION"])
         else:
             print("no nodes")
         if not args.watch:

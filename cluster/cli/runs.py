@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +19,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a node: one Celery worker with one slot, serving a pool",
                        description="Join a pool by hand (a static node: used, never scaled away). Runs until "
                        "stopped with Ctrl-C / SIGTERM; a run in progress finishes first.")
-    p.add_argument("--pool", required=True, help="the pool (compute target) whose queue this node consumes")
+    p.add_argument("--pool", help="the pool (compute target) whose queue this node consumes (required)")
     p.add_argument("--node-name", help="default: <pool>-<host>-<pid>")
     p.add_argument("--work-dir", type=Path, help="where run directories live (default: ~/.cache/cluster/work)")
     p.add_argument("--cache-dir", type=Path, help="node cache: snapshots, environments, mounted data "
                    "(default: ~/.cache/cluster/cache)")
     p.add_argument("--size", help="node size (limits for each run's process); see docs")
+    p.add_argument("--cpus", help="pin this node and its runs to these CPUs, e.g. 0 or 2,3 (the local provider "
+                   "gives each node its own)")
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
+    # a warm spare of the local provider: loads everything, then waits for this file to say which node it becomes
+    p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
+    p.add_argument("--isolation", choices=["required", "best-effort"], default="best-effort",
+                   help="required: refuse to run scripts when no sandbox/uid isolation is available")
+    p.add_argument("--network", choices=["host", "none"], default="host",
+                   help="none: each run gets a private network namespace (loopback only)")
+    p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
+    p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
+    p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -102,10 +115,49 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 
+def _parse_cpus(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        cpus = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise UsageError(f"--cpus {text!r} is not a list of CPU numbers", hint="e.g. --cpus 0 or --cpus 2,3") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cpus)
+    if not cpus or not set(cpus) <= allowed:
+        raise UsageError(f"--cpus {text!r}: this process may use CPUs {sorted(allowed)} only",
+                         hint="pick CPUs from that list")
+    return cpus
+
+
+def _become_node(args: argparse.Namespace) -> None:
+    """A warm spare: import what a node needs now, then wait for the provider's assignment (a JSON file with
+    pool, node_name, size, cpus, work_dir) and take it as if given on the command line."""
+    import celery.apps.worker
+    import celery.worker.consumer  # noqa: F401
+    import kombu.transport.redis  # noqa: F401
+
+    import tasks.node
+    import tasks.worker  # noqa: F401
+
+    path: Path = args.spare_file
+    while not path.exists():
+        time.sleep(0.01)
+    assignment = json.loads(path.read_text())
+    path.unlink()
+    args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
+    args.cpus = assignment.get("cpus") or None
+    args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
+    args.managed = True
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from tasks.process import ResourceLimits
     from tasks.worker import WorkerOptions, default_name, run_worker
 
+    if args.spare_file:
+        _become_node(args)
+    if not args.pool:
+        raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None
@@ -114,12 +166,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         size = get_size(args.size)
         limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
+    from tasks.rundir import OutputCaps
+    from tasks.sandbox import SandboxPolicy
+
+    policy = SandboxPolicy(isolation=args.isolation, network=args.network, max_processes=args.max_processes)
+    caps = OutputCaps(max_bytes=args.max_output_bytes, max_files=args.max_output_files)
+    hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
-                         static=not args.managed, limits=limits,
+                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
+                         output_caps=caps, hidden=hidden,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
-    print(f"node {opts.name} serving pool {opts.pool} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    run_worker(settings, opts)
+    run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0
 
 

@@ -99,14 +99,15 @@ class NodeStarter:
         self._redis = Workspace(settings).redis
 
     def start(self, pool: str, *, name: str | None = None, cache_dir: Path | None = None,
-              extra_env: Mapping[str, str] | None = None, wait: bool = True) -> NodeProcess:
+              extra_env: Mapping[str, str] | None = None, wait: bool = True,
+              extra_args: tuple[str, ...] = ()) -> NodeProcess:
         name = name or unique(f"node-{pool}")
         work_dir = self.base / name / "work"
         cache = cache_dir or self.base / name / "cache"
         log = self.base / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", "cluster.cli", "worker", "--pool", pool, "--node-name", name,
-                "--config", str(self.config), "--work-dir", str(work_dir), "--cache-dir", str(cache)]
+                "--config", str(self.config), "--work-dir", str(work_dir), "--cache-dir", str(cache), *extra_args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         with open(log, "ab") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,

@@ -85,17 +85,26 @@ def live_log_line(ws: Workspace, run: Run, pattern: str, timeout: float = 60.0) 
 
 
 def script_processes(ws: Workspace, run: Run, *, must_be_running: bool = True) -> list[psutil.Process]:
-    """The script's process and its escaped child, from the 'PIDS a b' line it prints."""
+    """The script's process and its escaped child, from the 'PIDS a b' line it prints.
+
+    In a sandbox those are pids of the run's own pid namespace: they are matched to host processes through
+    the last field of NSpid in /proc/<pid>/status, among the processes carrying the run's id."""
     m = live_log_line(ws, run, r"^PIDS (\d+) (\d+)$")
-    procs = []
-    for pid in map(int, m.groups()):
+    wanted = [int(g) for g in m.groups()]
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter():
         try:
-            procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            if must_be_running:
-                raise
+            if p.environ().get("CLUSTER_RUN_ID") != run.id:
+                continue
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except (psutil.Error, OSError):
+            continue
+        nspid = next((line.split()[-1] for line in status.splitlines() if line.startswith("NSpid:")), str(p.pid))
+        if int(nspid) in wanted:
+            found[int(nspid)] = p
+    procs = [found[pid] for pid in wanted if pid in found]
     if must_be_running:
-        assert all(alive(p) for p in procs)
+        assert len(procs) == 2 and all(alive(p) for p in procs)
     return procs
 
 
@@ -328,8 +337,7 @@ def test_ten_thousand_log_lines_in_order(ws: Workspace, pool: str, make_source: 
 
 
 def test_metrics_are_visible_while_the_run_runs(ws: Workspace, pool: str, make_source: Callable[..., Path],
-                                                tmp_path: Path) -> None:
-    release = tmp_path / "release"
+                                                node: Any) -> None:
     run = submit(ws, pool, make_source("""
         import os, sys, time
         from cluster import Run
@@ -344,7 +352,7 @@ def test_metrics_are_visible_while_the_run_runs(ws: Workspace, pool: str, make_s
             time.sleep(0.05)
         run.log("loss ü", 0.25)
         run.log_row("table", epoch=1, acc=0.5)
-    """), arguments=[str(release)])
+    """), arguments=["release"])  # a file in the run's directory: the one place both the test and a sandbox see
 
     def partial() -> dict[str, Any] | None:
         m = run.get_metrics()
@@ -355,7 +363,7 @@ def test_metrics_are_visible_while_the_run_runs(ws: Workspace, pool: str, make_s
     assert run.get_status() == "Running"  # the script is still waiting for the release file
     assert run.get_metrics("loss ü") == {"loss ü": 0.75}
 
-    release.touch()
+    (node.work_dir / "runs" / f"{run.id}.1" / "release").touch()
     assert finish(run)["status"] == "Completed"
     final = run.get_metrics()
     assert final == {"loss ü": [0.75, 0.25], "curve": [1, 2, 3], "table": {"epoch": 1, "acc": 0.5}}

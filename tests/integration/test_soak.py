@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
-from tests.helpers import wait_until
+from tests.helpers import EventCollector, wait_until
 from tests.integration.test_pools import WORK, _kill_node_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,13 +43,12 @@ def test_node_kills_lose_and_duplicate_nothing(soak_cluster: Path, tmp_path: Pat
     src = tmp_path / "src"
     src.mkdir()
     (src / "work.py").write_text(WORK)
-    marker = tmp_path / "marker"
-    marker.mkdir()
+    marker = EventCollector()  # sandboxed scripts report over loopback HTTP
     pool = ComputeTarget.create(ws, "soak", NodePool.provisioning_configuration(max_nodes=3,
                                                                                idle_seconds_before_scaledown=30))
     pool.wait_for_completion(timeout_in_minutes=1)
     exp = Experiment(ws, "soak")
-    runs = [exp.submit(Estimator(src, "work.py", script_params={"--seconds": 2.5, "--marker": str(marker)},
+    runs = [exp.submit(Estimator(src, "work.py", script_params={"--seconds": 2.5, "--marker": marker.url},
                                  compute_target=pool)) for _ in range(RUNS)]
     rng = random.Random(7)
     kills = 0
@@ -68,7 +67,7 @@ def test_node_kills_lose_and_duplicate_nothing(soak_cluster: Path, tmp_path: Pat
     wait_until(lambda: all(ws.runs.status(r.id).is_final for r in runs), 600, "every run final")
     statuses = Counter(r.get_status() for r in runs)
     starts: dict[str, list[str]] = {}
-    for line in (marker / "events.txt").read_text().splitlines():
+    for line in marker.lines("start"):
         _kind, run_id, pid = line.split()
         starts.setdefault(run_id, []).append(pid)
     attempts = 0

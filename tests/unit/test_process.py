@@ -16,11 +16,15 @@ import pytest
 
 from cluster.errors import ClusterError, MissingBinaryError, UsageError
 from tasks.process import (
+    LINE_SPLIT_MARKER,
+    MAX_LINE_BYTES,
     PROCESS_TAG_VAR,
     ProcessResult,
     ResourceLimits,
+    run_env,
     run_supervised,
     scrubbed_env,
+    split_lines,
 )
 
 
@@ -110,7 +114,9 @@ def test_stdout_stderr_tail_partial_last_line_long_line_and_bad_bytes(tmp_path: 
     """)
     assert result.exit_code == 3 and result.signal is None and not result.ok
     assert result.describe() == "exit code 3"
-    assert out.stream("stdout") == ["to stdout", "x" * 1_000_000, "bad \ufffd bytes", "no newline at end"]
+    pieces = ["x" * MAX_LINE_BYTES + LINE_SPLIT_MARKER] * (1_000_000 // MAX_LINE_BYTES)
+    pieces.append("x" * (1_000_000 % MAX_LINE_BYTES))
+    assert out.stream("stdout") == ["to stdout", *pieces, "bad \ufffd bytes", "no newline at end"]
     assert out.stream("stderr") == [f"err {i}" for i in range(30)]
     assert result.stderr_tail == tuple(f"err {i}" for i in range(10, 30))
 
@@ -211,20 +217,31 @@ def test_on_line_error_kills_the_child_and_propagates(tmp_path: Path) -> None:
 
 # ---- environment and limits ---------------------------------------------------------------------
 
-def test_scrubbed_env_drops_secrets_and_keeps_the_rest() -> None:
+def test_run_env_is_an_allowlist() -> None:
     base = {
-        "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": "/x",
-        "REDIS_PASSWORD": "p", "REDIS_URL": "redis://", "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "r",
-        "CLUSTER_REDIS_URL": "redis://", "MINIO_ROOT_USER": "u", "CELERY_BROKER_URL": "b",
-        "S3_ENDPOINT": "e", "GITHUB_TOKEN": "t", "my_api_secret": "s", "DB_PASSWORD": "p",
-        "SOME_ACCESS_KEY_ID": "k", "cluster_lower": "x",
+        "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PYTHONPATH": "/x",
+        "PYTHONSTARTUP": "/evil.py", "PYTHONHASHSEED": "0", "REDIS_PASSWORD": "p", "AWS_SECRET_ACCESS_KEY": "s",
+        "OPENAI_API_KEY": "k", "DATABASE_URL": "postgres://u:p@h/db", "BROKER_URL": "redis://:p@h",
+        "CLUSTER_S3_SECRET_KEY": "s", "LD_PRELOAD": "/x.so", "PIP_INDEX_URL": "https://u:p@pypi",
     }
-    env = scrubbed_env(base, extra={"CLUSTER_RUN_ID": "run-1", "CLUSTER_CHANNEL": "/tmp/ch"})
-    assert env == {
-        "PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "PYTHONPATH": "/x",
-        "CLUSTER_RUN_ID": "run-1", "CLUSTER_CHANNEL": "/tmp/ch",
-    }
-    assert scrubbed_env({"FOO_X": "1", "BAR": "2"}, extra={}, secret_prefixes=("FOO_",)) == {"BAR": "2"}
+    env = run_env(base, extra={"OMP_NUM_THREADS": "2"}, user={"MY_FLAG": "1", "CLUSTER_RUN_ID": "forged"},
+                  channel={"CLUSTER_RUN_ID": "run-1"})
+    assert env == {"PATH": "/usr/bin", "LANG": "C.UTF-8", "LC_ALL": "C", "TZ": "UTC", "PYTHONHASHSEED": "0",
+                   "OMP_NUM_THREADS": "2", "MY_FLAG": "1", "CLUSTER_RUN_ID": "run-1"}
+    build = scrubbed_env(base, extra={})
+    assert build["PIP_INDEX_URL"] == "https://u:p@pypi" and build["HOME"] == "/root"
+    assert not {"OPENAI_API_KEY", "DATABASE_URL", "BROKER_URL", "AWS_SECRET_ACCESS_KEY"} & build.keys()
+
+
+def test_split_lines_caps_lines_and_turns_carriage_returns_into_lines(tmp_path: Path) -> None:
+    data = b"a\r\nb\n\n\rprogress 1\rprogress 2\rdone\n" + b"y" * 10 + b"\ntail"
+    path = tmp_path / "out"
+    path.write_bytes(data)
+    with open(path, "rb") as fh:
+        m = LINE_SPLIT_MARKER.encode()
+        assert list(split_lines(fh, max_line=4)) == [
+            b"a", b"b", b"", b"prog" + m, b"ress" + m, b" 1", b"prog" + m, b"ress" + m, b" 2", b"done",
+            b"yyyy" + m, b"yyyy" + m, b"yy", b"tail"]
 
 
 def test_child_does_not_see_scrubbed_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
