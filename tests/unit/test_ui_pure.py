@@ -4,6 +4,7 @@ cursor, the summary rows and the runs table's filter and sort."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -34,7 +35,10 @@ def call(path: str, *, method: str = "GET", query: str = "", headers: dict[str, 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    asyncio.run((app or TokenAuth(_ok_app, TOKEN))(scope, receive, send))
+    coro = (app or TokenAuth(_ok_app, TOKEN))(scope, receive, send)
+    # in a thread of its own: a session-wide Playwright (tests/ui) keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coro).result()
     start = sent[0]
     hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
     return start["status"], hdrs, b"".join(m.get("body", b"") for m in sent[1:])
