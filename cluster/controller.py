@@ -40,6 +40,21 @@ class ControllerConfig:
     leader_ttl_ms: int = 5000
 
 
+# take the leader key if free, or extend it if it is ours; 1 = we lead
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 # ---- pure decisions -----------------------------------------------------------------------------
 
 def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after: float,
@@ -116,13 +131,8 @@ class Controller:
             stop.wait(self.config.tick_seconds)
 
     def _lead(self) -> bool:
-        ttl = self.config.leader_ttl_ms
-        if self.r.set(CONTROLLER_LEADER, self.ident, nx=True, px=ttl):
-            return True
-        if self.r.get(CONTROLLER_LEADER) == self.ident:
-            self.r.pexpire(CONTROLLER_LEADER, ttl)
-            return True
-        return False
+        """Take or keep the leadership, atomically (one Lua call): two controllers never both lead."""
+        return bool(self.r.eval(_LEAD, 1, CONTROLLER_LEADER, self.ident, self.config.leader_ttl_ms))
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -259,6 +269,11 @@ class Controller:
 
     def requeue_lost(self, run_id: str, now: float, holder: str = "") -> None:
         runs = self.ws.runs
+        stored = runs.stored_record(run_id)
+        if stored.status.is_final:
+            # run.json is the record: the attempt finished (Redis may have lost its final write). Never re-run it.
+            runs.seed(stored)
+            return
         record = runs.record(run_id)
         if record.status.value not in LIVE:
             return

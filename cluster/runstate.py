@@ -42,8 +42,19 @@ redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
 end
 return 1
+"""
+
+#: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
+#: store, where everything is archived (Redis stays bounded however many runs finish)
+FINISHED_TTL_MS = 3600 * 1000
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _RENEW = """
@@ -133,7 +144,9 @@ class RunState:
         })
         if spec is not None:
             pipe.hset(layout.rk_run(record.run_id), "spec", json.dumps(spec.to_dict()))
-        if not record.status.is_final:
+        if record.status.is_final:
+            pipe.pexpire(layout.rk_run(record.run_id), FINISHED_TTL_MS)
+        else:
             pipe.sadd(rk_active(record.pool), record.run_id)
             pipe.lpush(layout.RK_CONTROLLER_WAKE, "1")  # the controller scales for it now, not next tick
             pipe.ltrim(layout.RK_CONTROLLER_WAKE, 0, 0)
@@ -194,15 +207,25 @@ class RunState:
         """Fenced update of the live record; on success also writes run.json (unless ``store`` is False: the
         caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
-        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
+        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool),
+                layout.rk_run_metrics(record.run_id)]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
-                                          "1" if final else "0", record.run_id])
+                                          "1" if final else "0", record.run_id, FINISHED_TTL_MS])
         if ok and store:
             self.store_record(record)
         return bool(ok)
 
+    def live_record_is(self, record: RunRecord) -> bool:
+        """Does Redis hold exactly this record (our own write arrived, though its reply did not)?"""
+        raw = self.r.hget(layout.rk_run(record.run_id), "record")
+        return raw is not None and raw == json.dumps(record.to_dict())
+
     def store_record(self, record: RunRecord) -> None:
         self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+
+    def release(self, run_id: str, token: str) -> bool:
+        """Give the lease back before anything was done with it (the run stays as it was, for another try)."""
+        return bool(self.r.eval(_RELEASE, 1, layout.rk_run_lease(run_id), token))
 
     def holds(self, run_id: str, token: str) -> bool:
         return self.r.get(layout.rk_run_lease(run_id)) == token

@@ -7,9 +7,12 @@ visibility timeout, a node coming back) are harmless: the run's lease admits one
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from cluster import layout
 from cluster.settings import Settings
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
 
 TASK_NAME = "cluster.execute_run"
 VISIBILITY_TIMEOUT = 3600
+REDELIVER_PAUSE = 1.0  # seconds before a message that could not be claimed goes back to the queue
 
 _node: Node | None = None
 
@@ -56,11 +60,16 @@ def _transport_options(visibility_timeout: float) -> dict[str, float]:
 
 def execute_run_task(run_id: str) -> str:
     """The task: a thin shell over :func:`tasks.node.execute_run`."""
-    from tasks.node import execute_run
+    from tasks.node import Redeliver, execute_run
 
     if _node is None:
         raise RuntimeError("this worker was not started as a cluster node (use `cluster worker`)")
-    return execute_run(_node, run_id)
+    try:
+        return execute_run(_node, run_id)
+    except Redeliver as e:
+        print(f"node: {e}; the message goes back to the queue", file=sys.stderr, flush=True)
+        time.sleep(REDELIVER_PAUSE)  # an outage: don't spin on the same message
+        raise Reject(str(e), requeue=True) from e
 
 
 def set_node(node: Node | None) -> None:
