@@ -8,8 +8,10 @@ Redis delivered twice) can change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -169,6 +171,8 @@ class RunState:
                                           "1" if final else "0", record.run_id])
         if ok:
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+            if final:
+                note_transition(self.r, record, outcome=record.status.value.lower())
         return bool(ok)
 
     def holds(self, run_id: str, token: str) -> bool:
@@ -186,6 +190,7 @@ class RunState:
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+            note_transition(self.r, record, outcome="node-lost")
         return bool(ok)
 
     # -- cancel -----------------------------------------------------------------------------------
@@ -202,6 +207,7 @@ class RunState:
             return self.cancel(run_id)
         if outcome == "canceled":
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
+            note_transition(self.r, canceled, outcome="")  # never started: no attempt
         return outcome
 
     def cancel_requested(self, run_id: str) -> bool:
@@ -225,3 +231,13 @@ class RunState:
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 
+
+
+def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:
+    """Tell the metrics (:mod:`cluster.telemetry`) that a run ended an attempt (``outcome``: completed,
+    failed, canceled, node-lost; empty when no attempt ran) and/or reached a final status. Best effort:
+    a lost event costs a count, never a run."""
+    fields: dict[Any, Any] = {"run": record.run_id, "pool": record.pool, "status": record.status.value,
+                              "outcome": outcome, "timestamps": json.dumps(record.timestamps)}
+    with contextlib.suppress(redis.RedisError):
+        r.xadd(layout.RK_RUN_EVENTS, fields, maxlen=layout.RUN_EVENTS_MAXLEN, approximate=True)
