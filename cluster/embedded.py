@@ -189,6 +189,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         settings = Settings.from_file(state_dir / CONFIG_FILE)
         if controller and ensure_controller(state_dir):
             echo("controller was not running: started it")
+            _wait_metrics(settings, state_dir, echo)
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
         return settings
@@ -229,6 +230,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
     if controller:
         ensure_controller(state_dir)
+        _wait_metrics(settings, state_dir, echo)
     echo(f"cluster up in {state_dir} (object store: {kind})")
     _print_endpoints(settings, echo)
     return settings
@@ -478,6 +480,22 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
     os.chmod(tmp, 0o600)
     tmp.replace(path)
+
+
+def _wait_metrics(settings: Settings, state_dir: Path, echo: Echo, timeout: float = 30.0) -> None:
+    """Wait until the controller serves its metrics, so the URL `up` prints answers."""
+    from cluster import telemetry
+
+    if not settings.metrics_port:
+        return
+    deadline = time.monotonic() + timeout
+    while not telemetry.check(metrics_url(settings), timeout=1.0)[0]:
+        ctl = running_process(state_dir, "controller")
+        if ctl is None or time.monotonic() > deadline:
+            echo(f"warning: the controller does not serve {metrics_url(settings)}"
+                 f"{'' if ctl else ' (it exited)'}; see {state_dir / 'logs' / 'controller.log'}")
+            return
+        time.sleep(0.2)
 
 
 def metrics_url(settings: Settings) -> str:
