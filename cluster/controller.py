@@ -108,8 +108,11 @@ class Controller:
                 print(f"controller: {e.message}", flush=True)
             except Exception as e:  # never die on one bad tick
                 print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
-            if self.telemetry is not None and led:
-                self.telemetry.after_tick(time.monotonic() - started, ok=ok)
+            if self.telemetry is not None:
+                if led:
+                    self.telemetry.after_tick(time.monotonic() - started, ok=ok)
+                else:
+                    self.telemetry.standby()
             stop.wait(self.config.tick_seconds)
         if self.r.get(CONTROLLER_LEADER) == self.ident:
             self.r.delete(CONTROLLER_LEADER)

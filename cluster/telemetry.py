@@ -17,6 +17,7 @@ listed in ``docs/operations.md``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -113,17 +114,14 @@ class Telemetry:
                                    registry=reg)
         self._pools: set[str] = set()
         self._lock = threading.Lock()
-        self._cursor = self._stream_end()
+        self._cursor: str | None = None  # where counting goes on; None: from the stream's end, at the next tick
+        with contextlib.suppress(redis.RedisError):
+            self._cursor = self._stream_end()  # before the first tick, so that its transitions count
         reg.register(StateCollector(self))
 
     # -- counters from transitions ----------------------------------------------------------------
     def _stream_end(self) -> str:
-        """Count transitions from now on: a restarted controller's counters start at zero (as Prometheus
-        expects of a restarted process), not with the stream's history."""
-        try:
-            last: Any = self.ws.redis.xrevrange(layout.RK_RUN_EVENTS, count=1)
-        except redis.RedisError:
-            return "0-0"
+        last: Any = self.ws.redis.xrevrange(layout.RK_RUN_EVENTS, count=1)
         return str(last[0][0]) if last else "0-0"
 
     def ensure_pool(self, pool: str) -> None:
@@ -141,7 +139,14 @@ class Telemetry:
         self.node_lost.labels(pool)
 
     def consume(self) -> int:
-        """Count the transitions appended since the last call; returns how many were read."""
+        """Count the transitions appended since the last call; returns how many were read.
+
+        Counting starts at the stream's end when the process starts (a restarted controller's counters start
+        at zero, as Prometheus expects of a restarted process), and again when a standby process starts
+        leading (it does not count again what the previous leader counted)."""
+        if self._cursor is None:
+            self._cursor = self._stream_end()
+            return 0
         count = 0
         while True:
             reply: Any = self.ws.redis.xread({layout.RK_RUN_EVENTS: self._cursor}, count=500)
@@ -170,6 +175,10 @@ class Telemetry:
             if isinstance(stamps, dict):
                 for phase, seconds in phase_durations(stamps).items():
                     self.durations.labels(pool, phase).observe(seconds)
+
+    def standby(self) -> None:
+        """Called for each tick this process does not lead: count again from the end when it leads."""
+        self._cursor = None
 
     def node_lost_in(self, pool: str) -> None:
         self.ensure_pool(pool)

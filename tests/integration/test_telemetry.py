@@ -291,3 +291,39 @@ def test_no_autoscale_starts_no_node_but_still_supervises(ws: Workspace, url: st
     assert value(after, "cluster_run_attempts_total", pool=pool, outcome="completed") == 1
     assert all(not e.get("start") for e in ws.compute_targets[pool].events())  # it never started a node
     assert not [p for p in embedded.State.load(cluster_dir).processes if p.name.startswith(f"node-{pool}-")]
+
+
+def test_counting_starts_where_a_process_starts_leading(ws: Workspace) -> None:
+    """Transitions before the process started, or while it was a standby, are not counted by it (the leader
+    of that time counted them); everything after is, once."""
+    from dataclasses import replace
+
+    from prometheus_client import CollectorRegistry
+
+    from cluster.records import RunRecord
+    from cluster.runstate import note_transition
+    from cluster.telemetry import Telemetry
+
+    pool = unique("tm-stream")
+    record = RunRecord(run_id="r", experiment="e", status=RunStatus.COMPLETED, prefix="p/", pool=pool)
+
+    def completed() -> float | None:
+        return reg.get_sample_value("cluster_runs_finished_total", {"pool": pool, "status": "completed"})
+
+    note_transition(ws.redis, record, outcome="completed")  # before the process started
+    reg = CollectorRegistry()
+    telemetry = Telemetry(ws, registry=reg)
+    note_transition(ws.redis, record, outcome="completed")
+    note_transition(ws.redis, replace(record, status=RunStatus.QUEUED), outcome="node-lost")
+    telemetry.after_tick(0.01, ok=True)
+    assert completed() == 1
+    assert reg.get_sample_value("cluster_run_attempts_total", {"pool": pool, "outcome": "node-lost"}) == 1
+    telemetry.after_tick(0.01, ok=True)  # nothing new: nothing counted twice
+    assert completed() == 1
+    telemetry.standby()  # another controller leads ...
+    note_transition(ws.redis, record, outcome="completed")  # ... and counts this one
+    telemetry.after_tick(0.01, ok=True)  # leading again: from the stream's end
+    note_transition(ws.redis, record, outcome="completed")
+    telemetry.after_tick(0.01, ok=True)
+    assert completed() == 2
+    assert reg.get_sample_value("cluster_controller_tick_duration_seconds_count") == 4
