@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import psutil
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Run, Workspace, embedded
@@ -28,6 +31,7 @@ from tests.helpers import unique, wait_until
 from tests.integration.conftest import NodeStarter
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN = """
 import argparse, sys, time
@@ -327,3 +331,92 @@ def test_counting_starts_where_a_process_starts_leading(ws: Workspace) -> None:
     telemetry.after_tick(0.01, ok=True)
     assert completed() == 2
     assert reg.get_sample_value("cluster_controller_tick_duration_seconds_count") == 4
+
+
+# ---- a real Prometheus (Debian's `prometheus` package) ---------------------------------------------
+
+@pytest.fixture
+def prometheus(settings: Settings, tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping the session controller every second with deploy/prometheus/prometheus.yml
+    (only the target and the interval changed); yields its base URL."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import skip_or_fail
+
+    binary = shutil.which("prometheus")
+    if binary is None:
+        skip_or_fail("no `prometheus` binary (Debian package `prometheus`)")
+    config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    [job] = config["scrape_configs"]
+    job["static_configs"][0]["targets"] = [f"127.0.0.1:{settings.metrics_port}"]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    port = embedded.free_port()
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen([str(binary), f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.poll() is None and query(base, f'up{{job="{job["job_name"]}"}}') == [1.0], 60,
+                   "Prometheus scraping the controller")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+
+
+def query(base: str, expr: str) -> list[float] | None:
+    """An instant query's values (None while Prometheus is not answering); a bad expression fails the test."""
+    url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.load(resp)
+    except urllib.error.HTTPError as e:
+        if e.code == 503:  # still starting
+            return None
+        pytest.fail(f"Prometheus rejected {expr!r}: {e.read().decode(errors='replace')}")
+    except OSError:
+        return None
+    assert body["status"] == "success", body
+    return [float(r["value"][1]) for r in body["data"]["result"]]
+
+
+def test_prometheus_scrapes_the_controller_and_answers_the_dashboard_and_keda(
+        prometheus: str, ws: Workspace, source: Path, make_pool: Any) -> None:
+    pool = make_pool(max_nodes=1).name
+    runs = [submit(ws, source, pool, **{"--sleep": 0.5}) for _ in range(2)]
+    for run in runs:
+        run.wait_for_completion(timeout=120)
+    wait_until(lambda: query(prometheus, f'sum(cluster_runs_finished_total{{pool="{pool}",status="completed"}})')
+               == [2.0], 60, "Prometheus has the finished runs")
+    # every panel's query is valid PromQL and answers; the pool variable set to this pool
+    dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "cluster.json").read_text())
+    answers = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$pool", pool)
+            answers[(panel["title"], target["legendFormat"])] = query(prometheus, expr)
+    assert all(v is not None for v in answers.values())
+    assert answers[("Queued runs", "queued")] == [0.0]
+    assert answers[("Nodes", "nodes")] == [1.0]  # the node stays (idle) for the pool's idle timeout
+    assert answers[("Desired vs. actual nodes", "{{pool}} max")] == [1.0]
+    assert answers[("Finished runs per minute", "{{pool}} {{status}}")], "no rate of finished runs"
+    assert answers[("Controller: seconds since last tick", "age")][0] < 30  # type: ignore[index]
+    wait_until(lambda: (v := query(prometheus, dashboard_expr(dashboard, "Run time (p50 / p95)", pool)))
+               and v[0] > 0.4, 60, "a run-time quantile from the histogram")
+    # KEDA's query, for this pool: the live runs (none left)
+    so = yaml.safe_load((REPO / "deploy" / "kubernetes" / "keda" / "scaledobject.yaml").read_text())
+    keda = so["spec"]["triggers"][0]["metadata"]["query"].replace('pool="keda"', f'pool="{pool}"')
+    assert query(prometheus, keda) == [0.0]
+
+
+def dashboard_expr(dashboard: dict[str, Any], title: str, pool: str) -> str:
+    panel = next(p for p in dashboard["panels"] if p["title"] == title)
+    return str(panel["targets"][0]["expr"]).replace("$pool", pool)

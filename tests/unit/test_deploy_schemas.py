@@ -363,3 +363,23 @@ def test_every_metric_is_documented() -> None:
     for name in _exposed_metric_names():
         shown = name + "_total" if f"{name}_total" in docs else name
         assert f"`{shown}" in docs, f"{name} is not in docs/operations.md"
+
+
+def test_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
+    import shutil
+
+    from tests.conftest import skip_or_fail
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        skip_or_fail("no `promtool` (Debian package `prometheus`)")
+    k8s = tmp_path / "kubernetes-prometheus.yml"
+    k8s.write_text(by_kind("ConfigMap")["prometheus-config"]["data"]["prometheus.yml"])
+    for config in (DEPLOY / "prometheus" / "prometheus.yml", k8s):
+        result = subprocess.run([str(promtool), "check", "config", str(config)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "broken.yml"
+    broken.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: every minute\n")
+    assert subprocess.run([str(promtool), "check", "config", str(broken)], capture_output=True,
+                          timeout=60).returncode != 0
