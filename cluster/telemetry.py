@@ -222,6 +222,7 @@ class StateCollector(Collector):
     def __init__(self, telemetry: Telemetry) -> None:
         self.t = telemetry
         self._final_children: dict[str, dict[str, str]] = {}  # sweep -> child -> final status (immutable)
+        self._lock = threading.Lock()  # scrapes may come concurrently (a threading HTTP server)
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected on demand only (no Redis call at registration)
@@ -229,7 +230,8 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         ok = GaugeMetricFamily("cluster_metrics_state_ok", "1 if the last scrape read Redis and the object store")
         try:
-            families = self._families(time.time())
+            with self._lock:
+                families = self._families(time.time())
         except Exception as e:  # a scrape never fails: it says the state could not be read
             log.warning("metrics: cannot read the cluster's state: %s: %s", type(e).__name__, e)
             ok.add_metric([], 0)

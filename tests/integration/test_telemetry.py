@@ -136,6 +136,9 @@ def test_status_prints_and_checks_the_metrics_url(cluster_dir: Path, url: str,
     samples = scrape(url)
     assert value(samples, "cluster_metrics_state_ok") == 1
     assert value(samples, "cluster_controller_leader") == 1
+    lines: list[str] = []
+    embedded.up(cluster_dir, echo=lines.append)  # already running: it prints the endpoints again
+    assert f"  metrics      {url}" in lines
 
 
 def test_metrics_after_a_sweep_a_failure_a_lost_node_and_a_cancel(ws: Workspace, url: str, source: Path,
