@@ -161,3 +161,43 @@ def test_metrics_port_setting() -> None:
     for bad in ("http", "70000", "-1"):
         with pytest.raises(ConfigError, match="metrics_port"):
             Settings.from_env({**BASE, "CLUSTER_METRICS_PORT": bad})
+
+
+def test_a_scrape_that_cannot_read_the_state_says_so() -> None:
+    from prometheus_client import generate_latest
+
+    class _Down(_Redis):
+        def smembers(self, *_a: Any) -> Any:
+            raise ConnectionError("redis is down")
+
+    class _Store:
+        def list(self, *_a: Any) -> list[Any]:
+            return []
+
+    ws = _WS()
+    ws.redis = _Down()
+    ws.store = _Store()  # type: ignore[attr-defined]
+    reg = CollectorRegistry()
+    Telemetry(ws, registry=reg)  # type: ignore[arg-type]
+    text = generate_latest(reg).decode()
+    assert "cluster_metrics_state_ok 0.0" in text
+    assert "cluster_controller_tick_errors_total 0.0" in text  # the rest is still served
+    assert "cluster_runs{" not in text
+
+
+def test_a_taken_metrics_port_leaves_the_controller_running(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    from types import SimpleNamespace
+
+    from cluster.cli.pools import _serve_metrics
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ctl = Controller(_WS(), _Provider())  # type: ignore[arg-type]
+        ctl.ws.settings = SimpleNamespace(metrics_port=port)  # type: ignore[attr-defined]
+        assert _serve_metrics(ctl, SimpleNamespace(metrics_port=None, metrics_host="127.0.0.1")) is None
+    assert ctl.telemetry is None
+    out = capsys.readouterr().out
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in out and "running without metrics" in out
