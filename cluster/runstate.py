@@ -170,9 +170,9 @@ class RunState:
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
                                           "1" if final else "0", record.run_id])
         if ok:
-            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
-            if final:
+            if final:  # Redis made the transition: count it even if the record's upload below fails
                 note_transition(self.r, record, outcome=record.status.value.lower())
+            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
     def holds(self, run_id: str, token: str) -> bool:
@@ -189,8 +189,8 @@ class RunState:
         ok = self._requeue(keys=keys, args=[expected_holder, json.dumps(record.to_dict()), record.status.value,
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
-            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
             note_transition(self.r, record, outcome="node-lost")
+            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
     # -- cancel -----------------------------------------------------------------------------------
@@ -206,8 +206,8 @@ class RunState:
             self.seed(record)
             return self.cancel(run_id)
         if outcome == "canceled":
-            self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
             note_transition(self.r, canceled, outcome="")  # never started: no attempt
+            self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
     def cancel_requested(self, run_id: str) -> bool:
@@ -230,7 +230,6 @@ class RunState:
 
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
-
 
 
 def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:
