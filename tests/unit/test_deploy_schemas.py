@@ -294,15 +294,35 @@ def _deployment_texts() -> dict[str, str]:
     return {str(f.relative_to(ROOT)): f.read_text() for f in files}
 
 
+def _read_by_entry_points() -> set[str]:
+    """CLUSTER_* variables an entry point reads itself, outside the settings object (a command's own option,
+    such as a dashboard token): ``ENV_X = "CLUSTER_..."`` constants and direct environment reads."""
+    found: set[str] = set()
+    for path in [*(ROOT / "cluster").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]:
+        text = path.read_text()
+        found |= set(re.findall(r"^ENV_\w+\s*=\s*[\"'](CLUSTER_\w+)[\"']", text, flags=re.MULTILINE))
+        found |= set(re.findall(r"(?:environ\.get\(|getenv\(|environ\[)\s*[\"'](CLUSTER_\w+)[\"']", text))
+    return found
+
+
 def test_every_cluster_variable_in_a_deployment_file_is_a_setting() -> None:
-    known = set(ENV_VARS.values()) | {ENV_CONFIG}
+    settings = set(ENV_VARS.values()) | {ENV_CONFIG}
+    entry_points = _read_by_entry_points()
     used: dict[str, set[str]] = {}
     for name, text in _deployment_texts().items():
         for var in re.findall(r"\bCLUSTER_[A-Z0-9_]+\b", text):
             used.setdefault(var, set()).add(name)
     assert {"CLUSTER_REDIS_URL", "CLUSTER_CONFIG", "CLUSTER_METRICS_PORT"} <= used.keys()
-    unknown = {v: sorted(f) for v, f in used.items() if v not in known}
-    assert not unknown, f"CLUSTER_* variables no setting reads: {unknown}"
+    unknown = {v: sorted(f) for v, f in used.items() if v not in settings | entry_points}
+    assert not unknown, f"CLUSTER_* variables neither the settings nor an entry point read: {unknown}"
+    # the connection settings every role needs are Settings fields, never read on the side
+    compose_env = compose()["x-cluster-env"]
+    assert set(compose_env) <= settings
+
+
+def test_the_variable_check_can_fail() -> None:
+    assert "CLUSTER_REDIS_URI" not in set(ENV_VARS.values()) | _read_by_entry_points()  # a typo is caught
+    assert "CLUSTER_POOL" not in _read_by_entry_points()  # set for node pods, read by no one
 
 
 def test_the_rendered_node_pod_sets_only_known_variables() -> None:
