@@ -201,3 +201,19 @@ def test_a_taken_metrics_port_leaves_the_controller_running(capsys: pytest.Captu
     assert ctl.telemetry is None
     out = capsys.readouterr().out
     assert f"cannot serve metrics on 127.0.0.1:{port}" in out and "running without metrics" in out
+
+
+def test_nodes_by_state_published_or_from_heartbeats() -> None:
+    from cluster.telemetry import _node_counts
+
+    now = T0
+    heartbeats = {
+        "a": {"pool": "p", "state": "idle", "heartbeat": str(now - 1)},
+        "b": {"pool": "p", "state": "busy", "heartbeat": str(now - 2)},
+        "c": {"pool": "p", "state": "idle", "heartbeat": str(now - 1), "drain": "1"},
+        "d": {"pool": "p", "state": "busy", "heartbeat": str(now - 60)},  # silent: lost
+        "e": {"pool": "other", "state": "idle", "heartbeat": str(now)},
+    }
+    assert _node_counts(None, heartbeats, "p", now) == {"idle": 1, "busy": 1, "draining": 1, "lost": 1}
+    published = {"nodes": {"starting": 2, "idle": 0, "busy": 1, "draining": 0, "lost": 0}}
+    assert _node_counts(published, heartbeats, "p", now)["starting"] == 2  # the controller's view wins
