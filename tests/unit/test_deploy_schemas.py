@@ -245,6 +245,14 @@ def test_kubernetes_metrics_prometheus_and_keda_agree() -> None:
     prom = yaml.safe_load(by_kind("ConfigMap")["prometheus-config"]["data"]["prometheus.yml"])
     targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
     assert targets == [f"cluster-controller-metrics.cluster.svc:{METRICS_PORT}"]
+    # only Prometheus reaches the metrics port
+    policy = by_kind("NetworkPolicy")["cluster-controller-metrics"]["spec"]
+    controller_labels = by_kind("Deployment")["cluster-controller"]["spec"]["template"]["metadata"]["labels"]
+    prometheus_labels = by_kind("StatefulSet")["prometheus"]["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= controller_labels.items()
+    [rule] = policy["ingress"]
+    assert rule["from"][0]["podSelector"]["matchLabels"].items() <= prometheus_labels.items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": METRICS_PORT}]
     grafana_ds = yaml.safe_load(by_kind("ConfigMap")["grafana-provisioning"]["data"]["datasources.yml"])
     prom_svc = by_kind("Service")["prometheus"]["spec"]["ports"][0]["port"]
     assert grafana_ds["datasources"][0]["url"] == f"http://prometheus.cluster.svc:{prom_svc}"
