@@ -352,6 +352,8 @@ def prometheus(settings: Settings, tmp_path: Path) -> Iterator[str]:
         skip_or_fail("no `prometheus` binary (Debian package `prometheus`)")
     config = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
+    config["global"]["evaluation_interval"] = "1s"
+    config["rule_files"] = [str(REPO / "deploy" / "prometheus" / "alerts.yml")]
     [job] = config["scrape_configs"]
     job["static_configs"][0]["targets"] = [f"127.0.0.1:{settings.metrics_port}"]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -414,6 +416,16 @@ def test_prometheus_scrapes_the_controller_and_answers_the_dashboard_and_keda(
     assert answers[("Controller: seconds since last tick", "age")][0] < 30  # type: ignore[index]
     wait_until(lambda: (v := query(prometheus, dashboard_expr(dashboard, "Run time (p50 / p95)", pool)))
                and v[0] > 0.4, 60, "a run-time quantile from the histogram")
+    # the alerting rules load and evaluate against the real series
+    def rules() -> list[dict[str, Any]] | None:
+        with urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        loaded = [r for g in groups for r in g["rules"]]
+        return loaded if loaded and all(r.get("lastEvaluation", "").startswith("2") for r in loaded) else None
+
+    loaded = wait_until(rules, 30, "the alerting rules evaluated")
+    assert len(loaded) == 5 and all(r["health"] == "ok" for r in loaded), loaded
+    assert not [r for r in loaded if r["name"] == "ClusterControllerNotTicking" and r["state"] != "inactive"]
     # KEDA's query, for this pool: the live runs (none left)
     so = yaml.safe_load((REPO / "deploy" / "kubernetes" / "keda" / "scaledobject.yaml").read_text())
     keda = so["spec"]["triggers"][0]["metadata"]["query"].replace('pool="keda"', f'pool="{pool}"')

@@ -216,7 +216,7 @@ def test_kubernetes_cross_references() -> None:
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in ports, f"Service {name} targets {port['targetPort']}, not a pod port"
     # every referenced Secret / ConfigMap key exists (grafana-dashboards is made from the JSON with kubectl)
-    made_by_kubectl = {"grafana-dashboards"}
+    made_by_kubectl = {"grafana-dashboards", "prometheus-rules"}
     for w in workloads.values():
         for node in _walk(w):
             if isinstance(node, dict) and "secretKeyRef" in node:
@@ -232,6 +232,9 @@ def test_kubernetes_cross_references() -> None:
                 assert node[sub] in configmaps["grafana-provisioning"]["data"]
     assert "create configmap grafana-dashboards" in (DEPLOY / "kubernetes" / "monitoring" / "grafana.yaml").read_text()
     assert "create configmap grafana-dashboards" in (DEPLOY / "README.md").read_text()
+    prometheus = (DEPLOY / "kubernetes" / "monitoring" / "prometheus.yaml").read_text()
+    for text in (prometheus, (DEPLOY / "README.md").read_text()):
+        assert "create configmap prometheus-rules --from-file=deploy/prometheus/alerts.yml" in text
 
 
 def test_kubernetes_metrics_prometheus_and_keda_agree() -> None:
@@ -384,6 +387,10 @@ def test_dashboard_and_keda_use_only_metrics_the_controller_exposes() -> None:
     assert panel_sources == {"${datasource}"}
     keda = by_kind("ScaledObject")["cluster-workers-keda"]["spec"]["triggers"][0]["metadata"]["query"]
     assert set(re.findall(r"\bcluster_[a-z_]+", keda)) <= series
+    alerts = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for rule in alerts["groups"][0]["rules"]:
+        names = set(re.findall(r"\bcluster_[a-z_]+", rule["expr"]))
+        assert names and names <= series, (rule["alert"], names - series)
 
 
 def test_every_metric_is_documented() -> None:
@@ -406,6 +413,10 @@ def test_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
     for config in (DEPLOY / "prometheus" / "prometheus.yml", k8s):
         result = subprocess.run([str(promtool), "check", "config", str(config)], capture_output=True, text=True,
                                 timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+    for args in (["check", "rules", str(DEPLOY / "prometheus" / "alerts.yml")],
+                 ["test", "rules", str(DEPLOY / "prometheus" / "alerts.test.yml")]):  # the alerts fire when due
+        result = subprocess.run([str(promtool), *args], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
     broken = tmp_path / "broken.yml"
     broken.write_text("scrape_configs:\n  - job_name: x\n    scrape_interval: every minute\n")
