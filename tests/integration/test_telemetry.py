@@ -149,7 +149,7 @@ def test_metrics_after_a_sweep_a_failure_a_lost_node_and_a_cancel(ws: Workspace,
 
     # a sweep of three children, two at a time; it is visible while it runs
     hd = HyperDriveConfig(estimator=Estimator(source_directory=source, entry_script="train.py",
-                                              script_params={"--sleep": 1.5}, compute_target=pool),
+                                              script_params={"--sleep": 3}, compute_target=pool),
                           hyperparameter_sampling=GridParameterSampling({"--a": choice(1, 2, 3)}),
                           primary_metric_name="score", primary_metric_goal="maximize", max_total_runs=3,
                           max_concurrent_runs=2)
@@ -216,7 +216,7 @@ def test_metrics_after_a_sweep_a_failure_a_lost_node_and_a_cancel(ws: Workspace,
         assert value(after, "cluster_run_duration_seconds_count", pool=pool, phase=phase) == 5, phase
         assert value(after, "cluster_run_duration_seconds_bucket", pool=pool, phase=phase, le="+Inf") == 5
     running_sum = value(after, "cluster_run_duration_seconds_sum", pool=pool, phase="running")
-    assert 3 * 1.5 + 0.5 + 4 <= running_sum < 600  # the scripts' sleeps, at least
+    assert 3 * 3 + 0.5 + 4 <= running_sum < 600  # the scripts' sleeps, at least
     assert value(after, "cluster_run_duration_seconds_sum", pool=pool, phase="queue_wait") > 0
     assert value(after, "cluster_run_duration_seconds_count", pool=orphan, phase="queue_wait") == 0
     # nothing waits or runs any more; the sweep's series are gone with it
