@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
@@ -25,6 +25,9 @@ from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
 from cluster.workspace import Workspace
+
+if TYPE_CHECKING:
+    from cluster.telemetry import Telemetry
 
 RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -38,6 +41,10 @@ class ControllerConfig:
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
+    # False: start and drain no node (an external scaler such as KEDA does it); node-loss supervision,
+    # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
+    autoscale: bool = True
+    manual_pools: frozenset[str] = frozenset()
 
 
 # take the leader key if free, or extend it if it is ours; 1 = we lead
@@ -99,6 +106,7 @@ class Controller:
     _joined: set[str] = field(default_factory=set)  # managed nodes seen heartbeating
     _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
     _last_tick: float = 0.0  # time.monotonic() of the last tick's start
+    telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
 
     @property
     def r(self) -> Any:
@@ -107,14 +115,22 @@ class Controller:
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         while not stop.is_set():
+            started, led, ok = time.monotonic(), False, False
             try:
                 if self._lead():
                     self._last_tick = time.monotonic()
+                    led = True
                     self.tick(time.time())
+                    ok = True
             except ClusterError as e:  # a server blip: report and retry next tick
                 print(f"controller: {e.message}", flush=True)
             except Exception as e:  # never die on one bad tick
                 print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
+            if self.telemetry is not None:
+                if led:
+                    self.telemetry.after_tick(time.monotonic() - started, ok=ok)
+                else:
+                    self.telemetry.standby()
             self._sleep(stop)
         if self.r.get(CONTROLLER_LEADER) == self.ident:
             self.r.delete(CONTROLLER_LEADER)
@@ -133,6 +149,10 @@ class Controller:
     def _lead(self) -> bool:
         """Take or keep the leadership, atomically (one Lua call): two controllers never both lead."""
         return bool(self.r.eval(_LEAD, 1, CONTROLLER_LEADER, self.ident, self.config.leader_ttl_ms))
+
+    def autoscales(self, pool: str) -> bool:
+        """Does this controller start and drain the pool's nodes? (No: an external scaler does.)"""
+        return self.config.autoscale and pool not in self.config.manual_pools
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -203,12 +223,12 @@ class Controller:
                     self.provider.stop_node(spec, name, force=True)  # silent but still there (hung): remove it
                 managed.discard(name)
                 self._known.discard(name)
-                self._lost[name] = now
+                self._mark_lost(spec.name, name, now)
                 self.r.delete(layout.rk_node(name))
                 self.r.srem(layout.RK_NODES, name)
                 continue
             if state is NodeState.LOST:
-                self._lost[name] = now
+                self._mark_lost(spec.name, name, now)
             views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
         self._known |= managed
@@ -226,8 +246,16 @@ class Controller:
         queued, live = self._runs(spec.name)
         return PoolObservation(pool=spec, nodes=tuple(views), queued=len(queued), running=len(live), now=now)
 
+    def _mark_lost(self, pool: str, name: str, now: float) -> None:
+        if name not in self._lost and self.telemetry is not None:
+            self.telemetry.node_lost_in(pool)
+        self._lost[name] = now
+
     def _scale(self, spec: PoolSpec, obs: PoolObservation, now: float) -> None:
         decision = decide(obs)
+        if not self.autoscales(spec.name):  # published for `pools show` and the metrics, not acted on
+            decision = replace(decision, start=0, drain=(), reason="autoscaling is off for this pool (an external "
+                               f"scaler sizes it); by queued + running runs it would want {decision.desired}")
         if decision.start:
             for name in self.provider.start_nodes(spec, decision.start):
                 self._started[name] = now

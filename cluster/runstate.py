@@ -8,8 +8,10 @@ Redis delivered twice) can change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -211,6 +213,8 @@ class RunState:
                 layout.rk_run_metrics(record.run_id)]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
                                           "1" if final else "0", record.run_id, FINISHED_TTL_MS])
+        if ok and final:  # Redis made the transition: count it even if the record's upload below fails
+            note_transition(self.r, record, outcome=record.status.value.lower())
         if ok and store:
             self.store_record(record)
         return bool(ok)
@@ -241,6 +245,7 @@ class RunState:
         ok = self._requeue(keys=keys, args=[expected_holder, json.dumps(record.to_dict()), record.status.value,
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
+            note_transition(self.r, record, outcome="node-lost")
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
@@ -257,6 +262,7 @@ class RunState:
             self.seed(record)
             return self.cancel(run_id)
         if outcome == "canceled":
+            note_transition(self.r, canceled, outcome="")  # never started: no attempt
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
@@ -281,3 +287,12 @@ class RunState:
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 
+
+def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:
+    """Tell the metrics (:mod:`cluster.telemetry`) that a run ended an attempt (``outcome``: completed,
+    failed, canceled, node-lost; empty when no attempt ran) and/or reached a final status. Best effort:
+    a lost event costs a count, never a run."""
+    fields: dict[Any, Any] = {"run": record.run_id, "pool": record.pool, "status": record.status.value,
+                              "outcome": outcome, "timestamps": json.dumps(record.timestamps)}
+    with contextlib.suppress(redis.RedisError):
+        r.xadd(layout.RK_RUN_EVENTS, fields, maxlen=layout.RUN_EVENTS_MAXLEN, approximate=True)

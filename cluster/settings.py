@@ -30,6 +30,7 @@ ENV_VARS = {
     "s3_secure": "CLUSTER_S3_SECURE",
     "data_bucket": "CLUSTER_DATA_BUCKET",
     "cluster_bucket": "CLUSTER_BUCKET",
+    "metrics_port": "CLUSTER_METRICS_PORT",
 }
 
 
@@ -52,6 +53,7 @@ class Settings:
     data_bucket: str = layout.DATA_BUCKET
     cluster_bucket: str = layout.CLUSTER_BUCKET
     max_snapshot_bytes: int = 300 * 1024**2
+    metrics_port: int = 0  # the controller's Prometheus endpoint (0: none); see cluster/telemetry.py
     source: str = ""  # where these settings came from, for messages
 
     def __repr__(self) -> str:
@@ -92,7 +94,8 @@ class Settings:
         except TypeError as e:
             raise ConfigError(f"bad configuration in {source}: {e}") from e
         return replace(settings, s3_secure=_as_bool(settings.s3_secure),
-                       max_snapshot_bytes=int(settings.max_snapshot_bytes))
+                       max_snapshot_bytes=int(settings.max_snapshot_bytes),
+                       metrics_port=_as_port(settings.metrics_port, source))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Settings:
@@ -154,6 +157,17 @@ def _as_bool(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
     return bool(value)
+
+
+def _as_port(value: object, source: str) -> int:
+    try:
+        port = int(str(value or 0))
+    except ValueError:
+        port = -1
+    if not 0 <= port < 65536:
+        raise ConfigError(f"metrics_port in {source or 'the configuration'} is not a TCP port: {value!r}",
+                          hint="set CLUSTER_METRICS_PORT (or metrics_port) to a number from 1 to 65535, or 0 for none")
+    return port
 
 
 def _looks_like_ours(path: Path) -> bool:
