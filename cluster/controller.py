@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
+from cluster.brokerqueue import queued_run_ids, unacked_run_ids
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError
 from cluster.providers.base import Provider
@@ -45,6 +46,8 @@ class ControllerConfig:
     # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
     autoscale: bool = True
     manual_pools: frozenset[str] = frozenset()
+    # a Queued run with no lease and no message in the broker, seen so twice this far apart, is queued again
+    stranded_check_seconds: float = 15.0
 
 
 # take the leader key if free, or extend it if it is ours; 1 = we lead
@@ -106,6 +109,8 @@ class Controller:
     _joined: set[str] = field(default_factory=set)  # managed nodes seen heartbeating
     _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
     _last_tick: float = 0.0  # time.monotonic() of the last tick's start
+    _stranded_checked: float = 0.0
+    _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
 
     @property
@@ -173,6 +178,9 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
+        if now - self._stranded_checked >= self.config.stranded_check_seconds:
+            pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
+            self._requeue_stranded(sorted(p for p in pools if p), now)
         from cluster.sweep.driver import drive_sweeps
 
         drive_sweeps(self.ws, now)
@@ -294,6 +302,31 @@ class Controller:
         for name, since in list(self._lost.items()):
             if now - since > 300:
                 del self._lost[name]
+
+    def _requeue_stranded(self, pools: list[str], now: float) -> None:
+        """Queue again every Queued run that has neither a lease nor a message in the broker, two checks in a
+        row (a submit between seeding Redis and enqueueing is never mistaken for one)."""
+        self._stranded_checked = now
+        unacked = unacked_run_ids(self.r)
+        stranded: set[str] = set()
+        for pool in pools:
+            queued, _live = self._runs(pool)
+            if not queued:
+                continue
+            waiting = queued_run_ids(self.r, layout.queue_name(pool)) | unacked
+            pipe = self.r.pipeline(transaction=False)
+            candidates = [run_id for run_id in queued if run_id not in waiting]
+            for run_id in candidates:
+                pipe.exists(layout.rk_run_lease(run_id))
+            for run_id, leased in zip(candidates, pipe.execute(), strict=True):
+                if leased:
+                    continue
+                if run_id in self._stranded:
+                    self.ws.enqueue(run_id, pool)
+                    self._event(pool, now, f"run {run_id} was Queued with no message in the broker: queued again")
+                else:
+                    stranded.add(run_id)
+        self._stranded = stranded
 
     def requeue_lost(self, run_id: str, now: float, holder: str = "") -> None:
         runs = self.ws.runs

@@ -401,6 +401,9 @@ def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | 
 
 # ---- internals ----------------------------------------------------------------------------------
 
+REDIS_MAXMEMORY = "512mb"
+
+
 def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> ManagedProcess:
     data = state_dir / "redis"
     data.mkdir(exist_ok=True)
@@ -408,7 +411,10 @@ def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> Mana
     _write_private(conf, "\n".join([
         f"bind {HOST}", f"port {port}", f'requirepass "{password}"', "protected-mode yes",
         "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
-        "save 60 1000", "",
+        "save 60 1000",
+        # bounded: Redis holds only live state (finished runs expire, streams are capped); if it ever fills, a
+        # submit gets a clear error rather than Redis evicting a lease or a queued message
+        f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "",
     ]))
     return spawn("redis", [binary, str(conf)], state_dir)
 

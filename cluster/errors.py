@@ -40,6 +40,10 @@ class ServiceError(ClusterError):
     exit_code = 3
 
 
+class BrokerFullError(ServiceError):
+    """Redis reached its memory limit and refuses new runs (it never evicts live state)."""
+
+
 class CredentialsError(ServiceError):
     """A server answered but rejected our credentials."""
 

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from cluster import layout
-from cluster.errors import NotFoundError, PayloadError
+from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
 from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
 
@@ -135,7 +135,12 @@ class RunState:
             (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
             (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
         ])
-        self.seed(record, spec)
+        try:
+            self.seed(record, spec)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise BrokerFullError("the broker (Redis) is full: it refuses new runs (maxmemory reached)",
+                                  hint="wait for queued runs to finish, or raise Redis' maxmemory; a finished run's "
+                                  "live state expires by itself (its record stays in the object store)") from e
 
     def seed(self, record: RunRecord, spec: RunSpec | None = None) -> None:
         pipe = self.r.pipeline()

@@ -56,6 +56,7 @@ class NodeConfig:
     limits: ResourceLimits | None = None
     keep_run_dirs: bool = False
     storage_retry_seconds: float = 180.0  # finalization retries storage errors this long, then fails the run
+    stop_grace_seconds: float = 5.0  # after SIGTERM, how long a running script may go on before it is stopped
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
 
@@ -87,6 +88,9 @@ class Node:
     data: ObjectStore = field(init=False)
     state: RunState = field(init=False)
     current_run: str | None = None
+    #: set when the node is asked to stop (SIGTERM: pod eviction, host shutdown, `cluster down`): a running
+    #: run gets ``stop_grace_seconds`` to end by itself, then is stopped and handed back to the queue
+    stopping: threading.Event = field(default_factory=threading.Event)
     #: object-store writes taken off a run's critical path (intermediate run.json, archives, clean-up)
     background: ThreadPoolExecutor = field(init=False)
 
@@ -100,6 +104,11 @@ class Node:
 
 class LeaseLost(Exception):
     """Another attempt holds the run now: stop without writing anything."""
+
+
+class NodeStopped(Exception):
+    """This node was asked to stop mid-run: the attempt is recorded as node-stopped, the run is Queued again and
+    its message goes back to the queue for another node."""
 
 
 class Redeliver(Exception):
@@ -118,6 +127,8 @@ class _Attempt:
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{run_id}", daemon=True)
         self._stored: Future[None] | None = None  # the last intermediate run.json write, if any
         self.done = False  # the final record is written: the lease was released with it
+        self.node_stopped = False  # the node is stopping: the script was stopped, the run goes back to the queue
+        self._stop_asked: float | None = None
         self._last_renewal = time.monotonic()
 
     def __enter__(self) -> _Attempt:
@@ -145,6 +156,11 @@ class _Attempt:
                 continue  # Redis blip: the lease has slack; past it, the check above fences us
             if rc != -1:
                 self._last_renewal = time.monotonic()
+            if self.node.stopping.is_set() and not self.node_stopped:
+                self._stop_asked = self._stop_asked or time.monotonic()
+                if time.monotonic() - self._stop_asked >= cfg.stop_grace_seconds:
+                    self.node_stopped = True
+                    self.cancel.set()  # the script's whole process tree: TERM, grace, KILL
             if rc == -1:
                 self.lost.set()
                 self.cancel.set()
@@ -304,9 +320,13 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
+        if attempt.node_stopped:
+            _hand_back(node, attempt, record, logs)
     except _Canceled:
+        if attempt.node_stopped:
+            _hand_back(node, attempt, record, logs)
         logs.system("canceled before the script started")
-    except LeaseLost:
+    except (LeaseLost, NodeStopped):
         raise
     except ClusterError as e:
         attempt.check()
@@ -358,6 +378,20 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                                        "phases": clock.phases})
     attempt.finish(record.with_status(final, error=error, attempts=history), retry)
     return final.value
+
+
+def _hand_back(node: Node, attempt: _Attempt, record: RunRecord, logs: LogWriter) -> None:
+    """The node is stopping and stopped the script: record the attempt as node-stopped, put the run back in
+    Queued (fenced: only while this attempt holds it) and let the message go back to the queue."""
+    logs.system(f"node {node.config.name} is stopping: the run goes back to the queue for another node")
+    logs.close()
+    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": "node-stopped"})
+    attempt._wait_stored()
+    queued = replace(record.with_status(RunStatus.QUEUED), node=None, attempts=history)
+    if not node.state.requeue(queued, expected_holder=attempt.token):
+        raise LeaseLost(attempt.token)
+    attempt.done = True
+    raise NodeStopped(attempt.run_id)
 
 
 def _describe(e: BaseException) -> str:

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
     # a warm spare of the local provider: loads everything, then waits for this file to say which node it becomes
     p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--remote-control", action="store_true",
+                   help="answer Celery's inspect/control broadcasts, so Flower can list this node and its queue. Off "
+                   "by default: with it, anyone who can write to the broker can shut the node down")
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
     p.add_argument("--isolation", choices=["required", "best-effort"], default="best-effort",
@@ -175,7 +178,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
-                         output_caps=caps, hidden=hidden,
+                         output_caps=caps, hidden=hidden, remote_control=args.remote_control,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0

@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from cluster import Estimator, Experiment, Workspace, embedded, layout
+from cluster.compute import rk_pool_events
 from tests.helpers import EventCollector, wait_until
 from tests.integration.conftest import NodeStarter
 
@@ -179,3 +180,40 @@ def _visible_state(ws: Workspace, run_id: str, run: object) -> tuple[object, ...
     stream = ws.redis.xrange(layout.rk_run_log(run_id)) if ws.redis.exists(layout.rk_run_log(run_id)) else []
     return (json.dumps(run.get_details(), sort_keys=True), files, len(stream),  # type: ignore[attr-defined]
             json.dumps(run.get_metrics(), sort_keys=True))  # type: ignore[attr-defined]
+
+
+def test_queued_run_whose_message_was_lost_is_queued_again(ws: Workspace, nodes: NodeStarter, source: Path,
+                                                           events: EventCollector, tmp_path: Path) -> None:
+    from tests.helpers import unique
+
+    pool = unique("lostmsg")
+    run = Experiment(ws, "faults").submit(Estimator(source, "work.py", compute_target=pool,
+                                                    script_params={"--events": events.url, "--seconds": 0.1}))
+    assert ws.redis.delete(layout.queue_name(pool)) == 1  # the broker lost the message; the run is Queued
+    assert run.get_status() == "Queued"
+    nodes.start(pool)  # a node serves the pool, the controller sees it, finds the run stranded twice, queues it
+    check_once(ws, run, events, tmp_path, scenario="message lost from the broker")
+    assert any("queued again" in e.get("reason", "") for e in
+               (json.loads(x) for x in ws.redis.lrange(rk_pool_events(pool), 0, -1)))
+
+
+def test_node_stopped_mid_run_hands_the_run_back(ws: Workspace, nodes: NodeStarter, source: Path,
+                                                 events: EventCollector, tmp_path: Path) -> None:
+    """SIGTERM (an eviction, a host shutdown): the script gets a grace period, is stopped, the attempt is
+    recorded as node-stopped and another node runs the run; the stopped node leaves no process behind."""
+    from tests.helpers import unique
+
+    pool = unique("stop")
+    first = nodes.start(pool)
+    run = Experiment(ws, "faults").submit(Estimator(source, "work.py", compute_target=pool,
+                                                    script_params={"--events": events.url, "--seconds": 20.0}))
+    wait_line(run, "READY")
+    tree = [psutil.Process(first.proc.pid), *psutil.Process(first.proc.pid).children(recursive=True)]
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(60)  # grace for the script, then stopped, handed back, and the node exits
+    gone = psutil.wait_procs(tree, timeout=10)[1]
+    assert not gone, f"processes left behind: {gone}"
+    wait_until(lambda: run.get_status() == "Queued", 30, "the run back in the queue")
+    nodes.start(pool)
+    details = check_once(ws, run, events, tmp_path, scenario="node stopped (SIGTERM) mid-run", executions_allowed=2)
+    assert [a.get("outcome") for a in details["attempts"]] == ["node-stopped", "Completed"]

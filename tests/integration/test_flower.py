@@ -22,7 +22,7 @@ from cluster import embedded, layout
 from cluster.settings import Settings
 from tests.conftest import skip_or_fail
 from tests.helpers import wait_until
-from tests.integration.conftest import NodeProcess
+from tests.integration.conftest import NodeStarter
 
 pytestmark = pytest.mark.integration
 
@@ -89,7 +89,10 @@ def test_flower_requires_basic_auth(flower: str) -> None:
     assert status == 200
 
 
-def test_flower_sees_our_node_on_the_same_redis(flower: str, node: NodeProcess) -> None:
+def test_flower_sees_our_node_on_the_same_redis(flower: str, nodes: NodeStarter, pool: str) -> None:
+    # Celery remote control is off on nodes by default (a broadcast could shut them down); Flower's worker
+    # view needs it, so an operator who wants that view starts nodes with --remote-control
+    node = nodes.start(pool, extra_args=("--remote-control",))
     def workers() -> dict[str, Any] | None:
         status, body = get(flower + "/api/workers?refresh=1", (USER, PASSWORD))
         assert status == 200

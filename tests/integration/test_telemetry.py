@@ -412,7 +412,9 @@ def test_prometheus_scrapes_the_controller_and_answers_the_dashboard_and_keda(
     assert answers[("Queued runs", "queued")] == [0.0]
     assert answers[("Nodes", "nodes")] == [1.0]  # the node stays (idle) for the pool's idle timeout
     assert answers[("Desired vs. actual nodes", "{{pool}} max")] == [1.0]
-    assert answers[("Finished runs per minute", "{{pool}} {{status}}")], "no rate of finished runs"
+    # a rate needs two samples of the counter in its window: poll until Prometheus has scraped them
+    wait_until(lambda: query(prometheus, dashboard_expr(dashboard, "Finished runs per minute", pool)), 60,
+               "a rate of finished runs")
     assert answers[("Controller: seconds since last tick", "age")][0] < 30  # type: ignore[index]
     wait_until(lambda: (v := query(prometheus, dashboard_expr(dashboard, "Run time (p50 / p95)", pool)))
                and v[0] > 0.4, 60, "a run-time quantile from the histogram")
