@@ -8,6 +8,7 @@ from cluster.datareference import DataReference
 from cluster.datastore import Datastore
 from cluster.errors import (
     ClusterError,
+    ComputeTargetException,
     ConfigError,
     ConflictError,
     CredentialsError,
@@ -48,6 +49,7 @@ __all__ = [
     "Model",
     # errors
     "ClusterError",
+    "ComputeTargetException",
     "ConfigError",
     "ConflictError",
     "CredentialsError",

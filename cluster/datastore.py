@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cluster import validation
 from cluster.datareference import DataReference
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.objectstore import ObjectStore, file_sha256
@@ -53,7 +54,7 @@ class Datastore:
         return DataReference(self.name, "", "download", path_on_compute)
 
     def path(self, path: str = "") -> DataReference:
-        return DataReference(self.name, path, "mount")
+        return DataReference(self.name, _norm(path, "path"), "mount")
 
     # -- listing ----------------------------------------------------------------------------------
     def list(self, prefix: str | None = None) -> list[str]:
@@ -63,7 +64,8 @@ class Datastore:
     def upload(self, src_dir: str | os.PathLike[str], target_path: str | None = None, overwrite: bool = False,
                show_progress: bool = True) -> DataReference:
         """Upload every file under ``src_dir`` to ``target_path``; identical files are skipped."""
-        root = Path(src_dir)
+        root = validation.path_like("upload src_dir", src_dir)
+        _norm(target_path or "", "target_path")
         if not root.is_dir():
             raise UsageError(f"upload source {root} is not a directory", hint="pass the folder that holds your files")
         files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -77,13 +79,19 @@ class Datastore:
                      target_path: str | None = None, overwrite: bool = False,
                      show_progress: bool = True) -> TransferSummary:
         """Upload the given files; their paths below ``relative_root`` (default: bare names) are kept."""
-        prefix = _norm(target_path or "")
+        prefix = _norm(target_path or "", "target_path")
+        if isinstance(files, str | bytes | os.PathLike):
+            raise UsageError("upload_files takes a list of files, got a single path",
+                             hint=f"write files=[{str(files)!r}]")
         plan: list[tuple[Path, str]] = []
         for f in files:
-            p = Path(f)
+            p = validation.path_like("a file to upload", f)
             if not p.is_file():
                 raise UsageError(f"cannot upload {p}: not a file")
-            rel = p.relative_to(relative_root).as_posix() if relative_root is not None else p.name
+            try:
+                rel = p.relative_to(relative_root).as_posix() if relative_root is not None else p.name
+            except ValueError:
+                raise UsageError(f"cannot upload {p}: it is not under relative_root {relative_root}") from None
             plan.append((p, f"{prefix}/{rel}" if prefix else rel))
         # decide everything before moving a byte, so a conflict leaves the datastore untouched
         todo: list[tuple[Path, str, str]] = []
@@ -114,7 +122,7 @@ class Datastore:
     def download(self, target_path: str | os.PathLike[str], prefix: str | None = None, overwrite: bool = False,
                  show_progress: bool = True) -> TransferSummary:
         """Download objects under ``prefix`` into local folder ``target_path`` (keys become paths)."""
-        dest = Path(target_path)
+        dest = validation.local_dir_target("download target_path", target_path)
         objects = self._store.list(_norm(prefix or ""))
         if prefix and not objects:
             raise NotFoundError(f"nothing under {self.container_name}/{_norm(prefix)}",
@@ -123,6 +131,8 @@ class Datastore:
         skipped = 0
         for o in objects:
             local = _safe_join(dest, o.key)
+            if local.is_dir():
+                raise ConflictError(f"cannot download {self.container_name}/{o.key}: {local} is a folder")
             if local.exists():
                 if local.stat().st_size == o.size and self._same(o.key, local):
                     skipped += 1
@@ -142,7 +152,9 @@ class Datastore:
         return info is not None and info.sha256 == file_sha256(local)
 
 
-def _norm(path: str) -> str:
+def _norm(path: str, what: str = "datastore path") -> str:
+    if not isinstance(path, str):
+        raise UsageError(f"{what} must be a string (a folder in the datastore), got {type(path).__name__}")
     clean = path.replace("\\", "/").strip("/")
     if any(p == ".." for p in clean.split("/")):
         raise UsageError(f"datastore path {path!r} may not contain '..'")

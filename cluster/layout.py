@@ -40,14 +40,14 @@ DATA_BUCKET = "datastore"
 CLUSTER_BUCKET = "cluster"
 DEFAULT_DATASTORE = "workspaceblobstore"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_name(kind: str, name: str) -> str:
     """Validate a user-chosen name (experiment, model, pool) so it is safe as a path segment."""
     from cluster.errors import UsageError
 
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid {kind} name {name!r}",
             hint="use 1-128 characters from letters, digits, '.', '_' and '-', starting with a letter or digit",

@@ -133,7 +133,9 @@ class Run:
 
     def download_files(self, prefix: str | None = None,
                        output_directory: str | os.PathLike[str] | None = None) -> list[str]:
-        out = Path(output_directory or ".")
+        from cluster import validation
+
+        out = validation.local_dir_target("output_directory", output_directory or ".")
         chosen = [n for n in self.get_file_names() if prefix is None or n.startswith(_check_rel(prefix))]
         paths = []
         for name in chosen:
@@ -144,8 +146,14 @@ class Run:
 
     # -- models -----------------------------------------------------------------------------------
     def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,
-                       description: str | None = None, **_ignored: Any) -> Model:
+                       description: str | None = None, **kwargs: Any) -> Model:
+        from cluster import validation
         from cluster.model import Model
+
+        azure_only = ("properties", "model_framework", "model_framework_version", "datasets", "sample_input_dataset",
+                      "sample_output_dataset", "resource_configuration")  # metadata with no effect here
+        validation.check_kwargs("register_model", {k: v for k, v in kwargs.items() if k not in azure_only},
+                                known=("model_name", "model_path", "tags", "description", *azure_only))
 
         return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
 
@@ -169,6 +177,9 @@ class Run:
 
 
 def _check_rel(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"a run's file name must be a non-empty string, got {name!r}",
+                         hint="see run.get_file_names(), e.g. 'outputs/model.pkl'")
     rel = name.replace("\\", "/").lstrip("/")
     if any(p == ".." for p in rel.split("/")):
         raise UsageError(f"file name {name!r} may not contain '..'")

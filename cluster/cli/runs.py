@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cluster.errors import UsageError
+from cluster import validation
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -106,6 +106,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from tasks.process import ResourceLimits
     from tasks.worker import WorkerOptions, default_name, run_worker
 
+    validation.name("pool", args.pool)
+    if args.node_name is not None:
+        validation.name("node", args.node_name)
+    if args.visibility_timeout is not None:
+        validation.positive_number("--visibility-timeout", args.visibility_timeout)
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None
@@ -127,11 +132,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import Experiment, ScriptRunConfig
 
     script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-    ws = _ws()
     env = {"pip_packages": args.pip, "conda_packages": args.conda}
+    # the same checks as the SDK's, before any server is contacted
     config = ScriptRunConfig(args.source_dir, args.script, arguments=script_args, compute_target=args.pool,
                              environment=env, max_run_duration_seconds=args.max_seconds)
-    run = Experiment(ws, args.experiment).submit(config)
+    validation.name("experiment", args.experiment)
+    run = Experiment(_ws(), args.experiment).submit(config)
     print(run.id)
     if args.wait:
         run.wait_for_completion(show_output=True)
@@ -141,6 +147,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from cluster import Experiment
 
+    validation.whole_number("--limit", args.limit, minimum=1)
+    if args.experiment is not None:
+        validation.name("experiment", args.experiment)
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
     rows = []
@@ -205,6 +214,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_download(args: argparse.Namespace) -> int:
+    validation.local_dir_target("--dest", args.dest)
     for path in _run(_ws(), args.run_id).download_files(prefix=args.prefix, output_directory=args.dest):
         print(path)
     return 0
@@ -233,7 +243,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def cmd_models_download(args: argparse.Namespace) -> int:
     from cluster import Model
 
-    if args.dest.exists() and not args.dest.is_dir():
-        raise UsageError(f"{args.dest} is not a directory")
+    validation.local_dir_target("--dest", args.dest)
     print(Model(_ws(), args.name, args.version).download(args.dest, exist_ok=True))
     return 0

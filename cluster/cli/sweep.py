@@ -168,17 +168,18 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         policy_from_dict,
     )
 
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise UsageError(f"sweep spec: unknown key(s) {', '.join(unknown)}",
-                         hint=f"known: {', '.join(sorted(TOP_KEYS))}")
-    est_data = dict(data.get("estimator") or {})
+    from cluster import validation
+
+    validation.check_kwargs("sweep spec", data, known=sorted(TOP_KEYS), noun="key")
+    est_data = data.get("estimator") or {}
+    if not isinstance(est_data, Mapping):
+        raise UsageError("sweep spec: estimator must be a mapping of estimator settings",
+                         hint=f"keys: {', '.join(ESTIMATOR_KEYS)}")
+    est_data = dict(est_data)
     for key in ESTIMATOR_KEYS:
         if key in data:
             est_data.setdefault(key, data[key])
-    bad = sorted(set(est_data) - set(ESTIMATOR_KEYS))
-    if bad:
-        raise UsageError(f"sweep spec: unknown estimator key(s) {', '.join(bad)}")
+    validation.check_kwargs("sweep spec estimator", est_data, known=ESTIMATOR_KEYS, noun="key")
     for key in ("source_directory", "entry_script"):
         if not est_data.get(key):
             raise UsageError(f"sweep spec: {key} is required")
@@ -210,6 +211,9 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         kwargs = {"estimator": run}
 
     sampling = data.get("sampling", "random")
+    if not isinstance(sampling, str | Mapping | None):
+        raise UsageError(f"sweep spec: sampling must be a name or a mapping, got {sampling!r:.60}",
+                         hint="e.g. sampling: random, or sampling: {type: random, seed: 7}")
     sampling = {"type": sampling} if isinstance(sampling, str) else dict(sampling or {})
     kind = _SAMPLING_ALIASES.get(str(sampling.pop("type", sampling.pop("kind", "random"))).lower())
     space = sampling.pop("parameters", None) or sampling.pop("space", None) or data.get("search_space") \
@@ -228,6 +232,9 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
 
     policy = data.get("policy")
     if policy is not None:
+        if not isinstance(policy, str | Mapping):
+            raise UsageError(f"sweep spec: policy must be a name or a mapping, got {policy!r:.60}",
+                             hint="e.g. policy: {type: bandit, slack_factor: 0.1}")
         policy = {"type": policy} if isinstance(policy, str) else dict(policy)
         ptype = _POLICY_ALIASES.get(str(policy.get("type", "")).lower())
         if ptype is None:
@@ -328,6 +335,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     name = args.experiment or experiment
     if not name:
         raise UsageError("no experiment name", hint="set `experiment:` in the spec or pass --experiment")
+    from cluster import layout
+
+    name = layout.check_name("experiment", str(name))
     ws = _ws()
     run = Experiment(ws, str(name)).submit(config, tags=tags)
     print(run.id)
@@ -366,6 +376,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from cluster.experiment import _run_sort_key
     from cluster.sweep import state
 
+    from cluster import validation
+
+    validation.whole_number("--limit", args.limit, minimum=1)
     ws = _ws()
     ids = [info.key.rsplit("/", 1)[-1] for info in ws.store.list(state.ALL_SWEEPS)]
     ids.sort(key=_run_sort_key, reverse=True)

@@ -14,14 +14,13 @@ passed as ``--learning_rate``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, validation
 from cluster.errors import PayloadError, UsageError
 from cluster.sweep.policy import (
     EarlyTerminationPolicy,
@@ -51,18 +50,15 @@ def argument_name(name: str) -> str:
 
 
 def _positive_int(name: str, value: Any, *, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"HyperDriveConfig: {name} must be an int >= 1, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"HyperDriveConfig: {name} must be at most {maximum}, got {value}",
+    number = validation.whole_number(f"HyperDriveConfig: {name}", value, minimum=1)
+    if maximum is not None and number > maximum:
+        raise UsageError(f"HyperDriveConfig: {name} must be at most {maximum}, got {number}",
                          hint="split the search into several sweeps")
-    return int(value)
+    return number
 
 
 def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UsageError(f"HyperDriveConfig: {name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.finite_number(f"HyperDriveConfig: {name}", value)
 
 
 def _run_configuration(estimator: Any, run_config: Any) -> RunConfiguration:
