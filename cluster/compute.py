@@ -13,10 +13,16 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, validation
 from cluster.autoscale import PoolSpec
-from cluster import validation
-from cluster.errors import ClusterError, ComputeTargetException, ConflictError, NotFoundError, UsageError, WaitTimeoutError
+from cluster.errors import (
+    ClusterError,
+    ComputeTargetException,
+    ConflictError,
+    NotFoundError,
+    UsageError,
+    WaitTimeoutError,
+)
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
@@ -107,8 +113,9 @@ class ComputeTarget:
     @staticmethod
     def create(workspace: Workspace, name: str, provisioning_configuration: PoolSpec) -> NodePool:
         if not isinstance(provisioning_configuration, PoolSpec):
-            raise UsageError("ComputeTarget.create: the configuration must come from "
-                             f"NodePool.provisioning_configuration(...), got {type(provisioning_configuration).__name__}")
+            got = type(provisioning_configuration).__name__
+            raise UsageError(f"ComputeTarget.create: the configuration must come from "
+                             f"NodePool.provisioning_configuration(...), got {got}")
         spec = replace(provisioning_configuration, name=layout.check_name("pool", name))
         existing = load_specs(workspace).get(name)
         if existing and existing.get("state") != "deleting":

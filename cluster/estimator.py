@@ -117,7 +117,7 @@ def _script_params(value: Any) -> dict[str, Any]:
 def _arguments(value: Any) -> list[Any]:
     if value is None:
         return []
-    if isinstance(value, str | bytes) or isinstance(value, Mapping) or not isinstance(value, Sequence):
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise UsageError(f"arguments must be a list, got {type(value).__name__} {value!r:.60}",
                          hint="e.g. arguments=['--lr', 0.1]; for a name -> value mapping use Estimator(script_params=)")
     return [_argument(a, f"arguments[{i}]") for i, a in enumerate(value)]

@@ -34,6 +34,7 @@ from cluster.settings import Settings
 from tasks import datacache
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.extract import safe_extract
+from tasks.outputnames import output_key
 from tasks.process import ProcessResult, ResourceLimits, run_supervised, scrubbed_env
 
 
@@ -272,13 +273,17 @@ def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], Non
 
 def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path, logs: LogWriter) -> int:
     count = 0
+    taken: set[str] = set()
     for folder in (layout.OUTPUTS_DIR, layout.LOGS_DIR):
         base = run_dir / folder
         if not base.is_dir():
             continue
         for path in sorted(p for p in base.rglob("*") if p.is_file() and not p.is_symlink()):
             attempt.check()
-            node.store.put_file(spec.prefix + path.relative_to(run_dir).as_posix(), path)
+            key, renamed = output_key(path.relative_to(run_dir), taken)  # odd names are escaped, not fatal
+            if renamed:
+                logs.system(renamed)
+            node.store.put_file(spec.prefix + key, path)
             count += 1
     return count
 

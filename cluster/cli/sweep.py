@@ -159,6 +159,7 @@ def _script_value(name: str, value: Any) -> Any:
 
 def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriveConfig, str | None, dict[str, str]]:
     """Build the HyperDriveConfig a spec file describes; returns (config, experiment name, tags)."""
+    from cluster import validation
     from cluster.estimator import Estimator, ScriptRunConfig
     from cluster.sweep import (
         BayesianParameterSampling,
@@ -167,8 +168,6 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         RandomParameterSampling,
         policy_from_dict,
     )
-
-    from cluster import validation
 
     validation.check_kwargs("sweep spec", data, known=sorted(TOP_KEYS), noun="key")
     est_data = data.get("estimator") or {}
@@ -373,10 +372,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cluster import validation
     from cluster.experiment import _run_sort_key
     from cluster.sweep import state
-
-    from cluster import validation
 
     validation.whole_number("--limit", args.limit, minimum=1)
     ws = _ws()
