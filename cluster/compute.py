@@ -87,7 +87,7 @@ class ComputeTarget:
         return super().__new__(NodePool if cls is ComputeTarget else cls)
 
     def __init__(self, workspace: Workspace, name: str | PoolSpec | None = None) -> None:
-        if not hasattr(workspace, "store"):
+        if not hasattr(type(workspace), "store"):
             raise UsageError(f"ComputeTarget: workspace must be a Workspace, got {type(workspace).__name__}",
                              hint="ComputeTarget(workspace=Workspace.from_config(), name='cpucluster')")
         self.workspace = workspace

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 class Experiment:
     def __init__(self, workspace: Workspace, name: str) -> None:
-        if not hasattr(workspace, "store") or not hasattr(workspace, "runs"):
+        if not hasattr(type(workspace), "store") or not hasattr(type(workspace), "runs"):
             raise UsageError(f"Experiment: workspace must be a Workspace, got {type(workspace).__name__}",
                              hint="Experiment(workspace=Workspace.from_config(), name='my-experiment')")
         self.workspace = workspace

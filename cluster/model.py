@@ -53,7 +53,7 @@ class Model:
     """``Model(ws, name, version=None)`` loads a registered model (latest version by default)."""
 
     def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
-        if not hasattr(workspace, "store"):
+        if not hasattr(type(workspace), "store"):
             raise UsageError(f"Model: workspace must be a Workspace, got {type(workspace).__name__}")
         self.workspace = workspace
         layout.check_name("model", name)

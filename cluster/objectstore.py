@@ -16,7 +16,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from cluster.errors import ClusterError, CredentialsError, NotFoundError, PayloadError, ServiceError
+from cluster.errors import ConfigError, CredentialsError, NotFoundError, PayloadError, ServiceError
 from cluster.settings import Settings
 
 SHA256_META = "sha256"
@@ -173,5 +173,5 @@ def make_client(settings: Settings) -> Minio:
         return Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
                      secure=settings.s3_secure, region=settings.s3_region, http_client=http)
     except ValueError as e:
-        raise ClusterError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
+        raise ConfigError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
                            hint="use host:port, without http://") from e
