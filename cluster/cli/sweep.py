@@ -94,8 +94,12 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     try:  # JSON is YAML too, but a .json file gets JSON's clearer errors
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
+        what = str(e)
+        mark = getattr(e, "problem_mark", None)
+        if isinstance(e, yaml.YAMLError) and mark is not None:  # one line, not YAML's multi-line excerpt
+            what = f"{getattr(e, 'problem', None) or 'syntax error'} at line {mark.line + 1}, column {mark.column + 1}"
         raise UsageError(f"sweep spec {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                         f"{e}") from e
+                         f"{' '.join(what.split())}") from e
     if not isinstance(data, dict):
         raise UsageError(f"sweep spec {path} must be a mapping of settings, not {type(data).__name__}")
     return data
