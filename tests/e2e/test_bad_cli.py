@@ -162,8 +162,8 @@ def run_cli(argv: list[str], cwd: Path, config: str | None) -> subprocess.Comple
 def test_the_table_covers_every_command() -> None:
     assert len(ROWS) >= 50
     commands = {r.argv[0] for r in ROWS}
-    assert commands >= {"up", "down", "status", "data", "worker", "submit", "runs", "models", "controller", "pools", "nodes",
-                        "sweep"}
+    assert commands >= {"up", "down", "status", "data", "worker", "submit", "runs", "models", "controller", "pools",
+                        "nodes", "sweep"}
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[" ".join(r.argv) + (f" [{r.config}]" if r.config != "cluster" else "")
