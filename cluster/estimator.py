@@ -47,8 +47,8 @@ class RunConfiguration:
     def __post_init__(self) -> None:
         # the one shape every path submits (Estimator, ScriptRunConfig, a stored sweep): checked once more here
         validation.name("pool", self.pool)
-        object.__setattr__(self, "pip_packages", validation.string_list("pip_packages", self.pip_packages))
-        object.__setattr__(self, "conda_packages", validation.string_list("conda_packages", self.conda_packages))
+        object.__setattr__(self, "pip_packages", validation.package_list("pip_packages", self.pip_packages))
+        object.__setattr__(self, "conda_packages", validation.package_list("conda_packages", self.conda_packages))
         object.__setattr__(self, "environment_variables",
                            validation.string_map("environment_variables", self.environment_variables,
                                                  keys="variable name"))
@@ -141,8 +141,8 @@ def _environment(value: Any) -> dict[str, Any]:
             raise UsageError(f"environment {type(value).__name__} has none of {', '.join(ENVIRONMENT_FIELDS)}",
                              hint="pass a dict, e.g. environment={'pip_packages': ['numpy']}")
     return {
-        "pip_packages": validation.string_list("environment pip_packages", fields.get("pip_packages")),
-        "conda_packages": validation.string_list("environment conda_packages", fields.get("conda_packages")),
+        "pip_packages": validation.package_list("environment pip_packages", fields.get("pip_packages")),
+        "conda_packages": validation.package_list("environment conda_packages", fields.get("conda_packages")),
         "environment_variables": validation.string_map("environment environment_variables",
                                                        fields.get("environment_variables"), keys="variable name"),
     }
@@ -162,8 +162,8 @@ class Estimator:
         self.script_params = _script_params(script_params)
         pool_name(compute_target)
         self.compute_target = compute_target
-        self.pip_packages = validation.string_list("pip_packages", pip_packages)
-        self.conda_packages = validation.string_list("conda_packages", conda_packages)
+        self.pip_packages = validation.package_list("pip_packages", pip_packages)
+        self.conda_packages = validation.package_list("conda_packages", conda_packages)
         self.environment_variables = validation.string_map("environment_variables", environment_variables,
                                                            keys="variable name")
         self.max_run_duration_seconds = _max_seconds(max_run_duration_seconds)

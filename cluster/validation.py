@@ -25,6 +25,7 @@ __all__ = [
     "local_dir_target",
     "name",
     "non_negative_number",
+    "package_list",
     "path_like",
     "positive_number",
     "script_value",
@@ -135,6 +136,16 @@ def string_list(what: str, value: Any) -> tuple[str, ...]:
             raise UsageError(f"{what}: every entry must be a non-empty string, got {_shown(item)}")
         text(f"{what} entry", item)
     return tuple(items)
+
+
+def package_list(what: str, value: Any) -> tuple[str, ...]:
+    """Package requirements (``'numpy>=1.26'``): a list of strings, none of them a pip option."""
+    items = tuple(p.strip() for p in string_list(what, value))
+    for p in items:
+        if p.startswith("-"):
+            raise UsageError(f"{what}: {p!r} is a pip option, not a package",
+                             hint="give package requirements only, like 'numpy>=1.26'")
+    return items
 
 
 def string_map(what: str, value: Any, *, keys: str = "name") -> dict[str, str]:

@@ -97,6 +97,8 @@ ROWS: list[Row] = [
         UsageError, "every entry must be a non-empty string"),
     Row("Estimator(pip_packages=['numpy\\n'])", "SDK", lambda e: _est(e, pip_packages=["numpy\n"]),
         UsageError, "line break"),
+    Row("Estimator(pip_packages=['--index-url=http://evil'])", "SDK",
+        lambda e: _est(e, pip_packages=["--index-url=http://evil"]), UsageError, "is a pip option, not a package"),
     Row("Estimator(script_param={...}) (a typo)", "SDK", lambda e: _est(e, script_param={"--lr": 1}),
         UsageError, "did you mean 'script_params'"),
     Row("Estimator(entry_scrpt='train.py') (a typo)", "SDK",
