@@ -73,6 +73,10 @@ class Run:
     def wait_for_completion(self, show_output: bool = False, timeout: float | None = None,
                             raise_on_error: bool = True, wait_post_processing: bool = False) -> dict[str, Any]:
         """Block until the run is final; with ``show_output`` stream its log live."""
+        if timeout is not None:
+            from cluster import validation
+
+            timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if show_output:
             print(f"RunId: {self.id}\nStatus: {self.get_status()}\n", flush=True)

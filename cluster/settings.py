@@ -140,6 +140,8 @@ class Settings:
         directory or a parent, then the CLUSTER_* variables."""
         env = os.environ if environ is None else environ
         if path is not None:
+            if not isinstance(path, str | os.PathLike) or not str(path).strip():
+                raise ConfigError(f"the configuration path must be a file or folder path, got {path!r}")
             return cls.from_file(path)
         if env.get(ENV_CONFIG):
             return cls.from_file(env[ENV_CONFIG])

@@ -115,6 +115,10 @@ class HyperDriveRun(Run):
                             raise_on_error: bool = True, wait_post_processing: bool = False) -> dict[str, Any]:
         """Block until the sweep has ended; ``show_output`` prints a line as each child starts and ends, then
         a table of the results."""
+        if timeout is not None:
+            from cluster import validation
+
+            timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}
         if show_output:

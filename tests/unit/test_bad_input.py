@@ -25,6 +25,7 @@ from cluster import (
     Experiment,
     Model,
     NodePool,
+    Run,
     ScriptRunConfig,
     UsageError,
     Workspace,
@@ -69,6 +70,11 @@ def _hd(env: Env, **kw: Any) -> HyperDriveConfig:
         {"--lr": uniform(0, 1)}), "primary_metric_name": "accuracy", "primary_metric_goal": "maximize",
         "max_total_runs": 4, **kw}
     return HyperDriveConfig(**args)
+
+
+def _run_handle(env: Env) -> Run:
+    """A Run handle on no server: enough for checks made before anything is read."""
+    return Run(Experiment(env.ws, "x"), "x_1_abc")
 
 
 def _settings_file(env: Env, content: str) -> Settings:
@@ -277,6 +283,14 @@ ROWS: list[Row] = [
     Row("config.json s3_endpoint='http://host:9000/path'", "SDK",
         lambda e: Workspace(Settings.from_dict({**_GOOD, "s3_endpoint": "http://host:9000/path"})).store,
         ConfigError, "bad object store endpoint"),
+    Row("Workspace.from_config(path=3)", "SDK", lambda e: Workspace.from_config(3),  # type: ignore[arg-type]
+        ConfigError, "configuration path must be a file or folder path"),
+    Row("run.wait_for_completion(timeout='10')", "SDK",
+        lambda e: _run_handle(e).wait_for_completion(timeout="10"), UsageError, "timeout must be a number"),
+    Row("run.download_file(None)", "SDK", lambda e: _run_handle(e).download_file(None),  # type: ignore[arg-type]
+        UsageError, "file name must be a non-empty string"),
+    Row("run.download_files(output_directory=<a file>)", "SDK",
+        lambda e: _run_handle(e).download_files(output_directory=e.file), UsageError, "is an existing file"),
     Row("Workspace.from_config(path=<missing>)", "SDK", lambda e: Workspace.from_config(e.tmp / "nowhere.json"),
         ConfigError, "no cluster configuration at"),
     # ---- the validators themselves --------------------------------------------------------------------------
