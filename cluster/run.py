@@ -126,8 +126,11 @@ class Run:
         return sorted(names)
 
     def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> str:
+        from cluster import validation
+
         rel = _check_rel(name)
-        target = Path(output_file_path) if output_file_path else Path(Path(rel).name)
+        target = validation.path_like("output_file_path", output_file_path) if output_file_path \
+            else Path(Path(rel).name)
         if target.is_dir():
             target = target / Path(rel).name
         if not self._ws.store.exists(self.prefix + rel):

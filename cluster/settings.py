@@ -79,6 +79,8 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> Settings:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"configuration from {source or 'dict'} must be a mapping, got {type(data).__name__}")
         missing = [k for k in ("redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key") if not data.get(k)]
         if missing:
             raise ConfigError(

@@ -261,6 +261,11 @@ ROWS: list[Row] = [
     # ---- metrics (what run.log refuses, offline) ------------------------------------------------------------
     Row("run.log('acc', {'a': 1})", "SDK", lambda e: OfflineRun().log("acc", {"a": 1}),
         UsageError, "cannot log a dict"),
+    Row("run.log_list('acc', 'abc')", "SDK", lambda e: OfflineRun().log_list("acc", "abc"),
+        UsageError, "log_list takes a list of values, got str"),
+    Row("run.download_file('outputs/x', output_file_path=3)", "SDK",
+        lambda e: _run_handle(e).download_file("outputs/x", 3),  # type: ignore[arg-type]
+        UsageError, "output_file_path must be a path"),
     Row("run.log('', 1)", "SDK", lambda e: OfflineRun().log("", 1), UsageError, "metric name must be a non-empty"),
     # ---- configuration files and credentials ----------------------------------------------------------------
     Row("config.json is not JSON", "SDK", lambda e: _settings_file(e, "{redis_url: x"),
