@@ -141,8 +141,12 @@ class NodePool(ComputeTarget):
         validation.check_kwargs("provisioning_configuration",
                                 {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
                                 known=(*_PROVISIONING_ARGS, *AZURE_PROVISIONING_ONLY))
-        return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
-                        idle_seconds_before_scaledown=idle_seconds_before_scaledown)
+        try:
+            return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
+                            idle_seconds_before_scaledown=idle_seconds_before_scaledown)
+        except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
+            raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
+                             hint=e.hint) from None
 
     @property
     def status(self) -> PoolStatus:

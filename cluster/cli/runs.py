@@ -111,6 +111,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         validation.name("node", args.node_name)
     if args.visibility_timeout is not None:
         validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
+        if folder is not None:
+            validation.local_dir_target(flag, folder)
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None

@@ -155,7 +155,10 @@ def _script_value(name: str, value: Any) -> Any:
             return DataReference.from_dict(dict(value))
         if len(value) == 1 and next(iter(value)) in ("mount", "download"):
             mode, path = next(iter(value.items()))
-            return DataReference(layout.DEFAULT_DATASTORE, str(path or ""), mode)
+            if path is not None and not isinstance(path, str):
+                raise UsageError(f"script argument {name!r}: the {mode} path must be a string, got {path!r}",
+                                 hint=f'e.g. {{"{mode}": "mnist"}}')
+            return DataReference(layout.DEFAULT_DATASTORE, path or "", mode)
         raise UsageError(f"script argument {name!r}: {dict(value)!r} is not a value or a data reference",
                          hint='a data reference is {"mount": "path"} or {"download": "path"}')
     return value
@@ -251,6 +254,7 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
     tags = data.get("tags") or {}
     if not isinstance(tags, Mapping):
         raise UsageError("sweep spec: tags must be a mapping")
+    tags = validation.string_map("sweep spec: tags", tags, keys="tag name")
     config = HyperDriveConfig(
         hyperparameter_sampling=sampler, primary_metric_name=data["primary_metric_name"],
         primary_metric_goal=data["primary_metric_goal"], max_total_runs=data["max_total_runs"],

@@ -71,7 +71,7 @@ ROWS: list[Row] = [
     row("models download no-such-model --dest {file}", 2, "is an existing file, not a folder"),
     # ---- pools, nodes, controller, worker -------------------------------------------------------------------
     row("pools create bad/name", 2, "invalid pool name 'bad/name'"),
-    row("pools create p1 --min-nodes 5 --max-nodes 2", 2, "need 0 <= min_nodes <= max_nodes"),
+    row("pools create p1 --min-nodes 5 --max-nodes 2", 2, "provisioning_configuration: need 0 <= min_nodes"),
     row("pools create p1 --max-nodes 0", 2, "max_nodes must be at least 1"),
     row("pools create p1 --vm-size huge", 2, "unknown node size 'huge'"),
     row("pools create p1 --idle-seconds -1", 2, "idle_seconds_before_scaledown must be a number >= 0"),
@@ -83,6 +83,7 @@ ROWS: list[Row] = [
     row("controller --max-infra-attempts 0", 2, "--max-infra-attempts must be at least 1"),
     row("worker --pool bad/pool", 2, "invalid pool name 'bad/pool'"),
     row("worker --pool p1 --size huge", 2, "unknown node size 'huge'"),
+    row("worker --pool p1 --work-dir {file}", 2, "--work-dir"),
     # ---- sweeps ---------------------------------------------------------------------------------------------
     row("sweep submit {tmp}/missing.yml", 2, "cannot read sweep spec"),
     row("sweep submit {badyaml}", 2, "is not valid YAML"),
@@ -90,6 +91,8 @@ ROWS: list[Row] = [
     row("sweep submit {pipstring}", 2, "got the string 'numpy'"),
     row("sweep submit {nanparam}", 2, "NaN or infinite"),
     row("sweep submit {runs_as_text}", 2, "max_total_runs must be a whole number"),
+    row("sweep submit {mountnumber}", 2, "the mount path must be a string, got 3"),
+    row("sweep submit {tagslist}", 2, "tags: the value of 'a' must be a string or a number"),
     row("sweep show no-such-run_1_abcdef", 6, "no run with id"),
     row("sweep list --limit -1", 2, "--limit must be at least 1"),
     # ---- data -----------------------------------------------------------------------------------------------
@@ -128,6 +131,8 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
         "pipstring": json.dumps({**base, "pip_packages": "numpy"}),
         "nanparam": json.dumps({**base, "script_params": {"--x": float("nan")}}),
         "runs_as_text": json.dumps({**base, "max_total_runs": "ten"}),
+        "mountnumber": json.dumps({**base, "arguments": ["--data", {"mount": 3}]}),
+        "tagslist": json.dumps({**base, "tags": {"a": [1]}}),
     }
     out = {"src": str(src), "file": str(afile), "tmp": str(tmp)}
     for key, text in specs.items():

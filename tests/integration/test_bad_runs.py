@@ -241,6 +241,24 @@ def test_a_failed_run_raises_its_cause_to_the_waiter(runs: dict[str, Run]) -> No
     assert info.value.hint and f"cluster runs logs {run.id}" in info.value.hint
 
 
+def test_cli_submit_wait_of_a_failing_script_exits_8(settings: Settings, cluster_dir: Path, bad_pool: str,
+                                                      small_node: NodeProcess, tmp_path: Path) -> None:
+    """`cluster submit --wait` of a script that fails: exit 8 (RunFailedError), the cause and the script's stderr
+    tail (its traceback), but no traceback of the CLI's own."""
+    (tmp_path / "fail.py").write_text("raise ValueError('bad learning rate')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    env.update(PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", CLUSTER_CONFIG=str(cluster_dir / "config.json"))
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "-e", unique("bad-cli-wait"), "-d",
+                           str(tmp_path), "-s", "fail.py", "-p", bad_pool, "--wait"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, encoding="utf-8", timeout=RUN_TIMEOUT)
+    assert proc.returncode == 8, proc
+    err = proc.stderr[proc.stderr.index("error: run "):]
+    assert "failed: exit code 1" in err and "ValueError: bad learning rate" in err, proc.stderr
+    assert "-> full log: `cluster runs logs" in err
+    frames = [line for line in proc.stderr.splitlines() if line.strip().startswith('File "')]
+    assert frames and all("fail.py" in f for f in frames), frames  # only the script's own traceback
+
+
 # ---- SDK mistakes that need a cluster to be noticed ------------------------------------------------------------
 
 @dataclass(frozen=True)
