@@ -51,9 +51,24 @@ def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_targets(ws: Workspace) -> dict[str, NodePool]:
-    return {name: NodePool(ws, PoolSpec.from_dict(rec["spec"]))
-            for name, rec in load_specs(ws).items() if rec.get("state") != "deleting"}
+class _MissingTarget(ComputeTargetException, KeyError):
+    """``ws.compute_targets['nope']``: a ComputeTargetException, and still a KeyError for dict-minded code."""
+
+    __str__ = ClusterError.__str__  # KeyError would quote the message
+
+
+class ComputeTargets(dict[str, "NodePool"]):
+    """``ws.compute_targets``: a dict of node pools by name; a missing name says which ones exist."""
+
+    def __missing__(self, name: str) -> NodePool:
+        raise _MissingTarget(f"no compute target named {name!r}",
+                             hint=f"existing: {', '.join(sorted(self)) or '(none)'}; create one with "
+                             "ComputeTarget.create(ws, name, NodePool.provisioning_configuration(...))")
+
+
+def load_targets(ws: Workspace) -> ComputeTargets:
+    return ComputeTargets({name: NodePool(ws, PoolSpec.from_dict(rec["spec"]))
+                           for name, rec in load_specs(ws).items() if rec.get("state") != "deleting"})
 
 
 class PoolStatus:

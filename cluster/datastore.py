@@ -131,6 +131,10 @@ class Datastore:
         skipped = 0
         for o in objects:
             local = _safe_join(dest, o.key)
+            blocker = next((p for p in local.parents if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise ConflictError(f"cannot download {self.container_name}/{o.key}: {blocker} is a file where "
+                                    "a folder is needed", hint="move that file away, or download somewhere else")
             if local.is_dir():
                 raise ConflictError(f"cannot download {self.container_name}/{o.key}: {local} is a folder")
             if local.exists():

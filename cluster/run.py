@@ -22,8 +22,10 @@ class Run:
     """``Run(experiment, run_id)`` re-attaches to any run; ``Run.get_context()`` is for inside train.py."""
 
     def __init__(self, experiment: Experiment, run_id: str) -> None:
+        from cluster import validation
+
         self.experiment = experiment
-        self.id = run_id
+        self.id = validation.run_id(run_id)
         self._prefix: str | None = None
 
     # -- inside the training script -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "package_list",
     "path_like",
     "positive_number",
+    "run_id",
     "script_value",
     "string_list",
     "string_map",
@@ -119,6 +121,18 @@ def name(kind: str, value: Any) -> str:
     from cluster.layout import check_name
 
     return check_name(kind, value)
+
+
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,255}")
+
+
+def run_id(value: Any) -> str:
+    """A run id as the cluster makes them (``<experiment>_<ms>_<hex>``): safe as a key, never a path."""
+    if not isinstance(value, str) or not _RUN_ID_RE.fullmatch(value) or ".." in value:
+        raise UsageError(f"invalid run id {value!r}",
+                         hint="run ids look like 'my-experiment_1717171717171_1a2b3c4d'; list them with "
+                         "`cluster runs list` or experiment.get_runs()")
+    return value
 
 
 def string_list(what: str, value: Any) -> tuple[str, ...]:

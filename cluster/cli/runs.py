@@ -90,7 +90,7 @@ def _ws() -> Workspace:
 def _run(ws: Workspace, run_id: str) -> Any:
     from cluster import Experiment, Run
 
-    record = ws.runs.record(run_id)
+    record = ws.runs.record(validation.run_id(run_id))
     return Run(Experiment(ws, record.experiment), run_id)
 
 

@@ -28,9 +28,10 @@ class HyperDriveRun(Run):
     @classmethod
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
+        from cluster import validation
         from cluster.experiment import Experiment
 
-        record = ws.runs.record(run_id)
+        record = ws.runs.record(validation.run_id(run_id))
         if not state.is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
         return cls(Experiment(ws, record.experiment), run_id)

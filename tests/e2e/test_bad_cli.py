@@ -62,6 +62,8 @@ ROWS: list[Row] = [
     row("runs list -e bad/name", 2, "invalid experiment name"),
     row("runs show no-such-run_1_abcdef", 6, "no run with id 'no-such-run_1_abcdef'"),
     row("runs logs no-such-run_1_abcdef", 6, "no run with id"),
+    row("runs show a/../b", 2, "invalid run id 'a/../b'"),
+    row("sweep cancel ../x", 2, "invalid run id '../x'"),
     row("runs cancel no-such-run_1_abcdef", 6, "no run with id"),
     row("runs download no-such-run_1_abcdef --dest {file}", 2, "is an existing file, not a folder"),
     # ---- models ---------------------------------------------------------------------------------------------

@@ -285,7 +285,17 @@ def _conflicting_upload(ds: Datastore, tmp: Path) -> None:
     ds.upload(src_dir=folder, target_path=target, show_progress=False)
 
 
+def _download_over_a_file(ds: Datastore, tmp: Path) -> None:
+    (tmp / "dl").mkdir()
+    (tmp / "dl" / "bad-runs-data").write_text("a file where the download needs a folder")
+    ds.download(tmp / "dl", prefix="bad-runs-data", show_progress=False)
+
+
 SDK_ROWS: list[SdkRow] = [
+    SdkRow("ws.compute_targets[<missing>]", lambda ws, tmp, run: ws.compute_targets["no-such-pool-xyz"],
+           ComputeTargetException, "no compute target named 'no-such-pool-xyz'"),
+    SdkRow("ds.download(<a file where a folder goes>)", lambda ws, tmp, run: _download_over_a_file(
+           ws.get_default_datastore(), tmp), ConflictError, "is a file where a folder is needed"),
     SdkRow("ComputeTarget(workspace=ws, name=<missing>)", lambda ws, tmp, run: ComputeTarget(workspace=ws,
            name="no-such-pool-xyz"), ComputeTargetException, "no compute target named 'no-such-pool-xyz'"),
     SdkRow("ComputeTarget.create(ws, <existing>, cfg)", lambda ws, tmp, run: _second_create(ws, unique("dup")),

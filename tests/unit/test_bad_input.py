@@ -290,6 +290,9 @@ ROWS: list[Row] = [
         ConfigError, "bad object store endpoint"),
     Row("Workspace.from_config(path=3)", "SDK", lambda e: Workspace.from_config(3),  # type: ignore[arg-type]
         ConfigError, "configuration path must be a file or folder path"),
+    Row("Run(exp, 'a/../b')", "SDK", lambda e: Run(Experiment(e.ws, "x"), "a/../b"), UsageError, "invalid run id"),
+    Row("Run(exp, None)", "SDK", lambda e: Run(Experiment(e.ws, "x"), None),  # type: ignore[arg-type]
+        UsageError, "invalid run id None"),
     Row("run.wait_for_completion(timeout='10')", "SDK",
         lambda e: _run_handle(e).wait_for_completion(timeout="10"), UsageError, "timeout must be a number"),
     Row("run.download_file(None)", "SDK", lambda e: _run_handle(e).download_file(None),  # type: ignore[arg-type]
