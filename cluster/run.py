@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -103,6 +104,9 @@ class Run:
     def stream_log(self, after: str = "0-0", poll_ms: int = 1000, deadline: float | None = None) -> Any:
         """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends (or, if given,
         ``time.monotonic()`` passes ``deadline``)."""
+        if not isinstance(after, str) or not re.fullmatch(r"\d+(-\d+)?", after):
+            raise UsageError(f"invalid log entry {after!r}",
+                             hint="give an entry id as printed when a follow was interrupted, e.g. 1717171717171-0")
         runs = self._ws.runs
         return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
                                 is_final=lambda: runs.status(self.id).is_final, deadline=deadline)
@@ -145,7 +149,13 @@ class Run:
         from cluster import validation
 
         out = validation.local_dir_target("output_directory", output_directory or ".")
-        chosen = [n for n in self.get_file_names() if prefix is None or n.startswith(_check_rel(prefix))]
+        rel = None if prefix is None else _check_rel(prefix)
+        names = self.get_file_names()
+        chosen = [n for n in names if rel is None or n.startswith(rel)]
+        if rel is not None and not chosen:
+            raise NotFoundError(f"run {self.id} has no files under {rel!r}",
+                                hint=f"its files: {', '.join(names[:10]) or '(none)'}"
+                                + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
         paths = []
         for name in chosen:
             target = out / name

@@ -108,7 +108,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     validation.name("pool", args.pool)
     if args.node_name is not None:
-        validation.name("node", args.node_name)
+        validation.text("--node-name", args.node_name)
     if args.visibility_timeout is not None:
         validation.positive_number("--visibility-timeout", args.visibility_timeout)
     for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):

@@ -63,6 +63,9 @@ ROWS: list[Row] = [
     row("runs show no-such-run_1_abcdef", 6, "no run with id 'no-such-run_1_abcdef'"),
     row("runs logs no-such-run_1_abcdef", 6, "no run with id"),
     row("runs show a/../b", 2, "invalid run id 'a/../b'"),
+    row("runs logs {run_id} -f --after garbage", 2, "invalid log entry 'garbage'"),
+    row("runs download {run_id} --prefix ../x", 2, "may not contain '..'"),
+    row("runs download {run_id} --prefix nothing/ --dest {tmp}/dl", 6, "has no files under 'nothing/'"),
     row("sweep cancel ../x", 2, "invalid run id '../x'"),
     row("runs cancel no-such-run_1_abcdef", 6, "no run with id"),
     row("runs download no-such-run_1_abcdef --dest {file}", 2, "is an existing file, not a folder"),
@@ -136,7 +139,7 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
         "mountnumber": json.dumps({**base, "arguments": ["--data", {"mount": 3}]}),
         "tagslist": json.dumps({**base, "tags": {"a": [1]}}),
     }
-    out = {"src": str(src), "file": str(afile), "tmp": str(tmp)}
+    out = {"src": str(src), "file": str(afile), "tmp": str(tmp), "run_id": _queued_run(settings, src)}
     for key, text in specs.items():
         path = tmp / f"{key}.{'yml' if key == 'badyaml' else 'json'}"
         path.write_text(text)
@@ -155,6 +158,16 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
             path.write_text(text)
         out[f"config-{key}"] = str(path)
     return out
+
+
+def _queued_run(settings: Settings, src: Path) -> str:
+    """A real run that stays queued (its pool has no node), then is canceled: a run id the CLI can find."""
+    from cluster import Experiment, ScriptRunConfig, Workspace
+
+    run = Experiment(Workspace(settings), "bad-cli").submit(ScriptRunConfig(src, "train.py",
+                                                                             compute_target="bad-cli-no-node"))
+    run.cancel()
+    return str(run.id)
 
 
 def run_cli(argv: list[str], cwd: Path, config: str | None) -> subprocess.CompletedProcess[str]:
