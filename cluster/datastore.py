@@ -123,6 +123,7 @@ class Datastore:
                  show_progress: bool = True) -> TransferSummary:
         """Download objects under ``prefix`` into local folder ``target_path`` (keys become paths)."""
         dest = validation.local_dir_target("download target_path", target_path)
+        root = dest.resolve()
         objects = self._store.list(_norm(prefix or ""))
         if prefix and not objects:
             raise NotFoundError(f"nothing under {self.container_name}/{_norm(prefix)}",
@@ -131,7 +132,8 @@ class Datastore:
         skipped = 0
         for o in objects:
             local = _safe_join(dest, o.key)
-            blocker = next((p for p in local.parents if p.exists() and not p.is_dir()), None)
+            blocker = next((p for p in local.parents if p.is_relative_to(root) and p.exists() and not p.is_dir()),
+                           None)
             if blocker is not None:
                 raise ConflictError(f"cannot download {self.container_name}/{o.key}: {blocker} is a file where "
                                     "a folder is needed", hint="move that file away, or download somewhere else")

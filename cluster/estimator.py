@@ -82,7 +82,13 @@ def _argument(value: Any, what: str = "script argument") -> Any:
     return validation.script_value(what, value)
 
 
-def _check_source(source_directory: Any, entry_script: Any, what: str = "entry_script") -> Path:
+def _check_source(source_directory: Any, entry_script: Any, what: str = "entry_script") -> tuple[Path, str]:
+    """The source directory and the entry script (relative to it), checked."""
+    for name, value in (("source_directory", source_directory), (what, entry_script)):
+        if value is None:
+            raise UsageError(f"{name} is required",
+                             hint="e.g. Estimator(source_directory='./src', entry_script='train.py') or "
+                             "ScriptRunConfig(source_directory='./src', script='train.py')")
     src = validation.path_like("source_directory", source_directory)
     if isinstance(entry_script, os.PathLike):
         entry_script = os.fspath(entry_script)
@@ -95,7 +101,7 @@ def _check_source(source_directory: Any, entry_script: Any, what: str = "entry_s
     if not (src / entry).is_file():
         raise UsageError(f"entry script {entry_script!r} not found in {src}",
                          hint=f"{what} is relative to source_directory")
-    return src
+    return src, entry_script
 
 
 def _script_params(value: Any) -> dict[str, Any]:
@@ -120,7 +126,10 @@ def _arguments(value: Any) -> list[Any]:
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
         raise UsageError(f"arguments must be a list, got {type(value).__name__} {value!r:.60}",
                          hint="e.g. arguments=['--lr', 0.1]; for a name -> value mapping use Estimator(script_params=)")
-    return [_argument(a, f"arguments[{i}]") for i, a in enumerate(value)]
+    items = list(value)
+    for i, a in enumerate(items):
+        _argument(a, f"arguments[{i}]")
+    return items
 
 
 def _environment(value: Any) -> dict[str, Any]:
@@ -151,14 +160,13 @@ def _environment(value: Any) -> dict[str, Any]:
 class Estimator:
     """Azure ML's Estimator: a source directory, an entry script and ``script_params``."""
 
-    def __init__(self, source_directory: str | os.PathLike[str], entry_script: str,
+    def __init__(self, source_directory: str | os.PathLike[str] | None = None, entry_script: str | None = None,
                  script_params: Mapping[str, Any] | None = None, compute_target: Any = None,
                  pip_packages: Sequence[str] | None = None, conda_packages: Sequence[str] | None = None,
                  environment_variables: Mapping[str, str] | None = None,
                  max_run_duration_seconds: float | None = None, use_docker: bool = True, **kwargs: Any) -> None:
         validation.check_kwargs("Estimator", kwargs, known=_ESTIMATOR_ARGS, ignored=AZURE_ESTIMATOR_ONLY)
-        self.source_directory = _check_source(source_directory, entry_script)
-        self.entry_script = os.fspath(entry_script)
+        self.source_directory, self.entry_script = _check_source(source_directory, entry_script)
         self.script_params = _script_params(script_params)
         pool_name(compute_target)
         self.compute_target = compute_target
@@ -186,12 +194,12 @@ class Estimator:
 class ScriptRunConfig:
     """A script with a plain argument list."""
 
-    def __init__(self, source_directory: str | os.PathLike[str], script: str, arguments: Sequence[Any] | None = None,
+    def __init__(self, source_directory: str | os.PathLike[str] | None = None, script: str | None = None,
+                 arguments: Sequence[Any] | None = None,
                  compute_target: Any = None, environment: Any = None,
                  max_run_duration_seconds: float | None = None, **kwargs: Any) -> None:
         validation.check_kwargs("ScriptRunConfig", kwargs, known=_SCRIPT_RUN_ARGS, ignored=AZURE_SCRIPT_RUN_ONLY)
-        self.source_directory = _check_source(source_directory, script, "script")
-        self.script = os.fspath(script)
+        self.source_directory, self.script = _check_source(source_directory, script, "script")
         self.arguments = _arguments(arguments)
         pool_name(compute_target)
         self.compute_target = compute_target
@@ -200,7 +208,7 @@ class ScriptRunConfig:
         self.max_run_duration_seconds = _max_seconds(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
-        return RunConfiguration(self.source_directory, self.script, tuple(self.arguments),
+        return RunConfiguration(self.source_directory, self.script, tuple(_argument(a) for a in self.arguments),
                                 pool_name(self.compute_target), self._env["pip_packages"], self._env["conda_packages"],
                                 self._env["environment_variables"], self.max_run_duration_seconds)
 

@@ -135,8 +135,12 @@ ROWS: list[Row] = [
         UsageError, "inside source_directory"),
     Row("Estimator(source_directory=<a file>)", "SDK", lambda e: Estimator(e.file, "train.py"),
         UsageError, "is not a directory"),
-    Row("Estimator(source_directory=None)", "SDK", lambda e: Estimator(None, "train.py"),  # type: ignore[arg-type]
+    Row("Estimator(source_directory=3)", "SDK", lambda e: Estimator(3, "train.py"),  # type: ignore[arg-type]
         UsageError, "source_directory must be a path"),
+    Row("Estimator(source_directory='src') (no entry_script)", "SDK", lambda e: Estimator(source_directory=e.src),
+        UsageError, "entry_script is required"),
+    Row("ScriptRunConfig(script='train.py') (no source_directory)", "SDK",
+        lambda e: ScriptRunConfig(script="train.py"), UsageError, "source_directory is required"),
     Row("Estimator(entry_script=3)", "SDK", lambda e: Estimator(e.src, 3),  # type: ignore[arg-type]
         UsageError, "entry_script must be a string"),
     # ---- run configuration: ScriptRunConfig -----------------------------------------------------------------
