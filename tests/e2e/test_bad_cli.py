@@ -63,6 +63,8 @@ ROWS: list[Row] = [
     row("runs show no-such-run_1_abcdef", 6, "no run with id 'no-such-run_1_abcdef'"),
     row("runs logs no-such-run_1_abcdef", 6, "no run with id"),
     row("runs show a/../b", 2, "invalid run id 'a/../b'"),
+    row("runs metrics a/../b", 2, "invalid run id"),
+    row("runs files x_1_a extra", 2, "unrecognized arguments: extra"),
     row("runs logs {run_id} -f --after garbage", 2, "invalid log entry 'garbage'"),
     row("runs download {run_id} --prefix ../x", 2, "may not contain '..'"),
     row("runs download {run_id} --prefix nothing/ --dest {tmp}/dl", 6, "has no files under 'nothing/'"),
@@ -73,6 +75,7 @@ ROWS: list[Row] = [
     row("models show no-such-model", 6, "no model named 'no-such-model'"),
     row("models show m --version 0", 2, "model version must be at least 1"),
     row("models show bad/name", 2, "invalid model name"),
+    row("models list bad/name", 2, "invalid model name"),
     row("models download no-such-model --dest {file}", 2, "is an existing file, not a folder"),
     # ---- pools, nodes, controller, worker -------------------------------------------------------------------
     row("pools create bad/name", 2, "invalid pool name 'bad/name'"),

@@ -291,7 +291,18 @@ def _download_over_a_file(ds: Datastore, tmp: Path) -> None:
     ds.download(tmp / "dl", prefix="bad-runs-data", show_progress=False)
 
 
+def _model_download_into_a_file(run: Run, tmp: Path) -> None:
+    model = run.register_model(unique("bad-model"), "outputs/ok.txt")
+    (tmp / "a-file").write_text("not a folder")
+    model.download(target_dir=tmp / "a-file")
+
+
 SDK_ROWS: list[SdkRow] = [
+    SdkRow("model.download(target_dir=<a file>)", lambda ws, tmp, run: _model_download_into_a_file(run, tmp),
+           UsageError, "is an existing file, not a folder"),
+    SdkRow("Model(ws, <existing>, version=99)", lambda ws, tmp, run: Model(
+           ws, run.register_model(unique("bad-model"), "outputs/ok.txt").name, version=99), NotFoundError,
+           "has no version 99"),
     SdkRow("ws.compute_targets[<missing>]", lambda ws, tmp, run: ws.compute_targets["no-such-pool-xyz"],
            ComputeTargetException, "no compute target named 'no-such-pool-xyz'"),
     SdkRow("ds.download(<a file where a folder goes>)", lambda ws, tmp, run: _download_over_a_file(
