@@ -32,7 +32,7 @@ class Row:
     argv: tuple[str, ...]  # the mistake; {placeholders} are filled from the `places` fixture
     code: int  # the documented exit code
     fragment: str  # part of the one-line error
-    config: str = "cluster"  # which configuration the command sees: cluster | missing | notjson | badpass | bads3
+    config: str = "cluster"  # the configuration the command sees: cluster, or one of `places`' config-* files
     in_tmp: bool = False  # run in an empty folder (no .cluster here or above) instead of the cluster's
 
 
@@ -119,6 +119,8 @@ ROWS: list[Row] = [
     row("runs list", 2, "cannot read configuration", config="notjson"),
     row("runs list", 3, "rejected the password", config="badpass"),
     row("data ls", 3, "rejected our credentials", config="bads3"),
+    row("runs list", 3, "is not reachable", config="noredis"),
+    row("data ls", 3, "is not reachable", config="nos3"),
 ]
 
 
@@ -154,6 +156,8 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
         "notjson": "{not json",
         "badpass": json.dumps({**good, "redis_url": settings.redis_url.replace(f":{parts.password}@", ":wrong@")}),
         "bads3": json.dumps({**good, "s3_secret_key": "wrong-secret"}),
+        "noredis": json.dumps({**good, "redis_url": "redis://:x@127.0.0.1:1/0"}),  # port 1: nothing listens
+        "nos3": json.dumps({**good, "s3_endpoint": "127.0.0.1:1"}),
     }
     for key, text in configs.items():
         path = tmp / f"config-{key}.json"
