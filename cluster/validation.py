@@ -25,7 +25,6 @@ __all__ = [
     "finite_number",
     "local_dir_target",
     "name",
-    "non_negative_number",
     "package_list",
     "path_like",
     "positive_number",
@@ -82,14 +81,6 @@ def positive_number(what: str, value: Any) -> float:
     if number <= 0:
         raise UsageError(f"{what} must be positive, got {value!r}",
                          hint=f"leave {what} out (None) for no limit" if "seconds" in what else None)
-    return number
-
-
-def non_negative_number(what: str, value: Any) -> float:
-    """A finite number >= 0."""
-    number = finite_number(what, value)
-    if number < 0:
-        raise UsageError(f"{what} must be >= 0, got {value!r}")
     return number
 
 
