@@ -92,6 +92,11 @@ class Datastore:
                 rel = p.relative_to(relative_root).as_posix() if relative_root is not None else p.name
             except ValueError:
                 raise UsageError(f"cannot upload {p}: it is not under relative_root {relative_root}") from None
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"cannot upload {ascii(str(p))[1:-1]}: its name is not valid UTF-8",
+                                 hint="rename the file (object names in the datastore are UTF-8 text)") from None
             plan.append((p, f"{prefix}/{rel}" if prefix else rel))
         # decide everything before moving a byte, so a conflict leaves the datastore untouched
         todo: list[tuple[Path, str, str]] = []

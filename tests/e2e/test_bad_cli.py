@@ -55,6 +55,7 @@ ROWS: list[Row] = [
     row("submit -e exp -d {file} -s train.py", 2, "is not a directory"),
     row("submit -e exp -d {src} -s ../train.py", 2, "must be a path inside source_directory"),
     row("submit -e bad/name -d {src} -s train.py", 2, "invalid experiment name 'bad/name'"),
+    row("submit -e exp -d {weird} -s train.py", 7, "is not valid UTF-8"),
     row("submit -e exp -d {src} -s train.py --pool gpu/1", 2, "invalid pool name 'gpu/1'"),
     row("submit\x1f-e\x1fexp\x1f-d\x1f{src}\x1f-s\x1ftrain.py\x1f--pip\x1f ", 2, "every entry must be a non-empty"),
     # ---- runs -----------------------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ ROWS: list[Row] = [
     row("sweep list --limit -1", 2, "--limit must be at least 1"),
     # ---- data -----------------------------------------------------------------------------------------------
     row("data upload {file}", 2, "is not a directory"),
+    row("data upload {weird}", 2, "its name is not valid UTF-8"),
     row("data upload {src} --target-path ../up", 2, "may not contain '..'"),
     row("data ls ../up", 2, "may not contain '..'"),
     row("data mnist --dest {file}", 2, "exists and is not a directory"),
@@ -130,6 +132,10 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
     src = tmp / "src"
     src.mkdir()
     (src / "train.py").write_text("print('hi')\n")
+    weird = tmp / "weird"  # a source folder with a file whose name is not UTF-8
+    weird.mkdir()
+    (weird / "train.py").write_text("print('hi')\n")
+    (weird / os.fsdecode(b"r\xe9sum\xe9.txt")).write_text("x")
     afile = tmp / "a-file.txt"
     afile.write_text("not a folder\n")
     base = {"source_directory": str(src), "entry_script": "train.py", "search_space": {"--lr": "uniform(0, 1)"},
@@ -144,7 +150,8 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
         "mountnumber": json.dumps({**base, "arguments": ["--data", {"mount": 3}]}),
         "tagslist": json.dumps({**base, "tags": {"a": [1]}}),
     }
-    out = {"src": str(src), "file": str(afile), "tmp": str(tmp), "run_id": _queued_run(settings, src)}
+    out = {"src": str(src), "file": str(afile), "tmp": str(tmp), "weird": str(weird),
+           "run_id": _queued_run(settings, src)}
     for key, text in specs.items():
         path = tmp / f"{key}.{'yml' if key == 'badyaml' else 'json'}"
         path.write_text(text)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,13 @@ def _hd(env: Env, **kw: Any) -> HyperDriveConfig:
 def _run_handle(env: Env) -> Run:
     """A Run handle on no server: enough for checks made before anything is read."""
     return Run(Experiment(env.ws, "x"), "x_1_abc")
+
+
+def _weird_folder(env: Env) -> Path:
+    folder = env.tmp / "weird"
+    folder.mkdir()
+    (folder / os.fsdecode(b"r\xe9sum\xe9.txt")).write_text("x")
+    return folder
 
 
 def _settings_file(env: Env, content: str) -> Settings:
@@ -250,6 +258,8 @@ ROWS: list[Row] = [
         lambda e: e.ws.get_default_datastore().upload(src_dir=e.tmp / "empty"), UsageError, "contains no files"),
     Row("ds.upload(target_path='../up')", "SDK",
         lambda e: e.ws.get_default_datastore().upload(src_dir=e.src, target_path="../up"), UsageError, "'..'"),
+    Row("ds.upload(src_dir=<a folder with a non-UTF-8 file name>)", "SDK",
+        lambda e: e.ws.get_default_datastore().upload(src_dir=_weird_folder(e)), UsageError, "is not valid UTF-8"),
     Row("ds.upload_files(files='train.py')", "SDK",
         lambda e: e.ws.get_default_datastore().upload_files(files=str(e.src / "train.py")),
         UsageError, "takes a list of files"),
