@@ -56,6 +56,15 @@ class Datastore:
     def path(self, path: str = "") -> DataReference:
         return DataReference(self.name, _norm(path, "path"), "mount")
 
+    def check_reference(self, ref: DataReference) -> None:
+        """A data reference must point at a folder with something in it (checked at submit, so a typo in the
+        path fails there and then, not later on a node)."""
+        if ref.path_on_datastore and not self._store.has_prefix(ref.path_on_datastore + "/"):
+            raise NotFoundError(f"data reference {ref}: nothing in datastore {self.name!r} under "
+                                f"{ref.path_on_datastore!r}",
+                                hint=f"upload it first (ds.upload(src_dir=..., target_path="
+                                f"{ref.path_on_datastore!r})) or fix the path; ds.list() shows what exists")
+
     # -- listing ----------------------------------------------------------------------------------
     def list(self, prefix: str | None = None) -> list[str]:
         return [o.key for o in self._store.list(_norm(prefix or ""))]

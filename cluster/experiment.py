@@ -43,7 +43,9 @@ class Experiment:
             raise UsageError(f"Experiment.submit: config must be an Estimator, a ScriptRunConfig or a "
                              f"HyperDriveConfig, got {type(config).__name__}",
                              hint="e.g. exp.submit(config=Estimator(source_directory='src', entry_script='train.py'))")
-        return submit_run(self, config.run_config(), tags=tag_map)
+        rc = config.run_config()
+        check_data_references(self.workspace, rc.arguments)
+        return submit_run(self, rc, tags=tag_map)
 
     def get_runs(self, include_children: bool = False) -> Iterator[Run]:
         """Runs of this experiment, newest first (read from the object store: survives a Redis wipe).
@@ -55,6 +57,16 @@ class Experiment:
         ids.sort(key=_run_sort_key, reverse=True)
         for run_id in ids:
             yield Run(self, run_id)
+
+
+def check_data_references(ws: Workspace, arguments: Any) -> None:
+    """Every data reference among a run's arguments names a known datastore and a folder that has data."""
+    from cluster.datareference import DataReference
+
+    for arg in arguments:
+        if DataReference.is_reference(arg):
+            ref = DataReference.from_dict(arg)
+            ws.datastore(ref.datastore).check_reference(ref)
 
 
 def _run_sort_key(run_id: str) -> tuple[int, str]:

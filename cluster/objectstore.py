@@ -150,6 +150,12 @@ class ObjectStore:
                 if o.object_name and not o.is_dir
             ]
 
+    def has_prefix(self, prefix: str) -> bool:
+        """Is there at least one object under ``prefix``? (One small request, whatever the folder's size.)"""
+        with self._errors(f"list {prefix or '/'}"):
+            return any(o.object_name and not o.is_dir
+                       for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
+
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Immediate 'sub-folders' under a prefix (names only)."""
         with self._errors(f"list {prefix}"):

@@ -254,7 +254,7 @@ class HyperDriveConfig:
 
     def submit_to(self, experiment: Experiment, tags: Mapping[str, str] | None = None) -> HyperDriveRun:
         """Create the parent run and hand the sweep to the controller; returns at once."""
-        from cluster.experiment import new_run_id, upload_snapshot
+        from cluster.experiment import check_data_references, new_run_id, upload_snapshot
         from cluster.sweep import state
         from cluster.sweep.run import HyperDriveRun
 
@@ -263,6 +263,7 @@ class HyperDriveConfig:
             if not isinstance(k, str) or not isinstance(v, str):
                 raise UsageError(f"tags must map strings to strings, got {k!r}: {v!r}")
         ws = experiment.workspace
+        check_data_references(ws, self._rc.arguments)
         digest = upload_snapshot(ws, self._rc)
         parent_id = new_run_id(experiment.name)
         spec = self.spec(snapshot=digest, experiment=experiment.name, parent_id=parent_id)

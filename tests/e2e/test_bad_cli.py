@@ -101,6 +101,7 @@ ROWS: list[Row] = [
     row("sweep submit {nanparam}", 2, "NaN or infinite"),
     row("sweep submit {runs_as_text}", 2, "max_total_runs must be a whole number"),
     row("sweep submit {mountnumber}", 2, "the mount path must be a string, got 3"),
+    row("sweep submit {missingdata}", 6, "nothing in datastore 'workspaceblobstore' under 'no-such-folder-x'"),
     row("sweep submit {tagslist}", 2, "tags: the value of 'a' must be a string or a number"),
     row("sweep show no-such-run_1_abcdef", 6, "no run with id"),
     row("sweep list --limit -1", 2, "--limit must be at least 1"),
@@ -149,6 +150,7 @@ def places(cluster_dir: Path, settings: Settings, tmp_path_factory: pytest.TempP
         "runs_as_text": json.dumps({**base, "max_total_runs": "ten"}),
         "mountnumber": json.dumps({**base, "arguments": ["--data", {"mount": 3}]}),
         "tagslist": json.dumps({**base, "tags": {"a": [1]}}),
+        "missingdata": json.dumps({**base, "script_params": {"--data": {"mount": "no-such-folder-x"}}}),
     }
     out = {"src": str(src), "file": str(afile), "tmp": str(tmp), "weird": str(weird),
            "run_id": _queued_run(settings, src)}

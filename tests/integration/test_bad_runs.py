@@ -24,6 +24,7 @@ from cluster import (
     ComputeTarget,
     ComputeTargetException,
     ConflictError,
+    DataReference,
     Datastore,
     Experiment,
     Model,
@@ -106,8 +107,8 @@ ROWS: list[ScriptRow] = [
     ScriptRow("allocates more than the node size allows", "x = bytearray(3 * 1024**3)", "Failed", "user",
               "exit code 1", stderr="MemoryError"),
     # ---- missing data and packages ----------------------------------------------------------------------------
-    ScriptRow("mounts a datastore folder that does not exist", "print('never runs')", "Failed", "infrastructure",
-              "nothing in datastore", data="no-such-folder-for-bad-runs"),
+    ScriptRow("mounts a datastore folder removed after submit", "print('never runs')", "Failed", "infrastructure",
+              "nothing in datastore", data="bad-runs-vanishing"),
     ScriptRow("opens a data file that is not there",
               "import sys\nopen(sys.argv[sys.argv.index('--data') + 1] + '/missing.csv')", "Failed", "user",
               "exit code 1", stderr="FileNotFoundError", data="bad-runs-data"),
@@ -187,13 +188,13 @@ def small_node(settings: Settings, cluster_dir: Path, bad_pool: str,
 
 
 @pytest.fixture(scope="module")
-def runs(ws: Workspace, small_node: NodeProcess, bad_pool: str,
-         tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """Every row's run, submitted at once (the node works through them in order)."""
+def submitted(ws: Workspace, bad_pool: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every row's run, queued before the pool has a node (so data can vanish between submit and run)."""
     ds = ws.get_default_datastore()
     data = tmp_path_factory.mktemp("bad-runs-data")
     (data / "present.csv").write_text("a,b\n1,2\n")
-    ds.upload(src_dir=data, target_path="bad-runs-data", overwrite=True, show_progress=False)
+    for folder in ("bad-runs-data", "bad-runs-vanishing"):
+        ds.upload(src_dir=data, target_path=folder, overwrite=True, show_progress=False)
     exp = Experiment(ws, unique("bad-runs"))
     out = {}
     for i, row in enumerate(ROWS):
@@ -203,7 +204,14 @@ def runs(ws: Workspace, small_node: NodeProcess, bad_pool: str,
         config = ScriptRunConfig(source_directory=src, script="train.py", arguments=args, compute_target=bad_pool,
                                  environment={"pip_packages": list(row.pip)}, max_run_duration_seconds=row.max_seconds)
         out[row.input] = exp.submit(config)
+    ws.store.client.remove_object(ds.container_name, "bad-runs-vanishing/present.csv")
     return out
+
+
+@pytest.fixture(scope="module")
+def runs(submitted: dict[str, Run], small_node: NodeProcess) -> dict[str, Run]:
+    """The rows' runs, with the node that works through them (in order) started."""
+    return submitted
 
 
 def test_the_table_covers_every_way_a_script_fails() -> None:
@@ -297,7 +305,27 @@ def _model_download_into_a_file(run: Run, tmp: Path) -> None:
     model.download(target_dir=tmp / "a-file")
 
 
+def _src_dir(tmp: Path) -> Path:
+    (tmp / "train.py").write_text("print('never queued')\n")
+    return tmp
+
+
+def _submit_with_missing_data(ws: Workspace, tmp: Path, mode: str) -> None:
+    (tmp / "train.py").write_text("print('never queued')\n")
+    ref = ws.get_default_datastore().path("no-such-folder-for-bad-runs")
+    ref = ref.as_mount() if mode == "mount" else ref.as_download()
+    Experiment(ws, unique("bad-data")).submit(ScriptRunConfig(tmp, "train.py", arguments=["--data", ref],
+                                                              compute_target="bad-runs-never"))
+
+
 SDK_ROWS: list[SdkRow] = [
+    SdkRow("exp.submit(arguments=[ds.path(<missing>).as_mount()])", lambda ws, tmp, run: _submit_with_missing_data(
+           ws, tmp, "mount"), NotFoundError, "nothing in datastore 'workspaceblobstore' under 'no-such-folder"),
+    SdkRow("exp.submit(arguments=[ds.path(<missing>).as_download()])", lambda ws, tmp, run: _submit_with_missing_data(
+           ws, tmp, "download"), NotFoundError, "nothing in datastore"),
+    SdkRow("exp.submit(arguments=[DataReference('otherstore')])", lambda ws, tmp, run: Experiment(
+           ws, unique("bad-data")).submit(ScriptRunConfig(_src_dir(tmp), "train.py", arguments=[
+               DataReference("otherstore", "x")])), NotFoundError, "no datastore named 'otherstore'"),
     SdkRow("model.download(target_dir=<a file>)", lambda ws, tmp, run: _model_download_into_a_file(run, tmp),
            UsageError, "is an existing file, not a folder"),
     SdkRow("Model(ws, <existing>, version=99)", lambda ws, tmp, run: Model(
