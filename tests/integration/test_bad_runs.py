@@ -3,8 +3,9 @@ does, and the run's final status, error kind and cause (plus what its stderr tai
 SDK mistakes that need a cluster to be noticed (a missing compute target, model, file or folder).
 
 The node is started with ``--size small`` (1 CPU, a 2 GiB address-space limit), like a node of a small pool, so
-the memory row fails fast instead of eating the machine. All runs are submitted at once and the node works
-through them; each row then waits for its own run.
+the memory row fails fast instead of eating the machine. All runs are queued before the node starts (so one
+row's data can be removed between submit and run); the node then works through them and each row waits for
+its own run.
 """
 
 from __future__ import annotations
