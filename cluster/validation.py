@@ -62,9 +62,13 @@ def finite_number(what: str, value: Any) -> float:
     if not _is_number(value):
         hint = f"write {value.strip()} without quotes" if isinstance(value, str) and _numeric(value) else None
         raise UsageError(f"{what} must be a number, got {_shown(value)} ({type(value).__name__})", hint=hint)
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        raise UsageError(f"{what} is too large: {_shown(value)}") from None
+    if not math.isfinite(number):
         raise UsageError(f"{what} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
 def _numeric(text: str) -> bool:

@@ -103,6 +103,8 @@ ROWS: list[Row] = [
         UsageError, "max_run_duration_seconds must be a number"),
     Row("Estimator(max_run_duration_seconds=nan)", "SDK", lambda e: _est(e, max_run_duration_seconds=math.nan),
         UsageError, "must be a finite number"),
+    Row("Estimator(max_run_duration_seconds=10**400)", "SDK", lambda e: _est(e, max_run_duration_seconds=10**400),
+        UsageError, "max_run_duration_seconds is too large"),
     Row("Estimator(max_run_duration_seconds=True)", "SDK", lambda e: _est(e, max_run_duration_seconds=True),
         UsageError, "must be a number"),
     Row("Estimator(pip_packages='numpy')", "SDK", lambda e: _est(e, pip_packages="numpy"),
