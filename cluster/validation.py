@@ -245,5 +245,5 @@ def check_kwargs(where: str, given: Mapping[str, Any], *, known: Iterable[str],
                          hint=" ".join(hints) or f"accepted: {', '.join(sorted(known))}")
     unsupported = [k for k, v in given.items() if k in ignored and v is not None and v != ignored[k]]
     if unsupported:
-        raise UsageError(f"{where}: {', '.join(unsupported)} is not supported by this cluster",
-                         hint="leave it out (the setting would have no effect here)")
+        raise UsageError(f"{where}: unsupported argument(s) {', '.join(unsupported)}: this cluster does not "
+                         "implement them", hint="leave them out (the setting would have no effect here)")

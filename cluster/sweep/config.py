@@ -170,6 +170,13 @@ class SweepSpec:
         return spec
 
 
+_HYPERDRIVE_ARGS = ("estimator", "run_config", "hyperparameter_sampling", "primary_metric_name",
+                    "primary_metric_goal", "max_total_runs", "max_concurrent_runs", "max_duration_minutes", "policy",
+                    "goal_threshold")
+#: Azure ML HyperDriveConfig arguments this cluster does not implement (accepted only as None).
+_AZURE_HYPERDRIVE_ONLY = ("resume_from", "resume_child_runs", "pipeline", "debug_flag", "custom_run_id")
+
+
 class HyperDriveConfig:
     """A hyperparameter sweep of one training script (Azure ML's ``HyperDriveConfig``).
 
@@ -183,12 +190,8 @@ class HyperDriveConfig:
                  max_concurrent_runs: int | None = None, max_duration_minutes: float = 10080,
                  policy: EarlyTerminationPolicy | None = None, estimator: Any = None, run_config: Any = None,
                  goal_threshold: float | None = None, **unsupported: Any) -> None:
-        given = sorted(k for k, v in unsupported.items() if v is not None)
-        if given:
-            raise UsageError(f"HyperDriveConfig: unsupported argument(s) {', '.join(given)}",
-                             hint="supported: estimator, run_config, hyperparameter_sampling, primary_metric_name, "
-                             "primary_metric_goal, max_total_runs, max_concurrent_runs, max_duration_minutes, "
-                             "policy, goal_threshold")
+        validation.check_kwargs("HyperDriveConfig", unsupported, known=_HYPERDRIVE_ARGS,
+                                ignored=dict.fromkeys(_AZURE_HYPERDRIVE_ONLY))
         self._rc = _run_configuration(estimator, run_config)
         layout.check_name("pool", self._rc.pool)
         self.estimator = estimator
