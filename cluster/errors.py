@@ -96,3 +96,10 @@ class WaitTimeoutError(ClusterError):
     """Waiting for something took longer than the caller allowed."""
 
     exit_code = 10
+
+
+class ComputeTargetException(NotFoundError):
+    """No compute target (node pool) by that name: ``ComputeTarget(workspace=ws, name=...)`` or a pool command.
+
+    Named as in Azure ML, so ``try: ComputeTarget(workspace=ws, name=n) except ComputeTargetException:`` works.
+    """

@@ -41,7 +41,7 @@ DATA_BUCKET = "datastore"
 CLUSTER_BUCKET = "cluster"
 DEFAULT_DATASTORE = "workspaceblobstore"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_name(kind: str, name: str) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster import layout
+from cluster import layout, validation
 from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
@@ -78,6 +78,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from cluster.objectstore import ObjectStore
     from cluster.providers.base import Provider
 
+    validation.positive_number("--node-lost-seconds", args.node_lost_seconds)
+    validation.whole_number("--max-infra-attempts", args.max_infra_attempts, minimum=1)
+    validation.positive_number("--tick", args.tick)
     settings = Settings.discover(args.config)
     ws = Workspace(settings)
     if args.provider == "kubernetes":
@@ -174,9 +177,10 @@ def cmd_pools_show(args: argparse.Namespace) -> int:
 def cmd_pools_create(args: argparse.Namespace) -> int:
     from cluster.compute import ComputeTarget, NodePool
 
-    ws = Workspace.from_config()
     cfg = NodePool.provisioning_configuration(vm_size=args.vm_size, min_nodes=args.min_nodes,
                                               max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
+    validation.name("pool", args.name)
+    ws = Workspace.from_config()
     print(ComputeTarget.create(ws, args.name, cfg))
     return 0
 
@@ -205,6 +209,8 @@ def cmd_pools_delete(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     from cluster.cli.runs import _table
 
+    if args.watch is not None:
+        validation.positive_number("--watch", args.watch)
     ws = Workspace.from_config()
     while True:
         rows = []

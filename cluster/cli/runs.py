@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster import validation
 from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
@@ -106,7 +107,7 @@ def _ws() -> Workspace:
 def _run(ws: Workspace, run_id: str) -> Any:
     from cluster import Experiment, Run
 
-    record = ws.runs.record(run_id)
+    record = ws.runs.record(validation.run_id(run_id))
     return Run(Experiment(ws, record.experiment), run_id)
 
 
@@ -161,6 +162,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _become_node(args)
     if not args.pool:
         raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
+    validation.name("pool", args.pool)
+    if args.node_name is not None:
+        validation.text("--node-name", args.node_name)
+    if args.visibility_timeout is not None:
+        validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
+        if folder is not None:
+            validation.local_dir_target(flag, folder)
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None
@@ -188,11 +197,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import Experiment, ScriptRunConfig
 
     script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-    ws = _ws()
     env = {"pip_packages": args.pip, "conda_packages": args.conda}
+    # the same checks as the SDK's, before any server is contacted
     config = ScriptRunConfig(args.source_dir, args.script, arguments=script_args, compute_target=args.pool,
                              environment=env, max_run_duration_seconds=args.max_seconds)
-    run = Experiment(ws, args.experiment).submit(config)
+    validation.name("experiment", args.experiment)
+    run = Experiment(_ws(), args.experiment).submit(config)
     print(run.id)
     if args.wait:
         run.wait_for_completion(show_output=True)
@@ -202,6 +212,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from cluster import Experiment
 
+    validation.whole_number("--limit", args.limit, minimum=1)
+    if args.experiment is not None:
+        validation.name("experiment", args.experiment)
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
     rows = []
@@ -266,6 +279,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_download(args: argparse.Namespace) -> int:
+    validation.local_dir_target("--dest", args.dest)
     for path in _run(_ws(), args.run_id).download_files(prefix=args.prefix, output_directory=args.dest):
         print(path)
     return 0
@@ -294,7 +308,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def cmd_models_download(args: argparse.Namespace) -> int:
     from cluster import Model
 
-    if args.dest.exists() and not args.dest.is_dir():
-        raise UsageError(f"{args.dest} is not a directory")
+    validation.local_dir_target("--dest", args.dest)
     print(Model(_ws(), args.name, args.version).download(args.dest, exist_ok=True))
     return 0
