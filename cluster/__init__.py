@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from cluster.datastore import Datastore
     from cluster.errors import (
         ClusterError,
+        ComputeTargetException,
         ConfigError,
         ConflictError,
         CredentialsError,
@@ -57,6 +58,7 @@ __all__ = [
     "Model",
     # errors
     "ClusterError",
+    "ComputeTargetException",
     "ConfigError",
     "ConflictError",
     "CredentialsError",
@@ -72,7 +74,8 @@ __all__ = [
 _HOMES = {
     "AmlCompute": "compute", "ComputeTarget": "compute", "NodePool": "compute",
     "DataReference": "datareference", "Datastore": "datastore",
-    "ClusterError": "errors", "ConfigError": "errors", "ConflictError": "errors", "CredentialsError": "errors",
+    "ClusterError": "errors", "ComputeTargetException": "errors", "ConfigError": "errors",
+    "ConflictError": "errors", "CredentialsError": "errors",
     "DataError": "errors", "NotFoundError": "errors", "RunFailedError": "errors", "ServiceError": "errors",
     "SnapshotError": "errors", "UsageError": "errors",
     "Estimator": "estimator", "RunConfiguration": "estimator", "ScriptRunConfig": "estimator",

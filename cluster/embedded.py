@@ -189,6 +189,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         settings = Settings.from_file(state_dir / CONFIG_FILE)
         if controller and ensure_controller(state_dir):
             echo("controller was not running: started it")
+            _wait_metrics(settings, state_dir, echo)
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
         if ui:
@@ -201,13 +202,14 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     kind, store_bin = find_object_store()
     redis_bin = find_redis_server()
     names = ("redis", *WEED_PORTS) if kind == "seaweedfs" else ("redis", "s3", "s3_console")
+    names = (*names, "metrics")  # the controller's Prometheus endpoint
     ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port})
     password = old.get("redis_password") or secrets.token_hex(24)
     access = old.get("s3_access_key") or "cl" + secrets.token_hex(9)
     secret = old.get("s3_secret_key") or secrets.token_hex(24)
     settings = Settings(
         redis_url=redis_url(HOST, ports["redis"], password), s3_endpoint=f"{HOST}:{ports['s3']}",
-        s3_access_key=access, s3_secret_key=secret,
+        s3_access_key=access, s3_secret_key=secret, metrics_port=ports["metrics"],
         workspace_name=workspace_name or old.get("workspace_name") or state_dir.parent.name or "local",
         source=str(state_dir / CONFIG_FILE),
     )
@@ -231,6 +233,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
     if controller:
         ensure_controller(state_dir)
+        _wait_metrics(settings, state_dir, echo)
     echo(f"cluster up in {state_dir} (object store: {kind})")
     _print_endpoints(settings, echo)
     if ui:
@@ -380,6 +383,12 @@ def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceSta
             out.append(ServiceStatus(f"s3:{bucket}", True, f"{settings.s3_url}/{bucket}", "bucket reachable"))
         except ClusterError as e:
             out.append(ServiceStatus(f"s3:{bucket}", False, f"{settings.s3_url}/{bucket}", e.message))
+    if state_dir is not None and settings.metrics_port:
+        from cluster import telemetry
+
+        url = metrics_url(settings)
+        healthy, detail = telemetry.check(url)
+        out.append(ServiceStatus("metrics", healthy, url, detail))
     if state_dir is not None:
         for mp in State.load(Path(state_dir)).processes:
             if mp.name == "ui" and mp.alive:
@@ -408,6 +417,9 @@ def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | 
 
 # ---- internals ----------------------------------------------------------------------------------
 
+REDIS_MAXMEMORY = "512mb"
+
+
 def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> ManagedProcess:
     data = state_dir / "redis"
     data.mkdir(exist_ok=True)
@@ -415,7 +427,10 @@ def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> Mana
     _write_private(conf, "\n".join([
         f"bind {HOST}", f"port {port}", f'requirepass "{password}"', "protected-mode yes",
         "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
-        "save 60 1000", "",
+        "save 60 1000",
+        # bounded: Redis holds only live state (finished runs expire, streams are capped); if it ever fills, a
+        # submit gets a clear error rather than Redis evicting a lease or a queued message
+        f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "",
     ]))
     return spawn("redis", [binary, str(conf)], state_dir)
 
@@ -497,9 +512,32 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _wait_metrics(settings: Settings, state_dir: Path, echo: Echo, timeout: float = 30.0) -> None:
+    """Wait until the controller serves its metrics, so the URL `up` prints answers."""
+    from cluster import telemetry
+
+    if not settings.metrics_port:
+        return
+    deadline = time.monotonic() + timeout
+    while not telemetry.check(metrics_url(settings), timeout=1.0)[0]:
+        ctl = running_process(state_dir, "controller")
+        if ctl is None or time.monotonic() > deadline:
+            echo(f"warning: the controller does not serve {metrics_url(settings)}"
+                 f"{'' if ctl else ' (it exited)'}; see {state_dir / 'logs' / 'controller.log'}")
+            return
+        time.sleep(0.2)
+
+
+def metrics_url(settings: Settings) -> str:
+    """The embedded controller's Prometheus endpoint."""
+    return f"http://{HOST}:{settings.metrics_port}/metrics"
+
+
 def _print_endpoints(settings: Settings, echo: Echo) -> None:
     echo(f"  redis        {settings.redis_url_masked}")
     echo(f"  object store {settings.s3_url}  access key {mask(settings.s3_access_key)}  "
          f"buckets {settings.data_bucket}, {settings.cluster_bucket}")
+    if settings.metrics_port:
+        echo(f"  metrics      {metrics_url(settings)}")
     echo(f"  config       {settings.source}")
 

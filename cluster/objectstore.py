@@ -17,7 +17,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from cluster.errors import ClusterError, CredentialsError, NotFoundError, PayloadError, ServiceError
+from cluster.errors import ConfigError, CredentialsError, NotFoundError, PayloadError, ServiceError
 from cluster.settings import Settings
 
 SHA256_META = "sha256"
@@ -176,6 +176,12 @@ class ObjectStore:
                 if o.object_name and not o.is_dir
             ]
 
+    def has_prefix(self, prefix: str) -> bool:
+        """Is there at least one object under ``prefix``? (One small request, whatever the folder's size.)"""
+        with self._errors(f"list {prefix or '/'}"):
+            return any(o.object_name and not o.is_dir
+                       for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
+
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Immediate 'sub-folders' under a prefix (names only)."""
         with self._errors(f"list {prefix}"):
@@ -199,5 +205,5 @@ def make_client(settings: Settings) -> Minio:
         return Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
                      secure=settings.s3_secure, region=settings.s3_region, http_client=http)
     except ValueError as e:
-        raise ClusterError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
+        raise ConfigError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
                            hint="use host:port, without http://") from e

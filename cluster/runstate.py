@@ -8,13 +8,15 @@ Redis delivered twice) can change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from cluster import layout
-from cluster.errors import NotFoundError, PayloadError
+from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
 from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
 
@@ -42,8 +44,19 @@ redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
 end
 return 1
+"""
+
+#: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
+#: store, where everything is archived (Redis stays bounded however many runs finish)
+FINISHED_TTL_MS = 3600 * 1000
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _RENEW = """
@@ -122,7 +135,12 @@ class RunState:
             (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
             (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
         ])
-        self.seed(record, spec)
+        try:
+            self.seed(record, spec)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise BrokerFullError("the broker (Redis) is full: it refuses new runs (maxmemory reached)",
+                                  hint="wait for queued runs to finish, or raise Redis' maxmemory; a finished run's "
+                                  "live state expires by itself (its record stays in the object store)") from e
 
     def seed(self, record: RunRecord, spec: RunSpec | None = None) -> None:
         pipe = self.r.pipeline()
@@ -133,7 +151,9 @@ class RunState:
         })
         if spec is not None:
             pipe.hset(layout.rk_run(record.run_id), "spec", json.dumps(spec.to_dict()))
-        if not record.status.is_final:
+        if record.status.is_final:
+            pipe.pexpire(layout.rk_run(record.run_id), FINISHED_TTL_MS)
+        else:
             pipe.sadd(rk_active(record.pool), record.run_id)
             pipe.lpush(layout.RK_CONTROLLER_WAKE, "1")  # the controller scales for it now, not next tick
             pipe.ltrim(layout.RK_CONTROLLER_WAKE, 0, 0)
@@ -194,15 +214,27 @@ class RunState:
         """Fenced update of the live record; on success also writes run.json (unless ``store`` is False: the
         caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
-        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
+        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool),
+                layout.rk_run_metrics(record.run_id)]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
-                                          "1" if final else "0", record.run_id])
+                                          "1" if final else "0", record.run_id, FINISHED_TTL_MS])
+        if ok and final:  # Redis made the transition: count it even if the record's upload below fails
+            note_transition(self.r, record, outcome=record.status.value.lower())
         if ok and store:
             self.store_record(record)
         return bool(ok)
 
+    def live_record_is(self, record: RunRecord) -> bool:
+        """Does Redis hold exactly this record (our own write arrived, though its reply did not)?"""
+        raw = self.r.hget(layout.rk_run(record.run_id), "record")
+        return raw is not None and raw == json.dumps(record.to_dict())
+
     def store_record(self, record: RunRecord) -> None:
         self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+
+    def release(self, run_id: str, token: str) -> bool:
+        """Give the lease back before anything was done with it (the run stays as it was, for another try)."""
+        return bool(self.r.eval(_RELEASE, 1, layout.rk_run_lease(run_id), token))
 
     def holds(self, run_id: str, token: str) -> bool:
         return self.r.get(layout.rk_run_lease(run_id)) == token
@@ -218,6 +250,7 @@ class RunState:
         ok = self._requeue(keys=keys, args=[expected_holder, json.dumps(record.to_dict()), record.status.value,
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
+            note_transition(self.r, record, outcome="node-lost")
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
@@ -234,6 +267,7 @@ class RunState:
             self.seed(record)
             return self.cancel(run_id)
         if outcome == "canceled":
+            note_transition(self.r, canceled, outcome="")  # never started: no attempt
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
@@ -258,3 +292,12 @@ class RunState:
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 
+
+def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:
+    """Tell the metrics (:mod:`cluster.telemetry`) that a run ended an attempt (``outcome``: completed,
+    failed, canceled, node-lost; empty when no attempt ran) and/or reached a final status. Best effort:
+    a lost event costs a count, never a run."""
+    fields: dict[Any, Any] = {"run": record.run_id, "pool": record.pool, "status": record.status.value,
+                              "outcome": outcome, "timestamps": json.dumps(record.timestamps)}
+    with contextlib.suppress(redis.RedisError):
+        r.xadd(layout.RK_RUN_EVENTS, fields, maxlen=layout.RUN_EVENTS_MAXLEN, approximate=True)

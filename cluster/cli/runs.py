@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cluster import validation
 from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
@@ -30,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
     # a warm spare of the local provider: loads everything, then waits for this file to say which node it becomes
     p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--remote-control", action="store_true",
+                   help="answer Celery's inspect/control broadcasts, so Flower can list this node and its queue. Off "
+                   "by default: with it, anyone who can write to the broker can shut the node down")
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
     p.add_argument("--isolation", choices=["required", "best-effort"], default="best-effort",
@@ -103,7 +107,7 @@ def _ws() -> Workspace:
 def _run(ws: Workspace, run_id: str) -> Any:
     from cluster import Experiment, Run
 
-    record = ws.runs.record(run_id)
+    record = ws.runs.record(validation.run_id(run_id))
     return Run(Experiment(ws, record.experiment), run_id)
 
 
@@ -158,6 +162,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _become_node(args)
     if not args.pool:
         raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
+    validation.name("pool", args.pool)
+    if args.node_name is not None:
+        validation.text("--node-name", args.node_name)
+    if args.visibility_timeout is not None:
+        validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
+        if folder is not None:
+            validation.local_dir_target(flag, folder)
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None
@@ -175,7 +187,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
-                         output_caps=caps, hidden=hidden,
+                         output_caps=caps, hidden=hidden, remote_control=args.remote_control,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0
@@ -185,11 +197,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import Experiment, ScriptRunConfig
 
     script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-    ws = _ws()
     env = {"pip_packages": args.pip, "conda_packages": args.conda}
+    # the same checks as the SDK's, before any server is contacted
     config = ScriptRunConfig(args.source_dir, args.script, arguments=script_args, compute_target=args.pool,
                              environment=env, max_run_duration_seconds=args.max_seconds)
-    run = Experiment(ws, args.experiment).submit(config)
+    validation.name("experiment", args.experiment)
+    run = Experiment(_ws(), args.experiment).submit(config)
     print(run.id)
     if args.wait:
         run.wait_for_completion(show_output=True)
@@ -199,6 +212,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from cluster import Experiment
 
+    validation.whole_number("--limit", args.limit, minimum=1)
+    if args.experiment is not None:
+        validation.name("experiment", args.experiment)
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
     rows = []
@@ -263,6 +279,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_download(args: argparse.Namespace) -> int:
+    validation.local_dir_target("--dest", args.dest)
     for path in _run(_ws(), args.run_id).download_files(prefix=args.prefix, output_directory=args.dest):
         print(path)
     return 0
@@ -291,7 +308,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def cmd_models_download(args: argparse.Namespace) -> int:
     from cluster import Model
 
-    if args.dest.exists() and not args.dest.is_dir():
-        raise UsageError(f"{args.dest} is not a directory")
+    validation.local_dir_target("--dest", args.dest)
     print(Model(_ws(), args.name, args.version).download(args.dest, exist_ok=True))
     return 0

@@ -70,7 +70,7 @@ def pod_prefix(pool: str) -> str:
 
 def pool_label(pool: str) -> str:
     """The ``cluster/pool`` label value: the pool name when it is a valid label value, else a hashed form."""
-    if _LABEL_VALUE_RE.match(pool):
+    if _LABEL_VALUE_RE.fullmatch(pool):
         return pool
     digest = hashlib.sha256(pool.encode()).hexdigest()[:10]
     return f"{pool[:52].rstrip('._-')}-{digest}"

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from cluster import Experiment, ScriptRunConfig, Workspace, layout
+from tests.helpers import EventCollector
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = """
-import os, sys, time
-with open(os.path.join(sys.argv[1], "executions.txt"), "a") as f:
-    f.write(f"{os.getpid()}\\n")
+import os, sys, time, urllib.request
+# report each execution to the test's EventCollector (a sandboxed run cannot write the test's folders)
+urllib.request.urlopen(f"{sys.argv[1]}/execution/{os.environ['CLUSTER_RUN_ID']}/{os.getpid()}", data=b"").read()
 time.sleep(float(sys.argv[2]))
 """
 
@@ -55,13 +56,15 @@ def test_redelivered_message_does_not_run_twice(cluster_dir: Path, two_nodes: st
     src = tmp_path / "src"
     src.mkdir()
     (src / "slow.py").write_text(SCRIPT)
-    marker = tmp_path / "marker"
-    marker.mkdir()
-    run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[str(marker), 8],
-                                                           compute_target=two_nodes))
-    details = run.wait_for_completion(timeout=120)
-    deliveries = int(ws.redis.hget(layout.rk_run(run.id), "deliveries") or 0)
-    executions = (marker / "executions.txt").read_text().split()
+    marker = EventCollector()
+    try:
+        run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[marker.url, 8],
+                                                               compute_target=two_nodes))
+        details = run.wait_for_completion(timeout=120)
+        deliveries = int(ws.redis.hget(layout.rk_run(run.id), "deliveries") or 0)
+        executions = marker.lines("execution")
+    finally:
+        marker.close()
     assert details["status"] == "Completed" and details["attempt"] == 1
     assert deliveries >= 2, "the visibility timeout (2 s) should have re-delivered the 8 s run's message"
     assert len(executions) == 1
