@@ -14,7 +14,6 @@ import psutil
 
 from cluster import embedded
 from cluster.autoscale import PoolSpec
-from cluster.settings import CONFIG_FILE
 
 NODE_PREFIX = "node-"
 
@@ -35,7 +34,8 @@ class LocalProvider:
         names = []
         for _ in range(count):
             name = f"{NODE_PREFIX}{pool.name}-{secrets.token_hex(3)}"
-            config = self.state_dir / CONFIG_FILE  # absent in compose: nodes then read CLUSTER_* variables
+            # the node's own credentials (node-config.json); absent in compose: nodes then read CLUSTER_* variables
+            config = embedded.role_config(self.state_dir, "node")
             argv = [sys.executable, "-m", "cluster.cli", "worker", "--managed", "--pool", pool.name,
                     "--node-name", name, "--size", pool.vm_size,
                     *(["--config", str(config)] if config.exists() else []),

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cluster import Estimator, Experiment, Run, ScriptRunConfig, Workspace, layout
+from cluster import Estimator, Experiment, Run, ScriptRunConfig, Workspace, embedded, layout
 from cluster.settings import Settings
 from tasks.process import LINE_SPLIT_MARKER
 from tests.helpers import unique, wait_until
@@ -54,9 +54,13 @@ def level(ws: Workspace, node: NodeProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def secrets(settings: Settings) -> list[str]:
+def secrets(settings: Settings, cluster_dir: Path) -> list[str]:
+    """Every credential of the cluster: the admin's, the node's and the controller's, and the node's env."""
     password = urlsplit(settings.redis_url).password or ""
     values = [settings.s3_secret_key, settings.s3_access_key, password, *FAKE_NODE_SECRETS.values()]
+    for role in ("node", "controller"):
+        other = Settings.from_file(embedded.role_config(cluster_dir, role))
+        values += [other.s3_secret_key, urlsplit(other.redis_url).password or ""]
     assert all(len(v) >= 8 for v in values)
     return values
 
@@ -453,3 +457,33 @@ def test_a_run_cannot_poison_its_environment_for_later_runs(ws: Workspace, pool:
     assert not any("PWNED" in line for line in second)
     assert any("reusing environment" in line for line in second)
     assert_node_alive(ws, node)
+
+
+def test_the_node_credentials_are_least_privilege(ws: Workspace, cluster_dir: Path) -> None:
+    """Even a node's own credentials (say, from a compromised node) cannot flush Redis or replace snapshots."""
+    import redis
+
+    from cluster.errors import ClusterError
+    from cluster.objectstore import ObjectStore
+    from cluster.redisclient import connect
+
+    node = Settings.from_file(embedded.role_config(cluster_dir, "node"))
+    assert node.redis_url != ws.settings.redis_url
+    r = connect(node)
+    for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"),
+                    ("DEBUG", "SLEEP", "0"), ("SHUTDOWN",), ("MODULE", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.execute_command(*command)
+    assert r.ping()
+    if embedded.State.load(cluster_dir).object_store != "seaweedfs":
+        pytest.skip("a node identity for MinIO is created by the compose/Kubernetes init step, not by `up`")
+    store = ObjectStore(node, node.cluster_bucket)
+    for key in ("snapshots/" + "0" * 64 + ".tar.gz", "pools/evil.json", "models/evil/1/model.json"):
+        with pytest.raises(ClusterError):
+            store.put_bytes(key, b"x")
+        assert not ws.store.exists(key)
+    with pytest.raises(ClusterError):
+        ObjectStore(node, node.data_bucket).put_bytes("planted.txt", b"x")
+    key = f"experiments/{unique('least')}/runs/r/outputs/ok.txt"
+    store.put_bytes(key, b"ok")  # what a node must be able to do
+    assert ws.store.get_bytes(key) == b"ok"
