@@ -103,10 +103,13 @@ class NodePool(ComputeTarget):
 
     @staticmethod
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
-                                   idle_seconds_before_scaledown: float = 120, **_ignored: Any) -> PoolSpec:
-        # the name is set by ComputeTarget.create; PoolSpec validates sizes and bounds now
+                                   idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
+                                   network: str = "host", max_output_bytes: int = 10 * 1024**3,
+                                   max_output_files: int = 10_000, **_ignored: Any) -> PoolSpec:
+        # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
         return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
-                        idle_seconds_before_scaledown=idle_seconds_before_scaledown)
+                        idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
+                        network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
 
     @property
     def status(self) -> PoolStatus:

@@ -40,7 +40,8 @@ class LocalProvider:
                     "--node-name", name, "--size", pool.vm_size,
                     *(["--config", str(config)] if config.exists() else []),
                     "--work-dir", str(self.state_dir / "nodes" / name),
-                    "--cache-dir", str(self.state_dir / "node-cache"), *self.extra_args]
+                    "--cache-dir", str(self.state_dir / "node-cache"), *pool.node_args("best-effort"),
+                    *self.extra_args]
             embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir))
             names.append(name)
         return names

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from cluster import Experiment, ScriptRunConfig, Workspace, layout
+from tests.helpers import marker_server
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = """
-import os, sys, time
-with open(os.path.join(sys.argv[1], "executions.txt"), "a") as f:
-    f.write(f"{os.getpid()}\\n")
+import os, sys, time, urllib.request
+urllib.request.urlopen(sys.argv[1] + "executions.txt", data=f"{os.getpid()}\\n".encode(), timeout=10).read()
 time.sleep(float(sys.argv[2]))
 """
 
@@ -57,9 +57,10 @@ def test_redelivered_message_does_not_run_twice(cluster_dir: Path, two_nodes: st
     (src / "slow.py").write_text(SCRIPT)
     marker = tmp_path / "marker"
     marker.mkdir()
-    run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[str(marker), 8],
-                                                           compute_target=two_nodes))
-    details = run.wait_for_completion(timeout=120)
+    with marker_server(marker) as url:  # a sandboxed run reports through loopback HTTP, not the test's files
+        run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[url, 8],
+                                                               compute_target=two_nodes))
+        details = run.wait_for_completion(timeout=120)
     deliveries = int(ws.redis.hget(layout.rk_run(run.id), "deliveries") or 0)
     executions = (marker / "executions.txt").read_text().split()
     assert details["status"] == "Completed" and details["attempt"] == 1

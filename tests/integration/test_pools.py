@@ -14,12 +14,12 @@ import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 from cluster.errors import ConflictError, UsageError
-from tests.helpers import wait_until
+from tests.helpers import marker_server, wait_until
 
 pytestmark = pytest.mark.integration
 
 WORK = """
-import argparse, os, sys, time
+import argparse, os, sys, time, urllib.request
 p = argparse.ArgumentParser()
 p.add_argument("--seconds", type=float, default=1.0)
 p.add_argument("--marker", default="")
@@ -27,16 +27,16 @@ a = p.parse_args()
 os.makedirs("outputs", exist_ok=True)
 with open("outputs/pid.txt", "w") as f:
     f.write(str(os.getpid()))
+def mark(name, line):  # to the test's marker server: a sandboxed run sees none of the test's files
+    urllib.request.urlopen(a.marker + name, data=line.encode(), timeout=10).read()
 if a.marker:
-    with open(os.path.join(a.marker, "events.txt"), "a") as f:
-        f.write(f"start {os.environ['CLUSTER_RUN_ID']} {os.getpid()}\\n")
+    mark("events.txt", f"start {os.environ['CLUSTER_RUN_ID']} {os.getpid()}\\n")
 print("started", os.getpid(), flush=True)
 deadline = time.time() + a.seconds
 while time.time() < deadline:
     time.sleep(0.05)
 if a.marker:
-    with open(os.path.join(a.marker, "done.txt"), "a") as f:
-        f.write(os.environ["CLUSTER_RUN_ID"] + "\\n")
+    mark("done.txt", os.environ["CLUSTER_RUN_ID"] + "\\n")
 print("done", flush=True)
 """
 
@@ -46,6 +46,13 @@ print("done", flush=True)
 @pytest.fixture
 def ws(cluster_dir: Path) -> Workspace:
     return Workspace.from_config(cluster_dir / "config.json")
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Iterator[str]:
+    """Where a run reports what it did (files in tmp_path, written through HTTP: see marker_server)."""
+    with marker_server(tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -86,11 +93,11 @@ def _nodes(ws: Workspace, pool: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: Path | None = None,
+def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: str | None = None,
             experiment: str = "pools") -> object:
     params: dict[str, object] = {"--seconds": seconds}
     if marker is not None:
-        params["--marker"] = str(marker)
+        params["--marker"] = marker
     est = Estimator(source_directory=source, entry_script="work.py", script_params=params, compute_target=pool)
     return Experiment(ws, experiment).submit(est)
 
@@ -151,9 +158,10 @@ def test_busy_node_is_never_scaled_away(ws: Workspace, source: Path, make_pool: 
 
 
 def test_sigkill_of_busy_node_reruns_elsewhere(ws: Workspace, cluster_dir: Path, source: Path,
-                                               make_pool: Callable[..., NodePool], tmp_path: Path) -> None:
+                                               make_pool: Callable[..., NodePool], tmp_path: Path,
+                                               marker: str) -> None:
     pool = make_pool(max_nodes=2)
-    run = _submit(ws, source, pool, 4.0, marker=tmp_path)
+    run = _submit(ws, source, pool, 4.0, marker=marker)
     wait_until(lambda: run.get_status() == "Running", 60, "run started")
     first = run.get_details()
     killed_pid = _kill_node_tree(cluster_dir, first["node"])
