@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
     p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
     p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
+    p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -130,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, policy=policy, output_caps=caps, hidden=hidden,
+                         use_bwrap=not args.no_bwrap,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0

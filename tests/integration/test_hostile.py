@@ -487,3 +487,26 @@ def test_the_node_credentials_are_least_privilege(ws: Workspace, cluster_dir: Pa
     key = f"experiments/{unique('least')}/runs/r/outputs/ok.txt"
     store.put_bytes(key, b"ok")  # what a node must be able to do
     assert ws.store.get_bytes(key) == b"ok"
+
+
+def test_required_isolation_without_a_sandbox_refuses_to_run(ws: Workspace, nodes: NodeStarter, tmp_path: Path,
+                                                              secrets: list[str]) -> None:
+    """A node told not to use bwrap falls back to a dedicated uid (root, and that uid can start Python) or to
+    none; with isolation='required' a node at level none fails every run with a clear cause, unstarted."""
+    pool = unique("strict")
+    strict = nodes.start(pool, extra_args=("--no-bwrap", "--isolation", "required"))
+    level = wait_until(lambda: ws.redis.hget(layout.rk_node(strict.name), "isolation"), timeout=30,
+                       what="the strict node's isolation level")
+    assert level in ("uid", "none")
+    run = submit(ws, pool, source(tmp_path, 'print("SCRIPT RAN")\n'))
+    details = finish(run)
+    lines = log_lines(ws, run)
+    if level == "none":
+        assert details["status"] == "Failed"
+        assert "the pool requires isolation but this node has none" in details["error"]["message"]
+        assert not any("SCRIPT RAN" in line for line in lines)
+        assert "WARNING" in strict.log_text() and "every run will fail" in strict.log_text()
+    else:
+        assert details["status"] == "Completed" and any("SCRIPT RAN" in line for line in lines)
+    assert details["isolation"] == level
+    assert_no_secret(ws, run, secrets)
