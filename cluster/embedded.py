@@ -478,8 +478,10 @@ def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: st
     data.mkdir(exist_ok=True)
     argv = [binary, "server", str(data), "--address", f"{HOST}:{ports['s3']}",
             "--console-address", f"{HOST}:{ports['s3_console']}"]
-    env = _base_env() | {"MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret}
-    return spawn("s3", argv, state_dir, env=env)
+    # the root credentials go in a 0600 file MinIO reads at start, not in its environment (/proc/<pid>/environ)
+    env_file = state_dir / "minio.env"
+    _write_private(env_file, f"MINIO_ROOT_USER={access}\nMINIO_ROOT_PASSWORD={secret}\n")
+    return spawn("s3", argv, state_dir, env=_base_env() | {"MINIO_CONFIG_ENV_FILE": str(env_file)})
 
 
 def _base_env() -> dict[str, str]:

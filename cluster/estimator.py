@@ -86,9 +86,7 @@ class Estimator:
         self.pip_packages = tuple(pip_packages or ())
         self.conda_packages = tuple(conda_packages or ())
         self.environment_variables = {str(k): str(v) for k, v in (environment_variables or {}).items()}
-        if max_run_duration_seconds is not None and max_run_duration_seconds <= 0:
-            raise UsageError("max_run_duration_seconds must be positive")
-        self.max_run_duration_seconds = max_run_duration_seconds
+        self.max_run_duration_seconds = check_duration(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
         args: list[Any] = []
@@ -105,6 +103,16 @@ class Estimator:
                 f"compute_target={pool_name(self.compute_target)!r})")
 
 
+def check_duration(value: Any) -> float | None:
+    """``max_run_duration_seconds``: None, or a positive, finite number of seconds (not a string, not a bool)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        raise UsageError(f"max_run_duration_seconds must be a positive number of seconds, got {value!r}",
+                         hint="e.g. max_run_duration_seconds=3600, or None for no limit")
+    return float(value)
+
+
 class ScriptRunConfig:
     """A script with a plain argument list."""
 
@@ -116,7 +124,7 @@ class ScriptRunConfig:
         self.arguments = list(arguments or [])
         self.compute_target = compute_target
         self.environment = environment
-        self.max_run_duration_seconds = max_run_duration_seconds
+        self.max_run_duration_seconds = check_duration(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
         pip = tuple(self._env_field("pip_packages", ()))

@@ -137,3 +137,23 @@ def test_tree_digest_is_the_snapshot_digest(tmp_path: Path) -> None:
     assert tree_digest(src) == snap.digest
     (src / "train.py").write_text("print(2)\n")
     assert tree_digest(src) != snap.digest
+
+
+@pytest.mark.parametrize("bad", ["10", True, 0, -1, float("nan"), float("inf")])
+def test_max_run_duration_is_checked_at_construction(tmp_path: Path, bad: object) -> None:
+    from cluster import Estimator, ScriptRunConfig
+
+    (tmp_path / "train.py").write_text("")
+    with pytest.raises(UsageError, match="positive number of seconds"):
+        ScriptRunConfig(tmp_path, "train.py", max_run_duration_seconds=bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="positive number of seconds"):
+        Estimator(tmp_path, entry_script="train.py", max_run_duration_seconds=bad)  # type: ignore[arg-type]
+    assert ScriptRunConfig(tmp_path, "train.py", max_run_duration_seconds=5).max_run_duration_seconds == 5.0
+
+
+def test_check_name_is_a_full_match() -> None:
+    from cluster.layout import check_name
+
+    with pytest.raises(UsageError):
+        check_name("experiment", "exp\n")
+    assert check_name("experiment", "exp") == "exp"
