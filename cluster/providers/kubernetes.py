@@ -50,6 +50,7 @@ POOL_LABEL = "cluster/pool"
 POOL_ANNOTATION = "cluster/pool-name"
 CONFIG_MOUNT = "/etc/cluster"
 CONFIG_KEY = "config.json"
+NODE_CONFIG_KEY = "node-config.json"  # in the config Secret: the Redis user `node`, the object store's node user
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 #: The default container command; ``{pool}`` and ``{node}`` are replaced in every element.
 NODE_UID = 1000  # the image's `cluster` user
@@ -105,6 +106,7 @@ class KubernetesProvider:
         command: list[str] | None = None,
         *,
         request_timeout: float = 30.0,
+        config_key: str = NODE_CONFIG_KEY,
     ) -> None:
         if not namespace or not image or not config_secret:
             raise UsageError("the Kubernetes provider needs a namespace, an image and a config secret name")
@@ -113,6 +115,7 @@ class KubernetesProvider:
         self.namespace = namespace
         self.image = image
         self.config_secret = config_secret
+        self.config_key = config_key  # the Secret's key holding the *node's* config (node credentials only)
         self.command: tuple[str, ...] = tuple(command) if command is not None else DEFAULT_COMMAND
         self.request_timeout = request_timeout
         self._owns_client = api_client is None
@@ -263,7 +266,7 @@ class KubernetesProvider:
                         name="cluster-config",
                         secret=k8s.V1SecretVolumeSource(
                             secret_name=self.config_secret,
-                            items=[k8s.V1KeyToPath(key=CONFIG_KEY, path=CONFIG_KEY)],
+                            items=[k8s.V1KeyToPath(key=self.config_key, path=CONFIG_KEY)],
                             # owner root, group fs_group: readable by the node's uid only (0400 would leave
                             # it to root alone), never world-readable
                             default_mode=0o440,

@@ -298,7 +298,11 @@ def test_start_nodes_creates_pods(api: FakeKubeAPI, provider: KubernetesProvider
         (volume,) = spec["volumes"]
         assert volume["name"] == "cluster-config"
         assert volume["secret"]["secretName"] == "cluster-config"
-        assert volume["secret"]["items"] == [{"key": "config.json", "path": "config.json"}]
+        assert volume["secret"]["items"] == [{"key": "node-config.json", "path": "config.json"}]
+        assert volume["secret"]["defaultMode"] == 0o440
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"} and context["capabilities"]["drop"] == ["ALL"]
 
 
 def test_start_zero_nodes_sends_nothing(api: FakeKubeAPI, provider: KubernetesProvider) -> None:
