@@ -60,7 +60,7 @@ def test_nodes_get_least_privileged_credentials_and_a_sandbox() -> None:
     assert "--isolation" in worker["command"] and "required" in worker["command"]
     env = worker["environment"]
     assert env["CLUSTER_REDIS_URL"].startswith("redis://node:") and env["CLUSTER_S3_ACCESS_KEY"] == "cluster-node"
-    assert not any(v in str(env) for v in ("REDIS_PASSWORD}", "MINIO_ROOT"))
+    assert not any(v in str(env) for v in ("${REDIS_PASSWORD", "${MINIO_ROOT"))
     assert any(str(a).startswith("node on >") and "-@dangerous" in str(a) for a in services["redis"]["command"])
     assert "mc admin policy attach local cluster-node" in "".join(services["minio-init"]["command"])
     policy = json.loads((ROOT / "deploy" / "minio-node-policy.json").read_text())
