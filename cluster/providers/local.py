@@ -6,6 +6,7 @@ cluster's state.json (pid + start time) so that `cluster down` stops it even if 
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -42,7 +43,9 @@ class LocalProvider:
                     "--work-dir", str(self.state_dir / "nodes" / name),
                     "--cache-dir", str(self.state_dir / "node-cache"), *pool.node_args("best-effort"),
                     *self.extra_args]
-            embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir))
+            # with its own config file a node needs none of the CLUSTER_* variables (the controller's credentials)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")} if config.exists() else None
+            embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir, env=env))
             names.append(name)
         return names
 

@@ -510,3 +510,25 @@ def test_required_isolation_without_a_sandbox_refuses_to_run(ws: Workspace, node
         assert details["status"] == "Completed" and any("SCRIPT RAN" in line for line in lines)
     assert details["isolation"] == level
     assert_no_secret(ws, run, secrets)
+
+
+def test_network_none_gives_a_run_no_way_out(ws: Workspace, nodes: NodeStarter, level: str, tmp_path: Path,
+                                             settings: Settings) -> None:
+    if level != "sandbox":
+        pytest.skip("a private network namespace needs the bubblewrap sandbox")
+    pool = unique("offline")
+    nodes.start(pool, extra_args=("--network", "none"))
+    redis_port = urlsplit(settings.redis_url).port
+    run = submit(ws, pool, source(tmp_path, f"""
+        import socket
+        for host, port in (("127.0.0.1", {redis_port}), ("pypi.org", 443)):
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+                print("REACHED", host)
+            except OSError as e:
+                print("UNREACHABLE", host, type(e).__name__)
+    """))
+    assert finish(run)["status"] == "Completed"
+    lines = log_lines(ws, run)
+    assert not [line for line in lines if "REACHED" in line and "UNREACHABLE" not in line]
+    assert sum("UNREACHABLE" in line for line in lines) == 2
