@@ -59,3 +59,31 @@ def marker_server(folder: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+@contextlib.contextmanager
+def gate_server() -> Iterator[tuple[str, threading.Event]]:
+    """A loopback URL that answers ``closed`` until the yielded event is set, then ``open``: how a test
+    releases a waiting run (a sandboxed run cannot see the test's files, but it has the host's network)."""
+    opened = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"open" if opened.is_set() else b"closed"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/gate", opened
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

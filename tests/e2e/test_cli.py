@@ -19,7 +19,7 @@ import pytest
 
 from cluster import Experiment, Run, Workspace, layout
 from cluster.settings import Settings
-from tests.helpers import unique, wait_until
+from tests.helpers import gate_server, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 
+
+
+@pytest.fixture
+def stack() -> Iterator[contextlib.ExitStack]:
+    with contextlib.ExitStack() as es:
+        yield es
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -187,12 +193,12 @@ def test_runs_download(cli: Cli, finished: dict[str, str], tmp_path: Path) -> No
 
 
 def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, pool: str, node: str,
-                                                      tmp_path: Path) -> None:
-    release = tmp_path / "release"
+                                                      tmp_path: Path, stack: contextlib.ExitStack) -> None:
+    gate, release = stack.enter_context(gate_server())  # the run waits for it over loopback HTTP
     src = make_source(tmp_path / "src", {"slow.py": """
-        import os, sys, time
+        import sys, time, urllib.request
         print("tick 000", flush=True)
-        while not os.path.exists(sys.argv[1]):
+        while urllib.request.urlopen(sys.argv[1], timeout=10).read() != b"open":
             time.sleep(0.05)
         for i in range(1, 200):
             print(f"tick {i:03d}", flush=True)
@@ -201,7 +207,7 @@ def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, p
         print("the end")
     """})
     run_id = cli("submit", "-e", unique("follow"), "-d", src, "-s", "slow.py", "-p", pool, "--",
-                 str(release)).stdout.splitlines()[0].strip()
+                 gate).stdout.splitlines()[0].strip()
     # while it runs, plain `runs logs` shows what the live stream has so far
     wait_until(lambda: "tick 000" in cli("runs", "logs", run_id).stdout, timeout=60, what="the first tick")
     assert json.loads(cli("runs", "show", run_id).stdout)["status"] == "Running"
@@ -209,7 +215,7 @@ def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, p
     follower = cli.popen("runs", "logs", run_id, "-f")
     try:
         time.sleep(0.5)  # let it attach before there is anything new
-        release.touch()
+        release.set()
         out, err = follower.communicate(timeout=90)
     finally:
         if follower.poll() is None:
