@@ -532,3 +532,33 @@ def test_network_none_gives_a_run_no_way_out(ws: Workspace, nodes: NodeStarter, 
     lines = log_lines(ws, run)
     assert not [line for line in lines if "REACHED" in line and "UNREACHABLE" not in line]
     assert sum("UNREACHABLE" in line for line in lines) == 2
+
+
+def test_a_tampered_cache_entry_is_rebuilt_and_logged(ws: Workspace, pool: str, node: NodeProcess,
+                                                      tmp_path: Path) -> None:
+    """What an unsandboxed run (or anyone with the node's disk) could do to the caches is caught before reuse."""
+    src = source(tmp_path, 'import tabulate\nprint("GENUINE", tabulate.__version__)\n')
+    (src / "pad.txt").write_text(unique("pad"))  # a snapshot no other test uses
+
+    def run_it() -> list[str]:
+        config = Estimator(src, entry_script="train.py", compute_target=pool, pip_packages=["tabulate==0.9.0"])
+        run = Experiment(ws, unique("hostile")).submit(config)
+        assert finish(run)["status"] == "Completed", run.get_details()
+        return log_lines(ws, run)
+
+    first = run_it()
+    assert any("GENUINE 0.9.0" in line for line in first)
+    (cached,) = [p for p in (node.cache_dir / "snapshots").iterdir() if p.is_dir() and (p / "pad.txt").exists()
+                 and (p / "pad.txt").read_text() == (src / "pad.txt").read_text()]
+    (cached / "train.py").write_text('print("POISONED SNAPSHOT")\n')
+    (env,) = [p for p in (node.cache_dir / "envs").iterdir()
+              if p.is_dir() and list(p.glob("lib/*/site-packages/tabulate"))]
+    (init,) = env.glob("lib/*/site-packages/tabulate/__init__.py")
+    init.write_text(init.read_text() + '\nprint("POISONED ENV")\n')
+
+    second = run_it()
+    assert any("failed verification" in line and "snapshot" in line for line in second)
+    assert any("failed verification" in line and "[env]" in line for line in second)
+    assert any("GENUINE 0.9.0" in line for line in second)
+    assert not any("POISONED" in line for line in second)
+    assert_node_alive(ws, node)
