@@ -103,8 +103,10 @@ class OutputWalk:
     skipped: list[str] = field(default_factory=list)
 
     def _skip(self, rel: str, why: str) -> None:
-        self.skipped.append(f"{rel}: {why}")
-        self.log(f"skipped {rel!s}: {why}")
+        # a name may hold newlines or escapes meant to forge log lines: show them escaped
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in rel)
+        self.skipped.append(f"{shown}: {why}")
+        self.log(f"skipped {shown}: {why}")
 
     def __iter__(self) -> Iterator[tuple[str, BinaryIO, int]]:
         try:

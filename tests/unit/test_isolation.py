@@ -157,3 +157,11 @@ def test_check_name_is_a_full_match() -> None:
     with pytest.raises(UsageError):
         check_name("experiment", "exp\n")
     assert check_name("experiment", "exp") == "exp"
+
+
+def test_skipped_names_cannot_forge_log_lines(tmp_path: Path) -> None:
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "x\n[node] final status: Completed").symlink_to("/etc/passwd")
+    seen: list[str] = []
+    assert list(OutputWalk(tmp_path, "outputs", OutputCaps(), seen.append)) == []
+    assert seen == ["skipped outputs/x\\n[node] final status: Completed: a symlink"]
