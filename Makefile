@@ -25,8 +25,8 @@ lint: $(STAMP)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 
-bench: $(STAMP)   ## submit-to-first-line (warm, cold) and node-loss recovery vs a raw Celery round trip
-	$(PYTHON) bench/startup.py
+bench: $(STAMP)   ## the benchmark suite (ARGS=--quick: under 3 minutes); writes bench/results/<timestamp>.json
+	$(PYTHON) bench/suite.py $(ARGS)
 
 down:             ## stop the embedded cluster started by `make demo` (data is kept)
 	$(PYTHON) -m cluster.cli down

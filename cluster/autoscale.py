@@ -29,6 +29,7 @@ size, draining only when it exceeds it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -101,7 +102,11 @@ class PoolSpec:
                 hint="lower min_nodes or raise max_nodes",
             )
         idle = self.idle_seconds_before_scaledown
-        if isinstance(idle, bool) or not isinstance(idle, int | float) or not idle >= 0 or idle == float("inf"):
+        try:
+            usable = isinstance(idle, int | float) and not isinstance(idle, bool) and math.isfinite(idle) and idle >= 0
+        except OverflowError:  # an int beyond float range
+            usable = False
+        if not usable:
             raise UsageError(
                 f"pool {self.name!r}: idle_seconds_before_scaledown must be a number >= 0, got {idle!r}",
             )

@@ -13,9 +13,16 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, validation
 from cluster.autoscale import PoolSpec
-from cluster.errors import ClusterError, ConflictError, NotFoundError, WaitTimeoutError
+from cluster.errors import (
+    ClusterError,
+    ComputeTargetException,
+    ConflictError,
+    NotFoundError,
+    UsageError,
+    WaitTimeoutError,
+)
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
@@ -44,9 +51,24 @@ def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def load_targets(ws: Workspace) -> dict[str, NodePool]:
-    return {name: NodePool(ws, PoolSpec.from_dict(rec["spec"]))
-            for name, rec in load_specs(ws).items() if rec.get("state") != "deleting"}
+class _MissingTarget(ComputeTargetException, KeyError):
+    """``ws.compute_targets['nope']``: a ComputeTargetException, and still a KeyError for dict-minded code."""
+
+    __str__ = ClusterError.__str__  # KeyError would quote the message
+
+
+class ComputeTargets(dict[str, "NodePool"]):
+    """``ws.compute_targets``: a dict of node pools by name; a missing name says which ones exist."""
+
+    def __missing__(self, name: str) -> NodePool:
+        raise _MissingTarget(f"no compute target named {name!r}",
+                             hint=f"existing: {', '.join(sorted(self)) or '(none)'}; create one with "
+                             "ComputeTarget.create(ws, name, NodePool.provisioning_configuration(...))")
+
+
+def load_targets(ws: Workspace) -> ComputeTargets:
+    return ComputeTargets({name: NodePool(ws, PoolSpec.from_dict(rec["spec"]))
+                           for name, rec in load_specs(ws).items() if rec.get("state") != "deleting"})
 
 
 class PoolStatus:
@@ -69,11 +91,33 @@ class PoolStatus:
 
 
 class ComputeTarget:
-    """Base of compute targets; ``ComputeTarget.create(ws, name, config)`` creates a node pool."""
+    """Base of compute targets; ``ComputeTarget.create(ws, name, config)`` creates a node pool.
 
-    def __init__(self, workspace: Workspace, spec: PoolSpec) -> None:
+    ``ComputeTarget(workspace=ws, name='cpucluster')`` looks up an existing one (a :class:`NodePool`) and raises
+    :class:`~cluster.errors.ComputeTargetException` if there is none, as in Azure ML.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ComputeTarget:
+        # Azure's ComputeTarget(workspace, name) returns the concrete target: here always a node pool
+        return super().__new__(NodePool if cls is ComputeTarget else cls)
+
+    def __init__(self, workspace: Workspace, name: str | PoolSpec | None = None) -> None:
+        if not hasattr(type(workspace), "store"):
+            raise UsageError(f"ComputeTarget: workspace must be a Workspace, got {type(workspace).__name__}",
+                             hint="ComputeTarget(workspace=Workspace.from_config(), name='cpucluster')")
         self.workspace = workspace
-        self.spec = spec
+        if isinstance(name, PoolSpec):
+            self.spec = name
+            return
+        if name is None:
+            raise UsageError("ComputeTarget: give the name of an existing compute target",
+                             hint="ComputeTarget(workspace=ws, name='cpucluster'); create one with "
+                             "ComputeTarget.create(ws, name, NodePool.provisioning_configuration(...))")
+        rec = _record(workspace, name)
+        if rec.get("state") == "deleting":
+            raise ComputeTargetException(f"compute target {name!r} is being deleted",
+                                         hint="wait until it is gone, then create it again")
+        self.spec = PoolSpec.from_dict(rec.get("spec", {}))
 
     name = property(lambda self: self.spec.name)
     vm_size = property(lambda self: self.spec.vm_size)
@@ -83,6 +127,10 @@ class ComputeTarget:
 
     @staticmethod
     def create(workspace: Workspace, name: str, provisioning_configuration: PoolSpec) -> NodePool:
+        if not isinstance(provisioning_configuration, PoolSpec):
+            got = type(provisioning_configuration).__name__
+            raise UsageError(f"ComputeTarget.create: the configuration must come from "
+                             f"NodePool.provisioning_configuration(...), got {got}")
         spec = replace(provisioning_configuration, name=layout.check_name("pool", name))
         existing = load_specs(workspace).get(name)
         if existing and existing.get("state") != "deleting":
@@ -105,11 +153,18 @@ class NodePool(ComputeTarget):
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
                                    idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
-                                   max_output_files: int = 10_000, **_ignored: Any) -> PoolSpec:
+                                   max_output_files: int = 10_000, **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
-        return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
-                        idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
-                        network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
+        validation.check_kwargs("provisioning_configuration",
+                                {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
+                                known=(*_PROVISIONING_ARGS, *AZURE_PROVISIONING_ONLY))
+        try:
+            return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
+                            idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
+                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
+        except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
+            raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
+                             hint=e.hint) from None
 
     @property
     def status(self) -> PoolStatus:
@@ -123,12 +178,16 @@ class NodePool(ComputeTarget):
         return self.status
 
     def events(self, limit: int = 20) -> list[dict[str, Any]]:
+        limit = validation.whole_number("limit", limit, minimum=1)
         raw = self.workspace.redis.lrange(rk_pool_events(self.name), 0, limit - 1)
         return [json.loads(e) for e in raw]
 
     def wait_for_completion(self, show_output: bool = False, min_node_count: int | None = None,
                             timeout_in_minutes: float = 20) -> None:
         """Wait until the controller runs this pool (and, if asked, until it has ``min_node_count`` nodes)."""
+        timeout_in_minutes = validation.positive_number("timeout_in_minutes", timeout_in_minutes)
+        if min_node_count is not None:
+            min_node_count = validation.whole_number("min_node_count", min_node_count, minimum=0)
         started = time.monotonic()
         deadline = started + timeout_in_minutes * 60
         last = ""
@@ -170,10 +229,22 @@ class NodePool(ComputeTarget):
 
 
 def _record(ws: Workspace, name: str) -> dict[str, Any]:
+    layout.check_name("pool", name)
     try:
         return dict(ws.store.get_json(layout.pool_key(name)))
     except NotFoundError:
-        raise NotFoundError(f"no compute target named {name!r}", hint="list them with `cluster pools list`") from None
+        raise ComputeTargetException(f"no compute target named {name!r}",
+                                     hint="list them with `cluster pools list` (or ws.compute_targets)") from None
+
+
+_PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
+                      "max_output_bytes", "max_output_files")
+#: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
+#: accepted and ignored whatever their value, since they never change what a run computes.
+AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",
+                           "vnet_resourcegroup_name", "vnet_name", "subnet_name", "tags", "description",
+                           "remote_login_port_public_access", "identity_type", "identity_id", "location",
+                           "enable_node_public_ip")
 
 
 AmlCompute = NodePool

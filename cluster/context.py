@@ -14,6 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cluster.errors import UsageError
 from cluster.metrics import check_value
 
 ENV_RUN_ID = "CLUSTER_RUN_ID"
@@ -32,6 +33,11 @@ class _ContextBase:
         self._emit({"name": name, "kind": "scalar", "value": check_value(name, value), "t": time.time()})
 
     def log_list(self, name: str, value: Sequence[Any], description: str = "") -> None:
+        if hasattr(value, "tolist") and not isinstance(value, str | bytes):  # a numpy array
+            value = value.tolist()
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise UsageError(f"metric {name!r}: log_list takes a list of values, got {type(value).__name__}",
+                             hint="use run.log(name, value) for a single value")
         values = [check_value(name, v) for v in value]
         self._emit({"name": name, "kind": "list", "value": values, "t": time.time()})
 

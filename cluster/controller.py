@@ -15,16 +15,20 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
+from cluster.brokerqueue import queued_run_ids, unacked_run_ids
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
 from cluster.workspace import Workspace
+
+if TYPE_CHECKING:
+    from cluster.telemetry import Telemetry
 
 RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -33,10 +37,32 @@ LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING
 @dataclass(frozen=True)
 class ControllerConfig:
     tick_seconds: float = 0.5
+    min_tick_gap: float = 0.1  # woken by submits: never more often than this
     node_lost_seconds: float = 10.0
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
+    # False: start and drain no node (an external scaler such as KEDA does it); node-loss supervision,
+    # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
+    autoscale: bool = True
+    manual_pools: frozenset[str] = frozenset()
+    # a Queued run with no lease and no message in the broker, seen so twice this far apart, is queued again
+    stranded_check_seconds: float = 15.0
+
+
+# take the leader key if free, or extend it if it is ours; 1 = we lead
+_LEAD = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
 
 
 # ---- pure decisions -----------------------------------------------------------------------------
@@ -82,6 +108,10 @@ class Controller:
     _known: set[str] = field(default_factory=set)  # managed nodes the provider has reported
     _joined: set[str] = field(default_factory=set)  # managed nodes seen heartbeating
     _lost: dict[str, float] = field(default_factory=dict)  # node -> when it was declared lost
+    _last_tick: float = 0.0  # time.monotonic() of the last tick's start
+    _stranded_checked: float = 0.0
+    _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
+    telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
 
     @property
     def r(self) -> Any:
@@ -90,25 +120,44 @@ class Controller:
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
         while not stop.is_set():
+            started, led, ok = time.monotonic(), False, False
             try:
                 if self._lead():
+                    self._last_tick = time.monotonic()
+                    led = True
                     self.tick(time.time())
+                    ok = True
             except ClusterError as e:  # a server blip: report and retry next tick
                 print(f"controller: {e.message}", flush=True)
             except Exception as e:  # never die on one bad tick
                 print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
-            stop.wait(self.config.tick_seconds)
+            if self.telemetry is not None:
+                if led:
+                    self.telemetry.after_tick(time.monotonic() - started, ok=ok)
+                else:
+                    self.telemetry.standby()
+            self._sleep(stop)
         if self.r.get(CONTROLLER_LEADER) == self.ident:
             self.r.delete(CONTROLLER_LEADER)
 
+    def _sleep(self, stop: threading.Event) -> None:
+        """Wait for the next tick, or less: a submit pushes to the wake list, so a queued run reaches a cold pool's
+        scaling decision at once instead of up to a tick later."""
+        try:
+            if self.r.blpop([layout.RK_CONTROLLER_WAKE], timeout=self.config.tick_seconds):
+                self.r.delete(layout.RK_CONTROLLER_WAKE)  # one tick serves every submit so far
+                # a burst of submits: at most one tick per min_tick_gap
+                stop.wait(max(0.0, self._last_tick + self.config.min_tick_gap - time.monotonic()))
+        except Exception:  # Redis down: the next tick reports it
+            stop.wait(self.config.tick_seconds)
+
     def _lead(self) -> bool:
-        ttl = self.config.leader_ttl_ms
-        if self.r.set(CONTROLLER_LEADER, self.ident, nx=True, px=ttl):
-            return True
-        if self.r.get(CONTROLLER_LEADER) == self.ident:
-            self.r.pexpire(CONTROLLER_LEADER, ttl)
-            return True
-        return False
+        """Take or keep the leadership, atomically (one Lua call): two controllers never both lead."""
+        return bool(self.r.eval(_LEAD, 1, CONTROLLER_LEADER, self.ident, self.config.leader_ttl_ms))
+
+    def autoscales(self, pool: str) -> bool:
+        """Does this controller start and drain the pool's nodes? (No: an external scaler does.)"""
+        return self.config.autoscale and pool not in self.config.manual_pools
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -129,6 +178,9 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
+        if now - self._stranded_checked >= self.config.stranded_check_seconds:
+            pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
+            self._requeue_stranded(sorted(p for p in pools if p), now)
         from cluster.sweep.driver import drive_sweeps
 
         drive_sweeps(self.ws, now)
@@ -176,15 +228,15 @@ class Controller:
             gone = name in self._known and name not in managed  # its process/pod no longer exists
             if gone or (state is NodeState.LOST and name in managed):
                 if not gone:
-                    self.provider.stop_node(spec, name)  # silent but still there (hung): make sure it is gone
+                    self.provider.stop_node(spec, name, force=True)  # silent but still there (hung): remove it
                 managed.discard(name)
                 self._known.discard(name)
-                self._lost[name] = now
+                self._mark_lost(spec.name, name, now)
                 self.r.delete(layout.rk_node(name))
                 self.r.srem(layout.RK_NODES, name)
                 continue
             if state is NodeState.LOST:
-                self._lost[name] = now
+                self._mark_lost(spec.name, name, now)
             views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
         self._known |= managed
@@ -202,8 +254,16 @@ class Controller:
         queued, live = self._runs(spec.name)
         return PoolObservation(pool=spec, nodes=tuple(views), queued=len(queued), running=len(live), now=now)
 
+    def _mark_lost(self, pool: str, name: str, now: float) -> None:
+        if name not in self._lost and self.telemetry is not None:
+            self.telemetry.node_lost_in(pool)
+        self._lost[name] = now
+
     def _scale(self, spec: PoolSpec, obs: PoolObservation, now: float) -> None:
         decision = decide(obs)
+        if not self.autoscales(spec.name):  # published for `pools show` and the metrics, not acted on
+            decision = replace(decision, start=0, drain=(), reason="autoscaling is off for this pool (an external "
+                               f"scaler sizes it); by queued + running runs it would want {decision.desired}")
         if decision.start:
             for name in self.provider.start_nodes(spec, decision.start):
                 self._started[name] = now
@@ -243,8 +303,38 @@ class Controller:
             if now - since > 300:
                 del self._lost[name]
 
+    def _requeue_stranded(self, pools: list[str], now: float) -> None:
+        """Queue again every Queued run that has neither a lease nor a message in the broker, two checks in a
+        row (a submit between seeding Redis and enqueueing is never mistaken for one)."""
+        self._stranded_checked = now
+        unacked = unacked_run_ids(self.r)
+        stranded: set[str] = set()
+        for pool in pools:
+            queued, _live = self._runs(pool)
+            if not queued:
+                continue
+            waiting = queued_run_ids(self.r, layout.queue_name(pool)) | unacked
+            pipe = self.r.pipeline(transaction=False)
+            candidates = [run_id for run_id in queued if run_id not in waiting]
+            for run_id in candidates:
+                pipe.exists(layout.rk_run_lease(run_id))
+            for run_id, leased in zip(candidates, pipe.execute(), strict=True):
+                if leased:
+                    continue
+                if run_id in self._stranded:
+                    self.ws.enqueue(run_id, pool)
+                    self._event(pool, now, f"run {run_id} was Queued with no message in the broker: queued again")
+                else:
+                    stranded.add(run_id)
+        self._stranded = stranded
+
     def requeue_lost(self, run_id: str, now: float, holder: str = "") -> None:
         runs = self.ws.runs
+        stored = runs.stored_record(run_id)
+        if stored.status.is_final:
+            # run.json is the record: the attempt finished (Redis may have lost its final write). Never re-run it.
+            runs.seed(stored)
+            return
         record = runs.record(run_id)
         if record.status.value not in LIVE:
             return

@@ -22,6 +22,13 @@ class DataReference:
     path_on_compute: str | None = None
 
     def __post_init__(self) -> None:
+        for what, value in (("datastore", self.datastore), ("path_on_datastore", self.path_on_datastore)):
+            if not isinstance(value, str):
+                raise UsageError(f"data reference: {what} must be a string, got {type(value).__name__}")
+        if self.path_on_compute is not None and (not isinstance(self.path_on_compute, str)
+                                                 or not self.path_on_compute.strip()):
+            raise UsageError(f"data reference: path_on_compute must be a non-empty string, got "
+                             f"{self.path_on_compute!r}")
         if self.mode not in MODES:
             raise UsageError(f"unknown data reference mode {self.mode!r}", hint=f"use one of {', '.join(MODES)}")
         clean = self.path_on_datastore.strip("/")
@@ -36,6 +43,8 @@ class DataReference:
         return replace(self, mode="download", path_on_compute=path_on_compute)
 
     def path(self, path: str) -> DataReference:
+        if not isinstance(path, str):
+            raise UsageError(f"data reference path must be a string, got {type(path).__name__}")
         joined = "/".join(p for p in (self.path_on_datastore, path.strip("/")) if p)
         return replace(self, path_on_datastore=joined)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cluster import validation
 from cluster.datareference import DataReference
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.objectstore import ObjectStore, file_sha256
@@ -53,7 +54,16 @@ class Datastore:
         return DataReference(self.name, "", "download", path_on_compute)
 
     def path(self, path: str = "") -> DataReference:
-        return DataReference(self.name, path, "mount")
+        return DataReference(self.name, _norm(path, "path"), "mount")
+
+    def check_reference(self, ref: DataReference) -> None:
+        """A data reference must point at a folder with something in it (checked at submit, so a typo in the
+        path fails there and then, not later on a node)."""
+        if ref.path_on_datastore and not self._store.has_prefix(ref.path_on_datastore + "/"):
+            raise NotFoundError(f"data reference {ref}: nothing in datastore {self.name!r} under "
+                                f"{ref.path_on_datastore!r}",
+                                hint=f"upload it first (ds.upload(src_dir=..., target_path="
+                                f"{ref.path_on_datastore!r})) or fix the path; ds.list() shows what exists")
 
     # -- listing ----------------------------------------------------------------------------------
     def list(self, prefix: str | None = None) -> list[str]:
@@ -63,7 +73,8 @@ class Datastore:
     def upload(self, src_dir: str | os.PathLike[str], target_path: str | None = None, overwrite: bool = False,
                show_progress: bool = True) -> DataReference:
         """Upload every file under ``src_dir`` to ``target_path``; identical files are skipped."""
-        root = Path(src_dir)
+        root = validation.path_like("upload src_dir", src_dir)
+        _norm(target_path or "", "target_path")
         if not root.is_dir():
             raise UsageError(f"upload source {root} is not a directory", hint="pass the folder that holds your files")
         files = sorted(p for p in root.rglob("*") if p.is_file())
@@ -77,13 +88,24 @@ class Datastore:
                      target_path: str | None = None, overwrite: bool = False,
                      show_progress: bool = True) -> TransferSummary:
         """Upload the given files; their paths below ``relative_root`` (default: bare names) are kept."""
-        prefix = _norm(target_path or "")
+        prefix = _norm(target_path or "", "target_path")
+        if isinstance(files, str | bytes | os.PathLike):
+            raise UsageError("upload_files takes a list of files, got a single path",
+                             hint=f"write files=[{str(files)!r}]")
         plan: list[tuple[Path, str]] = []
         for f in files:
-            p = Path(f)
+            p = validation.path_like("a file to upload", f)
             if not p.is_file():
                 raise UsageError(f"cannot upload {p}: not a file")
-            rel = p.relative_to(relative_root).as_posix() if relative_root is not None else p.name
+            try:
+                rel = p.relative_to(relative_root).as_posix() if relative_root is not None else p.name
+            except ValueError:
+                raise UsageError(f"cannot upload {p}: it is not under relative_root {relative_root}") from None
+            try:
+                rel.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(f"cannot upload {ascii(str(p))[1:-1]}: its name is not valid UTF-8",
+                                 hint="rename the file (object names in the datastore are UTF-8 text)") from None
             plan.append((p, f"{prefix}/{rel}" if prefix else rel))
         # decide everything before moving a byte, so a conflict leaves the datastore untouched
         todo: list[tuple[Path, str, str]] = []
@@ -114,7 +136,8 @@ class Datastore:
     def download(self, target_path: str | os.PathLike[str], prefix: str | None = None, overwrite: bool = False,
                  show_progress: bool = True) -> TransferSummary:
         """Download objects under ``prefix`` into local folder ``target_path`` (keys become paths)."""
-        dest = Path(target_path)
+        dest = validation.local_dir_target("download target_path", target_path)
+        root = dest.resolve()
         objects = self._store.list(_norm(prefix or ""))
         if prefix and not objects:
             raise NotFoundError(f"nothing under {self.container_name}/{_norm(prefix)}",
@@ -123,6 +146,13 @@ class Datastore:
         skipped = 0
         for o in objects:
             local = _safe_join(dest, o.key)
+            blocker = next((p for p in local.parents if p.is_relative_to(root) and p.exists() and not p.is_dir()),
+                           None)
+            if blocker is not None:
+                raise ConflictError(f"cannot download {self.container_name}/{o.key}: {blocker} is a file where "
+                                    "a folder is needed", hint="move that file away, or download somewhere else")
+            if local.is_dir():
+                raise ConflictError(f"cannot download {self.container_name}/{o.key}: {local} is a folder")
             if local.exists():
                 if local.stat().st_size == o.size and self._same(o.key, local):
                     skipped += 1
@@ -142,7 +172,9 @@ class Datastore:
         return info is not None and info.sha256 == file_sha256(local)
 
 
-def _norm(path: str) -> str:
+def _norm(path: str, what: str = "datastore path") -> str:
+    if not isinstance(path, str):
+        raise UsageError(f"{what} must be a string (a folder in the datastore), got {type(path).__name__}")
     clean = path.replace("\\", "/").strip("/")
     if any(p == ".." for p in clean.split("/")):
         raise UsageError(f"datastore path {path!r} may not contain '..'")

@@ -30,7 +30,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -194,6 +194,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         settings = Settings.from_file(state_dir / CONFIG_FILE)
         if controller and ensure_controller(state_dir):
             echo("controller was not running: started it")
+            _wait_metrics(settings, state_dir, echo)
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
         return settings
@@ -204,6 +205,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     kind, store_bin = find_object_store()
     redis_bin = find_redis_server()
     names = ("redis", *WEED_PORTS) if kind == "seaweedfs" else ("redis", "s3", "s3_console")
+    names = (*names, "metrics")  # the controller's Prometheus endpoint
     ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port})
     password = old.get("redis_password") or secrets.token_hex(24)
     creds = {k: old.get(k) or secrets.token_hex(24) for k in ("node_redis_password", "controller_redis_password",
@@ -213,7 +215,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     secret = old.get("s3_secret_key") or secrets.token_hex(24)
     settings = Settings(
         redis_url=redis_url(HOST, ports["redis"], password), s3_endpoint=f"{HOST}:{ports['s3']}",
-        s3_access_key=access, s3_secret_key=secret,
+        s3_access_key=access, s3_secret_key=secret, metrics_port=ports["metrics"],
         workspace_name=workspace_name or old.get("workspace_name") or state_dir.parent.name or "local",
         source=str(state_dir / CONFIG_FILE),
     )
@@ -237,6 +239,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     _write_role_configs(state_dir, settings, kind, creds)
     if controller:
         ensure_controller(state_dir)
+        _wait_metrics(settings, state_dir, echo)
     echo(f"cluster up in {state_dir} (object store: {kind})")
     _print_endpoints(settings, echo)
     return settings
@@ -289,6 +292,14 @@ def add_process(state_dir: Path, proc: ManagedProcess) -> None:
     with _state_lock(state_dir):
         state = State.load(state_dir)
         state.processes.append(proc)
+        state.save(state_dir)
+
+
+def replace_process(state_dir: Path, pid: int, *, name: str, argv: list[str]) -> None:
+    """A recorded process took on another role (a warm spare became a node): same pid, new name and argv."""
+    with _state_lock(state_dir):
+        state = State.load(state_dir)
+        state.processes = [replace(p, name=name, argv=argv) if p.pid == pid else p for p in state.processes]
         state.save(state_dir)
 
 
@@ -369,6 +380,12 @@ def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceSta
             out.append(ServiceStatus(f"s3:{bucket}", True, f"{settings.s3_url}/{bucket}", "bucket reachable"))
         except ClusterError as e:
             out.append(ServiceStatus(f"s3:{bucket}", False, f"{settings.s3_url}/{bucket}", e.message))
+    if state_dir is not None and settings.metrics_port:
+        from cluster import telemetry
+
+        url = metrics_url(settings)
+        healthy, detail = telemetry.check(url)
+        out.append(ServiceStatus("metrics", healthy, url, detail))
     if state_dir is not None:
         for mp in State.load(Path(state_dir)).processes:
             if mp.name not in ("redis", "s3"):
@@ -393,6 +410,7 @@ def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | 
 
 # ---- internals ----------------------------------------------------------------------------------
 
+REDIS_MAXMEMORY = "512mb"
 NODE_CONFIG_FILE = "node-config.json"
 CONTROLLER_CONFIG_FILE = "controller-config.json"
 #: Redis ACL of the node and controller users: every command a node or the controller issues, none of the
@@ -432,7 +450,10 @@ def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: 
         f"user node on >{creds['node_redis_password']} {ROLE_ACL}",
         f"user controller on >{creds['controller_redis_password']} {ROLE_ACL}", "protected-mode yes",
         "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
-        "save 60 1000", "",
+        "save 60 1000",
+        # bounded: Redis holds only live state (finished runs expire, streams are capped); if it ever fills, a
+        # submit gets a clear error rather than Redis evicting a lease or a queued message
+        f"maxmemory {REDIS_MAXMEMORY}", "maxmemory-policy noeviction", "",
     ]))
     return spawn("redis", [binary, str(conf)], state_dir)
 
@@ -535,9 +556,32 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def _wait_metrics(settings: Settings, state_dir: Path, echo: Echo, timeout: float = 30.0) -> None:
+    """Wait until the controller serves its metrics, so the URL `up` prints answers."""
+    from cluster import telemetry
+
+    if not settings.metrics_port:
+        return
+    deadline = time.monotonic() + timeout
+    while not telemetry.check(metrics_url(settings), timeout=1.0)[0]:
+        ctl = running_process(state_dir, "controller")
+        if ctl is None or time.monotonic() > deadline:
+            echo(f"warning: the controller does not serve {metrics_url(settings)}"
+                 f"{'' if ctl else ' (it exited)'}; see {state_dir / 'logs' / 'controller.log'}")
+            return
+        time.sleep(0.2)
+
+
+def metrics_url(settings: Settings) -> str:
+    """The embedded controller's Prometheus endpoint."""
+    return f"http://{HOST}:{settings.metrics_port}/metrics"
+
+
 def _print_endpoints(settings: Settings, echo: Echo) -> None:
     echo(f"  redis        {settings.redis_url_masked}")
     echo(f"  object store {settings.s3_url}  access key {mask(settings.s3_access_key)}  "
          f"buckets {settings.data_bucket}, {settings.cluster_bucket}")
+    if settings.metrics_port:
+        echo(f"  metrics      {metrics_url(settings)}")
     echo(f"  config       {settings.source}")
 

@@ -40,6 +40,10 @@ class ServiceError(ClusterError):
     exit_code = 3
 
 
+class BrokerFullError(ServiceError):
+    """Redis reached its memory limit and refuses new runs (it never evicts live state)."""
+
+
 class CredentialsError(ServiceError):
     """A server answered but rejected our credentials."""
 
@@ -92,3 +96,10 @@ class WaitTimeoutError(ClusterError):
     """Waiting for something took longer than the caller allowed."""
 
     exit_code = 10
+
+
+class ComputeTargetException(NotFoundError):
+    """No compute target (node pool) by that name: ``ComputeTarget(workspace=ws, name=...)`` or a pool command.
+
+    Named as in Azure ML, so ``try: ComputeTarget(workspace=ws, name=n) except ComputeTargetException:`` works.
+    """

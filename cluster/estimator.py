@@ -11,10 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cluster.datareference import DataReference
+from cluster import validation
 from cluster.errors import UsageError
 
 DEFAULT_POOL = "default"
+
+#: Azure ML Estimator arguments this cluster does not implement, with the value that means "not used".
+AZURE_ESTIMATOR_ONLY: dict[str, Any] = {
+    "vm_size": None, "vm_priority": None, "node_count": 1, "process_count_per_node": 1, "distributed_backend": None,
+    "distributed_training": None, "use_gpu": False, "custom_docker_base_image": None, "custom_docker_image": None,
+    "image_registry_details": None, "user_managed": False, "conda_dependencies_file_path": None,
+    "pip_requirements_file_path": None, "conda_dependencies_file": None, "pip_requirements_file": None,
+    "environment_definition": None, "inputs": None, "source_directory_data_store": None, "shm_size": None,
+    "resume_from": None, "framework_version": None,
+}
+#: The same for ScriptRunConfig.
+AZURE_SCRIPT_RUN_ONLY: dict[str, Any] = {
+    "run_config": None, "distributed_job_config": None, "resume_from": None, "command": None,
+    "docker_runtime_config": None, "_telemetry_values": None,
+}
+ENVIRONMENT_FIELDS = ("pip_packages", "conda_packages", "environment_variables")
 
 
 @dataclass(frozen=True)
@@ -28,10 +44,24 @@ class RunConfiguration:
     environment_variables: dict[str, str] = field(default_factory=dict)
     max_run_duration_seconds: float | None = None
 
+    def __post_init__(self) -> None:
+        # the one shape every path submits (Estimator, ScriptRunConfig, a stored sweep): checked once more here
+        validation.name("pool", self.pool)
+        object.__setattr__(self, "pip_packages", validation.package_list("pip_packages", self.pip_packages))
+        object.__setattr__(self, "conda_packages", validation.package_list("conda_packages", self.conda_packages))
+        object.__setattr__(self, "environment_variables",
+                           validation.string_map("environment_variables", self.environment_variables,
+                                                 keys="variable name"))
+        object.__setattr__(self, "max_run_duration_seconds", _max_seconds(self.max_run_duration_seconds))
+
     def with_arguments(self, extra: Sequence[Any]) -> RunConfiguration:
         from dataclasses import replace
 
         return replace(self, arguments=(*self.arguments, *extra))
+
+
+def _max_seconds(value: Any) -> float | None:
+    return None if value is None else validation.positive_number("max_run_duration_seconds", value)
 
 
 def pool_name(compute_target: Any) -> str:
@@ -39,27 +69,30 @@ def pool_name(compute_target: Any) -> str:
     if compute_target is None:
         return DEFAULT_POOL
     if isinstance(compute_target, str):
-        return compute_target
+        return validation.name("pool", compute_target)
     name = getattr(compute_target, "name", None)
     if isinstance(name, str):
-        return name
-    raise UsageError(f"compute_target must be a pool name or a compute target, not {type(compute_target).__name__}")
+        return validation.name("pool", name)
+    raise UsageError(f"compute_target must be a pool name or a compute target, not {type(compute_target).__name__}",
+                     hint="e.g. compute_target='cpucluster' or compute_target=ws.compute_targets['cpucluster']")
 
 
-def _argument(value: Any) -> Any:
+def _argument(value: Any, what: str = "script argument") -> Any:
     """Arguments travel as JSON: data references as dicts, everything else as given (str/number/bool)."""
-    if isinstance(value, DataReference):
-        return value.to_dict()
-    if isinstance(value, bool | int | float | str):
-        return value
-    if hasattr(value, "item") and callable(value.item):  # numpy scalar
-        return value.item()
-    raise UsageError(f"cannot pass {value!r} ({type(value).__name__}) as a script argument",
-                     hint="use strings, numbers, booleans or data references (ds.as_mount())")
+    return validation.script_value(what, value)
 
 
-def _check_source(source_directory: str | os.PathLike[str], entry_script: str) -> Path:
-    src = Path(source_directory)
+def _check_source(source_directory: Any, entry_script: Any, what: str = "entry_script") -> tuple[Path, str]:
+    """The source directory and the entry script (relative to it), checked."""
+    for name, value in (("source_directory", source_directory), (what, entry_script)):
+        if value is None:
+            raise UsageError(f"{name} is required",
+                             hint="e.g. Estimator(source_directory='./src', entry_script='train.py') or "
+                             "ScriptRunConfig(source_directory='./src', script='train.py')")
+    src = validation.path_like("source_directory", source_directory)
+    if isinstance(entry_script, os.PathLike):
+        entry_script = os.fspath(entry_script)
+    validation.text(what, entry_script)
     if not src.is_dir():
         raise UsageError(f"source_directory {src} is not a directory")
     entry = Path(entry_script)
@@ -67,32 +100,87 @@ def _check_source(source_directory: str | os.PathLike[str], entry_script: str) -
         raise UsageError(f"entry script {entry_script!r} must be a path inside source_directory")
     if not (src / entry).is_file():
         raise UsageError(f"entry script {entry_script!r} not found in {src}",
-                         hint="entry_script is relative to source_directory")
-    return src
+                         hint=f"{what} is relative to source_directory")
+    return src, entry_script
+
+
+def _script_params(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UsageError(f"script_params must be a mapping of argument name -> value, got {type(value).__name__}",
+                         hint="e.g. script_params={'--regularization': 0.8}; use ScriptRunConfig(arguments=[...]) "
+                         "for a plain list")
+    out: dict[str, Any] = {}
+    for key, v in value.items():
+        validation.text("script_params key", key)
+        if not (v is None or (isinstance(v, str) and v == "")):
+            _argument(v, f"script_params[{key!r}]")
+        out[key] = v
+    return out
+
+
+def _arguments(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
+        raise UsageError(f"arguments must be a list, got {type(value).__name__} {value!r:.60}",
+                         hint="e.g. arguments=['--lr', 0.1]; for a name -> value mapping use Estimator(script_params=)")
+    items = list(value)
+    for i, a in enumerate(items):
+        _argument(a, f"arguments[{i}]")
+    return items
+
+
+def _environment(value: Any) -> dict[str, Any]:
+    """``environment`` is a dict or an Environment-like object with pip_packages / conda_packages /
+    environment_variables; anything else (a registered environment's name, say) is refused."""
+    if value is None:
+        value = {}
+    if isinstance(value, str | bytes):
+        raise UsageError(f"environment must be a dict or an Environment-like object, not the string {value!r:.60}",
+                         hint="named environments are not registered here: give the packages, e.g. "
+                         "environment={'pip_packages': ['numpy'], 'environment_variables': {'SEED': '1'}}")
+    if isinstance(value, Mapping):
+        validation.check_kwargs("environment", value, known=ENVIRONMENT_FIELDS, noun="key")
+        fields = dict(value)
+    else:
+        fields = {k: getattr(value, k) for k in ENVIRONMENT_FIELDS if hasattr(value, k)}
+        if not fields:
+            raise UsageError(f"environment {type(value).__name__} has none of {', '.join(ENVIRONMENT_FIELDS)}",
+                             hint="pass a dict, e.g. environment={'pip_packages': ['numpy']}")
+    return {
+        "pip_packages": validation.package_list("environment pip_packages", fields.get("pip_packages")),
+        "conda_packages": validation.package_list("environment conda_packages", fields.get("conda_packages")),
+        "environment_variables": validation.string_map("environment environment_variables",
+                                                       fields.get("environment_variables"), keys="variable name"),
+    }
 
 
 class Estimator:
     """Azure ML's Estimator: a source directory, an entry script and ``script_params``."""
 
-    def __init__(self, source_directory: str | os.PathLike[str], entry_script: str,
+    def __init__(self, source_directory: str | os.PathLike[str] | None = None, entry_script: str | None = None,
                  script_params: Mapping[str, Any] | None = None, compute_target: Any = None,
                  pip_packages: Sequence[str] | None = None, conda_packages: Sequence[str] | None = None,
                  environment_variables: Mapping[str, str] | None = None,
-                 max_run_duration_seconds: float | None = None, use_docker: bool = True, **_ignored: Any) -> None:
-        self.source_directory = _check_source(source_directory, entry_script)
-        self.entry_script = entry_script
-        self.script_params = dict(script_params or {})
+                 max_run_duration_seconds: float | None = None, use_docker: bool = True, **kwargs: Any) -> None:
+        validation.check_kwargs("Estimator", kwargs, known=_ESTIMATOR_ARGS, ignored=AZURE_ESTIMATOR_ONLY)
+        self.source_directory, self.entry_script = _check_source(source_directory, entry_script)
+        self.script_params = _script_params(script_params)
+        pool_name(compute_target)
         self.compute_target = compute_target
-        self.pip_packages = tuple(pip_packages or ())
-        self.conda_packages = tuple(conda_packages or ())
-        self.environment_variables = {str(k): str(v) for k, v in (environment_variables or {}).items()}
-        self.max_run_duration_seconds = check_duration(max_run_duration_seconds)
+        self.pip_packages = validation.package_list("pip_packages", pip_packages)
+        self.conda_packages = validation.package_list("conda_packages", conda_packages)
+        self.environment_variables = validation.string_map("environment_variables", environment_variables,
+                                                           keys="variable name")
+        self.max_run_duration_seconds = _max_seconds(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
         args: list[Any] = []
         for key, value in self.script_params.items():
             args.append(str(key))
-            if value is not None and value != "":
+            if not (value is None or (isinstance(value, str) and value == "")):
                 args.append(_argument(value))
         return RunConfiguration(self.source_directory, self.entry_script, tuple(args), pool_name(self.compute_target),
                                 self.pip_packages, self.conda_packages, self.environment_variables,
@@ -103,38 +191,29 @@ class Estimator:
                 f"compute_target={pool_name(self.compute_target)!r})")
 
 
-def check_duration(value: Any) -> float | None:
-    """``max_run_duration_seconds``: None, or a positive, finite number of seconds (not a string, not a bool)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
-        raise UsageError(f"max_run_duration_seconds must be a positive number of seconds, got {value!r}",
-                         hint="e.g. max_run_duration_seconds=3600, or None for no limit")
-    return float(value)
-
-
 class ScriptRunConfig:
     """A script with a plain argument list."""
 
-    def __init__(self, source_directory: str | os.PathLike[str], script: str, arguments: Sequence[Any] | None = None,
+    def __init__(self, source_directory: str | os.PathLike[str] | None = None, script: str | None = None,
+                 arguments: Sequence[Any] | None = None,
                  compute_target: Any = None, environment: Any = None,
-                 max_run_duration_seconds: float | None = None) -> None:
-        self.source_directory = _check_source(source_directory, script)
-        self.script = script
-        self.arguments = list(arguments or [])
+                 max_run_duration_seconds: float | None = None, **kwargs: Any) -> None:
+        validation.check_kwargs("ScriptRunConfig", kwargs, known=_SCRIPT_RUN_ARGS, ignored=AZURE_SCRIPT_RUN_ONLY)
+        self.source_directory, self.script = _check_source(source_directory, script, "script")
+        self.arguments = _arguments(arguments)
+        pool_name(compute_target)
         self.compute_target = compute_target
+        self._env = _environment(environment)
         self.environment = environment
-        self.max_run_duration_seconds = check_duration(max_run_duration_seconds)
+        self.max_run_duration_seconds = _max_seconds(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
-        pip = tuple(self._env_field("pip_packages", ()))
-        conda = tuple(self._env_field("conda_packages", ()))
-        env_vars = {str(k): str(v) for k, v in dict(self._env_field("environment_variables", {})).items()}
         return RunConfiguration(self.source_directory, self.script, tuple(_argument(a) for a in self.arguments),
-                                pool_name(self.compute_target), pip, conda, env_vars, self.max_run_duration_seconds)
+                                pool_name(self.compute_target), self._env["pip_packages"], self._env["conda_packages"],
+                                self._env["environment_variables"], self.max_run_duration_seconds)
 
-    def _env_field(self, name: str, default: Any) -> Any:
-        """``environment`` may be a dict or an object with these attributes (Azure's Environment-like)."""
-        env = self.environment
-        value = env.get(name) if isinstance(env, dict) else getattr(env, name, None)
-        return value or default
+
+_ESTIMATOR_ARGS = ("source_directory", "entry_script", "script_params", "compute_target", "pip_packages",
+                   "conda_packages", "environment_variables", "max_run_duration_seconds", "use_docker")
+_SCRIPT_RUN_ARGS = ("source_directory", "script", "arguments", "compute_target", "environment",
+                    "max_run_duration_seconds")

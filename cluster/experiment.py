@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import secrets
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, validation
+from cluster.errors import UsageError
 from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
-from cluster.snapshot import build_snapshot
+from cluster.snapshot import build_snapshot, fingerprint
 
 if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
 
 class Experiment:
     def __init__(self, workspace: Workspace, name: str) -> None:
+        if not hasattr(type(workspace), "store") or not hasattr(type(workspace), "runs"):
+            raise UsageError(f"Experiment: workspace must be a Workspace, got {type(workspace).__name__}",
+                             hint="Experiment(workspace=Workspace.from_config(), name='my-experiment')")
         self.workspace = workspace
         self.name = layout.check_name("experiment", name)
 
@@ -31,9 +36,17 @@ class Experiment:
 
     def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
         """Queue a run (Estimator / ScriptRunConfig) or a sweep (HyperDriveConfig); returns at once."""
+        validation.check_kwargs("Experiment.submit", kwargs, known=("config", "tags"))
+        tag_map = validation.string_map("tags", tags, keys="tag name")
         if hasattr(config, "submit_to"):  # a sweep drives its own children
-            return config.submit_to(self, tags=dict(tags or {}))
-        return submit_run(self, config.run_config(), tags=dict(tags or {}))
+            return config.submit_to(self, tags=tag_map)
+        if not callable(getattr(config, "run_config", None)):
+            raise UsageError(f"Experiment.submit: config must be an Estimator, a ScriptRunConfig or a "
+                             f"HyperDriveConfig, got {type(config).__name__}",
+                             hint="e.g. exp.submit(config=Estimator(source_directory='src', entry_script='train.py'))")
+        rc = config.run_config()
+        check_data_references(self.workspace, rc.arguments)
+        return submit_run(self, rc, tags=tag_map)
 
     def get_runs(self, include_children: bool = False) -> Iterator[Run]:
         """Runs of this experiment, newest first (read from the object store: survives a Redis wipe).
@@ -45,6 +58,16 @@ class Experiment:
         ids.sort(key=_run_sort_key, reverse=True)
         for run_id in ids:
             yield Run(self, run_id)
+
+
+def check_data_references(ws: Workspace, arguments: Any) -> None:
+    """Every data reference among a run's arguments names a known datastore and a folder that has data."""
+    from cluster.datareference import DataReference
+
+    for arg in arguments:
+        if DataReference.is_reference(arg):
+            ref = DataReference.from_dict(arg)
+            ws.datastore(ref.datastore).check_reference(ref)
 
 
 def _run_sort_key(run_id: str) -> tuple[int, str]:
@@ -61,13 +84,16 @@ def new_run_id(experiment: str) -> str:
 
 def upload_snapshot(ws: Workspace, rc: RunConfiguration) -> str:
     """Package the source directory; upload it unless the object store already has that digest."""
-    snap = build_snapshot(rc.source_directory, max_bytes=ws.settings.max_snapshot_bytes)
-    try:
+    key = fingerprint(rc.source_directory)
+    if key is not None and key in ws.uploaded_snapshots:
+        return ws.uploaded_snapshots[key]
+    with tempfile.TemporaryDirectory(prefix="cluster-snapshot-") as tmp:
+        snap = build_snapshot(rc.source_directory, max_bytes=ws.settings.max_snapshot_bytes, work_dir=tmp)
         if not ws.store.exists(layout.snapshot_key(snap.digest)):
             ws.store.put_json(layout.snapshot_manifest_key(snap.digest), snap.manifest())
             ws.store.put_file(layout.snapshot_key(snap.digest), snap.archive)
-    finally:
-        snap.archive.unlink(missing_ok=True)
+    if key is not None and fingerprint(rc.source_directory) == key:  # unchanged while it was packed
+        ws.uploaded_snapshots[key] = snap.digest
     return snap.digest
 
 
@@ -102,10 +128,14 @@ def _display(arg: Any) -> str:
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
+    if pool in ws.served_pools:
+        return
     if ws.store.exists(layout.pool_key(pool)):
-        return  # a compute target: the controller scales the pool (one lookup, not every pool's record)
+        ws.served_pools.add(pool)  # a compute target: the controller scales the pool; no need to look again
+        return
     for name in ws.redis.smembers(layout.RK_NODES):
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
+            ws.served_pools.add(pool)
             return
     print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
           f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)

@@ -29,6 +29,7 @@ Redis (broker and the live path; losing it never loses a finished run)::
     cluster:node:<name>               hash: pool, state, current run, last heartbeat
     cluster:nodes                     set of known node names
     cluster:models:<name>:version     counter for model versions
+    cluster:telemetry:runs            stream: a run's final status or node-lost requeue (read by the metrics)
     celery queue per pool             "pool.<name>"
 """
 
@@ -40,7 +41,7 @@ DATA_BUCKET = "datastore"
 CLUSTER_BUCKET = "cluster"
 DEFAULT_DATASTORE = "workspaceblobstore"
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -119,6 +120,8 @@ def rk_node(name: str) -> str:
 
 
 RK_NODES = "cluster:nodes"
+#: a list the submitter pushes to (trimmed to one entry): the controller's wait for its next tick ends at once
+RK_CONTROLLER_WAKE = "cluster:controller:wake"
 
 
 def rk_model_version(name: str) -> str:
@@ -127,3 +130,8 @@ def rk_model_version(name: str) -> str:
 
 def queue_name(pool: str) -> str:
     return f"pool.{pool}"
+
+
+#: Stream of run transitions the metrics count (a final status, a requeue after node loss), capped.
+RK_RUN_EVENTS = "cluster:telemetry:runs"
+RUN_EVENTS_MAXLEN = 10_000

@@ -21,16 +21,42 @@ from cluster.errors import NotFoundError
 from cluster.objectstore import ObjectStore
 
 STREAM_TTL_SECONDS = 24 * 3600
+#: the live stream keeps about this many lines (XADD MAXLEN ~); the archived driver.log keeps every line
+STREAM_MAX_LINES = 100_000
 FLUSH_LINES = 500
 FLUSH_SECONDS = 0.2
 
 
-class LogWriter:
-    """Node side: batch lines into the run's stream and into the local driver log file."""
+# Fenced append: the lines (ARGV[3..], pairs of stream and text; "eof" ends the log) are added only while the
+# attempt's lease token (ARGV[1]) is the run's; returns how many were added (-1: the lease is not ours).
+_FENCED_XADD = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+local n = 0
+for i = 3, #ARGV, 2 do
+  if ARGV[i] == 'eof' then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'eof', '1')
+  else
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[i], 'l', ARGV[i + 1])
+  end
+  n = n + 1
+end
+return n
+"""
 
-    def __init__(self, r: redis.Redis, run_id: str, path: Path) -> None:
+
+class LogWriter:
+    """Node side: batch lines into the run's stream and into the local driver log file.
+
+    With a lease ``token`` every append to the stream is fenced (one Lua call checks the lease and adds the
+    batch): once another attempt holds the run, nothing more reaches the stream; the writer disables itself.
+    """
+
+    def __init__(self, r: redis.Redis, run_id: str, path: Path, *, token: str = "") -> None:
         self.r = r
+        self.token = token
         self.key = layout.rk_run_log(run_id)
+        self._lease_key = layout.rk_run_lease(run_id)
+        self._append = r.register_script(_FENCED_XADD)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 -- closed in close()
@@ -64,29 +90,32 @@ class LogWriter:
 
     def flush(self) -> None:
         with self._lock:
-            self._file.flush()
+            if not self._file.closed:
+                self._file.flush()
             pending, self._pending = self._pending, []
             self._last_flush = time.monotonic()
             if pending and self.enabled:
-                pipe = self.r.pipeline(transaction=False)
+                args: list[str | int] = [self.token, STREAM_MAX_LINES]
                 for entry in pending:
-                    pipe.xadd(self.key, entry)  # type: ignore[arg-type]
+                    args += [entry["s"], entry["l"]]
                 try:
-                    pipe.execute()
+                    added = self._append(keys=[self.key, self._lease_key], args=args)
                 except Exception:
                     self._pending = pending + self._pending  # keep order; retried on the next flush
                     raise
+                if added == -1:
+                    self.enabled = False  # fenced: another attempt holds the run
 
     def close(self) -> None:
         self._closed.set()
         self._flusher.join()
         self.flush()
-        self._file.close()
-        if self.enabled:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xadd(self.key, {"eof": "1"})
-            pipe.expire(self.key, STREAM_TTL_SECONDS)
-            pipe.execute()
+        self._file.close()  # closing twice is fine: close() is retried when Redis does not answer
+        if self.enabled and self._append(keys=[self.key, self._lease_key], args=[self.token, STREAM_MAX_LINES,
+                                                                                 "eof", ""]) != -1:
+            self.r.expire(self.key, STREAM_TTL_SECONDS)
+        else:
+            self.enabled = False
 
 
 def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, after: str = "0-0",

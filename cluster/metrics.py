@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
-from typing import Any
-
-import redis
+from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.errors import NotFoundError, UsageError
-from cluster.objectstore import ObjectStore
+
+if TYPE_CHECKING:  # train.py imports this module (through Run.get_context): no Redis or S3 client at import
+    import redis
+
+    from cluster.objectstore import ObjectStore
 
 KINDS = ("scalar", "list", "row")
 

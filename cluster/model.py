@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from minio.commonconfig import CopySource
 
-from cluster import layout
-from cluster.errors import ConflictError, NotFoundError
+from cluster import layout, validation
+from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.records import now_iso
 
 if TYPE_CHECKING:
@@ -53,8 +53,12 @@ class Model:
     """``Model(ws, name, version=None)`` loads a registered model (latest version by default)."""
 
     def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+        if not hasattr(type(workspace), "store"):
+            raise UsageError(f"Model: workspace must be a Workspace, got {type(workspace).__name__}")
         self.workspace = workspace
         layout.check_name("model", name)
+        if version is not None:
+            version = validation.whole_number("model version", version, minimum=1)
         version = version if version is not None else _latest(workspace, name)
         if version is None:
             raise NotFoundError(f"no model named {name!r}", hint="register one with run.register_model(...)")
@@ -85,7 +89,13 @@ class Model:
                           description: str | None = None) -> Model:
         ws = run.experiment.workspace
         layout.check_name("model", model_name)
-        rel = model_path.strip("/")
+        validation.text("model_path", model_path)
+        tags = validation.string_map("tags", tags, keys="tag name")
+        if description is not None and not isinstance(description, str):
+            raise UsageError(f"description must be a string, got {type(description).__name__}")
+        rel = model_path.replace("\\", "/").strip("/")
+        if not rel or any(p == ".." for p in rel.split("/")):
+            raise UsageError(f"model_path {model_path!r} must be a file or folder of the run, e.g. 'outputs/model.pkl'")
         sources = [o for o in ws.store.list(run.prefix + rel) if o.key == run.prefix + rel
                    or o.key.startswith(run.prefix + rel + "/")]
         if not sources:
@@ -108,6 +118,8 @@ class Model:
 
     @staticmethod
     def list(workspace: Workspace, name: str | None = None) -> list[Model]:
+        if name is not None:
+            layout.check_name("model", name)
         names = [name] if name else workspace.store.list_dirs("models/")
         out = []
         for n in names:
@@ -117,7 +129,7 @@ class Model:
 
     def download(self, target_dir: str | os.PathLike[str] = ".", exist_ok: bool = False) -> str:
         """Copy the model's files into ``target_dir``; returns the path (the file if there is only one)."""
-        target = Path(target_dir)
+        target = validation.local_dir_target("model download target_dir", target_dir)
         base = layout.model_prefix(self.name, self.version) + "files/"
         paths = []
         for rel in self.files:

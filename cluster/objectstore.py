@@ -6,7 +6,8 @@ import builtins
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from cluster.errors import ClusterError, CredentialsError, NotFoundError, PayloadError, ServiceError
+from cluster.errors import ConfigError, CredentialsError, NotFoundError, PayloadError, ServiceError
 from cluster.settings import Settings
 
 SHA256_META = "sha256"
@@ -96,6 +97,19 @@ class ObjectStore:
             self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type,
                                    metadata=meta)
 
+    def put_many(self, items: Iterable[tuple[str, bytes, str]]) -> None:
+        """Write several small objects ``(key, data, content type)`` concurrently; raises the first error
+        after all writes ended (none is left running)."""
+        todo = list(items)
+        if len(todo) <= 1:
+            for key, data, ctype in todo:
+                self.put_bytes(key, data, content_type=ctype)
+            return
+        with ThreadPoolExecutor(max_workers=min(4, len(todo)), thread_name_prefix="s3-put") as pool:
+            futures = [pool.submit(self.put_bytes, key, data, content_type=ctype) for key, data, ctype in todo]
+        for f in futures:
+            f.result()
+
     def put_json(self, key: str, obj: Any) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
         self.put_bytes(key, data, content_type="application/json")
@@ -162,6 +176,12 @@ class ObjectStore:
                 if o.object_name and not o.is_dir
             ]
 
+    def has_prefix(self, prefix: str) -> bool:
+        """Is there at least one object under ``prefix``? (One small request, whatever the folder's size.)"""
+        with self._errors(f"list {prefix or '/'}"):
+            return any(o.object_name and not o.is_dir
+                       for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
+
     def list_dirs(self, prefix: str) -> builtins.list[str]:
         """Immediate 'sub-folders' under a prefix (names only)."""
         with self._errors(f"list {prefix}"):
@@ -185,5 +205,5 @@ def make_client(settings: Settings) -> Minio:
         return Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
                      secure=settings.s3_secure, region=settings.s3_region, http_client=http)
     except ValueError as e:
-        raise ClusterError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
+        raise ConfigError(f"bad object store endpoint {settings.s3_endpoint!r}: {e}",
                            hint="use host:port, without http://") from e

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout, logstream, metrics
+from cluster import layout
 from cluster.context import get_context as _get_context
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunRecord, RunStatus
@@ -22,8 +23,10 @@ class Run:
     """``Run(experiment, run_id)`` re-attaches to any run; ``Run.get_context()`` is for inside train.py."""
 
     def __init__(self, experiment: Experiment, run_id: str) -> None:
+        from cluster import validation
+
         self.experiment = experiment
-        self.id = run_id
+        self.id = validation.run_id(run_id)
         self._prefix: str | None = None
 
     # -- inside the training script -----------------------------------------------------------------
@@ -74,6 +77,10 @@ class Run:
     def wait_for_completion(self, show_output: bool = False, timeout: float | None = None,
                             raise_on_error: bool = True, wait_post_processing: bool = False) -> dict[str, Any]:
         """Block until the run is final; with ``show_output`` stream its log live."""
+        if timeout is not None:
+            from cluster import validation
+
+            timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if show_output:
             print(f"RunId: {self.id}\nStatus: {self.get_status()}\n", flush=True)
@@ -98,7 +105,12 @@ class Run:
     def stream_log(self, after: str = "0-0", poll_ms: int = 1000, deadline: float | None = None) -> Any:
         """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends (or, if given,
         ``time.monotonic()`` passes ``deadline``)."""
+        if not isinstance(after, str) or not re.fullmatch(r"\d+(-\d+)?", after):
+            raise UsageError(f"invalid log entry {after!r}",
+                             hint="give an entry id as printed when a follow was interrupted, e.g. 1717171717171-0")
         runs = self._ws.runs
+        from cluster import logstream  # not at import: train.py imports this module and needs no Redis client
+
         return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
                                 is_final=lambda: runs.status(self.id).is_final, deadline=deadline)
 
@@ -109,6 +121,8 @@ class Run:
     # -- metrics ----------------------------------------------------------------------------------
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         final = self._ws.runs.status(self.id).is_final
+        from cluster import metrics
+
         values = metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
         if name is not None:
             return {name: values[name]} if name in values else {}
@@ -123,8 +137,11 @@ class Run:
         return sorted(names)
 
     def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> str:
+        from cluster import validation
+
         rel = _check_rel(name)
-        target = Path(output_file_path) if output_file_path else Path(Path(rel).name)
+        target = validation.path_like("output_file_path", output_file_path) if output_file_path \
+            else Path(Path(rel).name)
         if target.is_dir():
             target = target / Path(rel).name
         if not self._ws.store.exists(self.prefix + rel):
@@ -134,8 +151,16 @@ class Run:
 
     def download_files(self, prefix: str | None = None,
                        output_directory: str | os.PathLike[str] | None = None) -> list[str]:
-        out = Path(output_directory or ".")
-        chosen = [n for n in self.get_file_names() if prefix is None or n.startswith(_check_rel(prefix))]
+        from cluster import validation
+
+        out = validation.local_dir_target("output_directory", output_directory or ".")
+        rel = None if prefix is None else _check_rel(prefix)
+        names = self.get_file_names()
+        chosen = [n for n in names if rel is None or n.startswith(rel)]
+        if rel is not None and not chosen:
+            raise NotFoundError(f"run {self.id} has no files under {rel!r}",
+                                hint=f"its files: {', '.join(names[:10]) or '(none)'}"
+                                + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
         paths = []
         for name in chosen:
             target = out / name
@@ -145,8 +170,14 @@ class Run:
 
     # -- models -----------------------------------------------------------------------------------
     def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,
-                       description: str | None = None, **_ignored: Any) -> Model:
+                       description: str | None = None, **kwargs: Any) -> Model:
+        from cluster import validation
         from cluster.model import Model
+
+        azure_only = ("properties", "model_framework", "model_framework_version", "datasets", "sample_input_dataset",
+                      "sample_output_dataset", "resource_configuration")  # metadata with no effect here
+        validation.check_kwargs("register_model", {k: v for k, v in kwargs.items() if k not in azure_only},
+                                known=("model_name", "model_path", "tags", "description", *azure_only))
 
         return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
 
@@ -170,6 +201,9 @@ class Run:
 
 
 def _check_rel(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f"a run's file name must be a non-empty string, got {name!r}",
+                         hint="see run.get_file_names(), e.g. 'outputs/model.pkl'")
     rel = name.replace("\\", "/").lstrip("/")
     if any(p == ".." for p in rel.split("/")):
         raise UsageError(f"file name {name!r} may not contain '..'")

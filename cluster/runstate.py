@@ -8,28 +8,34 @@ Redis delivered twice) can change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from cluster import layout
-from cluster.errors import NotFoundError, PayloadError
+from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
 from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
 
 FINAL = [s.value for s in FINAL_STATUSES]
 
+# One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
+# return the live record and the spec (kept in the hash since submit) so the node reads nothing else.
 _CLAIM = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing', ''} end
+redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
 if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return {'final', st} end
 local holder = redis.call('GET', KEYS[2])
 if holder then return {'held', holder} end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
 local token = ARGV[1] .. '/' .. attempt
 redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-return {'ok', token}
+redis.call('DEL', KEYS[3])
+return {'ok', token, redis.call('HGET', KEYS[1], 'record') or '', redis.call('HGET', KEYS[1], 'spec') or ''}
 """
 
 _FENCED_WRITE = """
@@ -38,8 +44,19 @@ redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[6])
 end
 return 1
+"""
+
+#: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
+#: store, where everything is archived (Redis stays bounded however many runs finish)
+FINISHED_TTL_MS = 3600 * 1000
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _RENEW = """
@@ -74,6 +91,10 @@ return 1
 """
 
 
+def _json_bytes(obj: object) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
+
+
 def rk_active(pool: str) -> str:
     """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
     return f"cluster:pool:{pool}:active"
@@ -83,6 +104,8 @@ def rk_active(pool: str) -> str:
 class Claim:
     outcome: str  # ok | final | held | missing
     token: str = ""
+    record: RunRecord | None = None  # with outcome ok: the live record at claim time
+    spec: RunSpec | None = None  # with outcome ok, when Redis has it (set at submit)
 
     @property
     def attempt(self) -> int:
@@ -103,20 +126,37 @@ class RunState:
 
     # -- create / read ----------------------------------------------------------------------------
     def create(self, spec: RunSpec, record: RunRecord) -> None:
-        """Submit-time: spec, record and index in the object store first (the system of record), then Redis."""
-        self.store.put_json(spec.prefix + layout.RUN_SPEC, spec.to_dict())
-        self.store.put_json(spec.prefix + layout.RUN_RECORD, record.to_dict())
-        self.store.put_bytes(layout.run_index_key(spec.run_id), spec.prefix.encode(), content_type="text/plain")
-        self.seed(record)
+        """Submit-time: spec, record and index in the object store first (the system of record), then Redis.
 
-    def seed(self, record: RunRecord) -> None:
+        The three objects are independent, so they are written concurrently; Redis is seeded only after all
+        of them are stored."""
+        self.store.put_many([
+            (spec.prefix + layout.RUN_SPEC, _json_bytes(spec.to_dict()), "application/json"),
+            (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
+            (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
+        ])
+        try:
+            self.seed(record, spec)
+        except redis.exceptions.OutOfMemoryError as e:
+            raise BrokerFullError("the broker (Redis) is full: it refuses new runs (maxmemory reached)",
+                                  hint="wait for queued runs to finish, or raise Redis' maxmemory; a finished run's "
+                                  "live state expires by itself (its record stays in the object store)") from e
+
+    def seed(self, record: RunRecord, spec: RunSpec | None = None) -> None:
         pipe = self.r.pipeline()
+        # the spec goes with the record for the node's claim (one round trip); spec.json stays the record
         pipe.hset(layout.rk_run(record.run_id), mapping={
             "record": json.dumps(record.to_dict()), "status": record.status.value, "attempt": record.attempt,
             "prefix": record.prefix, "pool": record.pool,
         })
-        if not record.status.is_final:
+        if spec is not None:
+            pipe.hset(layout.rk_run(record.run_id), "spec", json.dumps(spec.to_dict()))
+        if record.status.is_final:
+            pipe.pexpire(layout.rk_run(record.run_id), FINISHED_TTL_MS)
+        else:
             pipe.sadd(rk_active(record.pool), record.run_id)
+            pipe.lpush(layout.RK_CONTROLLER_WAKE, "1")  # the controller scales for it now, not next tick
+            pipe.ltrim(layout.RK_CONTROLLER_WAKE, 0, 0)
         pipe.execute()
 
     def prefix(self, run_id: str) -> str:
@@ -150,26 +190,51 @@ class RunState:
 
     # -- node side: claim, fenced writes, lease renewal -------------------------------------------
     def claim(self, run_id: str, node: str, lease_ms: int) -> Claim:
-        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id)]
-        outcome, token = self._claim(keys=keys, args=[node, lease_ms])
-        if outcome == "missing":  # Redis lost it (wiped?): re-seed from the object store, then try again
-            record = self.stored_record(run_id)
-            if record.status.is_final:
-                return Claim("final", record.status.value)
-            self.r.hsetnx(keys[0], "status", record.status.value)
-            self.seed(record)
-            outcome, token = self._claim(keys=keys, args=[node, lease_ms])
-        return Claim(str(outcome), str(token))
+        """Take the run's lease for a new attempt (one Lua call); with outcome ok, also its record and spec."""
+        keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), layout.rk_run_metrics(run_id)]
+        reply = self._claim(keys=keys, args=[node, lease_ms])
+        if reply[0] == "missing":  # Redis lost it (wiped?): re-seed from the object store, then try again
+            stored = self.stored_record(run_id)
+            if stored.status.is_final:
+                return Claim("final", stored.status.value)
+            self.r.hsetnx(keys[0], "status", stored.status.value)
+            self.seed(stored)
+            reply = self._claim(keys=keys, args=[node, lease_ms])
+        outcome, token = str(reply[0]), str(reply[1])
+        if outcome != "ok":
+            return Claim(outcome, token)
+        try:
+            record = RunRecord.from_dict(json.loads(reply[2])) if reply[2] else self.stored_record(run_id)
+            spec = RunSpec.from_dict(json.loads(reply[3])) if reply[3] else None
+        except ValueError as e:
+            raise PayloadError(f"live state of {run_id} is not valid JSON: {e}") from e
+        return Claim(outcome, token, record, spec)
 
-    def write(self, record: RunRecord, token: str) -> bool:
-        """Fenced update of the live record; on success also writes run.json. False: we lost the run."""
+    def write(self, record: RunRecord, token: str, *, store: bool = True) -> bool:
+        """Fenced update of the live record; on success also writes run.json (unless ``store`` is False: the
+        caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
-        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool)]
+        keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool),
+                layout.rk_run_metrics(record.run_id)]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
-                                          "1" if final else "0", record.run_id])
-        if ok:
-            self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+                                          "1" if final else "0", record.run_id, FINISHED_TTL_MS])
+        if ok and final:  # Redis made the transition: count it even if the record's upload below fails
+            note_transition(self.r, record, outcome=record.status.value.lower())
+        if ok and store:
+            self.store_record(record)
         return bool(ok)
+
+    def live_record_is(self, record: RunRecord) -> bool:
+        """Does Redis hold exactly this record (our own write arrived, though its reply did not)?"""
+        raw = self.r.hget(layout.rk_run(record.run_id), "record")
+        return raw is not None and raw == json.dumps(record.to_dict())
+
+    def store_record(self, record: RunRecord) -> None:
+        self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+
+    def release(self, run_id: str, token: str) -> bool:
+        """Give the lease back before anything was done with it (the run stays as it was, for another try)."""
+        return bool(self.r.eval(_RELEASE, 1, layout.rk_run_lease(run_id), token))
 
     def holds(self, run_id: str, token: str) -> bool:
         return self.r.get(layout.rk_run_lease(run_id)) == token
@@ -185,6 +250,7 @@ class RunState:
         ok = self._requeue(keys=keys, args=[expected_holder, json.dumps(record.to_dict()), record.status.value,
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
+            note_transition(self.r, record, outcome="node-lost")
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
@@ -201,6 +267,7 @@ class RunState:
             self.seed(record)
             return self.cancel(run_id)
         if outcome == "canceled":
+            note_transition(self.r, canceled, outcome="")  # never started: no attempt
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
@@ -225,3 +292,12 @@ class RunState:
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
 
+
+def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:
+    """Tell the metrics (:mod:`cluster.telemetry`) that a run ended an attempt (``outcome``: completed,
+    failed, canceled, node-lost; empty when no attempt ran) and/or reached a final status. Best effort:
+    a lost event costs a count, never a run."""
+    fields: dict[Any, Any] = {"run": record.run_id, "pool": record.pool, "status": record.status.value,
+                              "outcome": outcome, "timestamps": json.dumps(record.timestamps)}
+    with contextlib.suppress(redis.RedisError):
+        r.xadd(layout.RK_RUN_EVENTS, fields, maxlen=layout.RUN_EVENTS_MAXLEN, approximate=True)

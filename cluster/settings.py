@@ -30,6 +30,7 @@ ENV_VARS = {
     "s3_secure": "CLUSTER_S3_SECURE",
     "data_bucket": "CLUSTER_DATA_BUCKET",
     "cluster_bucket": "CLUSTER_BUCKET",
+    "metrics_port": "CLUSTER_METRICS_PORT",
 }
 
 
@@ -52,6 +53,7 @@ class Settings:
     data_bucket: str = layout.DATA_BUCKET
     cluster_bucket: str = layout.CLUSTER_BUCKET
     max_snapshot_bytes: int = 300 * 1024**2
+    metrics_port: int = 0  # the controller's Prometheus endpoint (0: none); see cluster/telemetry.py
     source: str = ""  # where these settings came from, for messages
 
     def __repr__(self) -> str:
@@ -79,6 +81,8 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> Settings:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"configuration from {source or 'dict'} must be a mapping, got {type(data).__name__}")
         missing = [k for k in ("redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key") if not data.get(k)]
         if missing:
             raise ConfigError(
@@ -87,12 +91,26 @@ class Settings:
             )
         known = {f for f in cls.__dataclass_fields__ if f != "source"}
         values = {k: v for k, v in data.items() if k in known}
+        where = source or "the configuration"
+        for key, value in values.items():
+            if key not in ("s3_secure", "max_snapshot_bytes", "metrics_port") and not isinstance(value, str):
+                raise ConfigError(f"{key} in {where} must be a string, got {value!r:.60}",
+                                  hint="fix the file, or run `cluster up` to write a fresh one")
+        scheme = urlsplit(values["redis_url"]).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"redis_url in {where} is not a Redis URL: {mask(values['redis_url'])!r}",
+                              hint="write it as redis://:PASSWORD@HOST:PORT/0")
         try:
             settings = cls(**values, source=source)
-        except TypeError as e:
-            raise ConfigError(f"bad configuration in {source}: {e}") from e
-        return replace(settings, s3_secure=_as_bool(settings.s3_secure),
-                       max_snapshot_bytes=int(settings.max_snapshot_bytes))
+            size = int(settings.max_snapshot_bytes)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"bad configuration in {where}: {e}") from e
+        raw: object = settings.max_snapshot_bytes
+        if size <= 0 or isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ConfigError(f"max_snapshot_bytes in {where} must be a positive whole number of bytes, "
+                              f"got {settings.max_snapshot_bytes!r}")
+        return replace(settings, s3_secure=_as_bool(settings.s3_secure), max_snapshot_bytes=size,
+                       metrics_port=_as_port(settings.metrics_port, where))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Settings:
@@ -127,6 +145,8 @@ class Settings:
         directory or a parent, then the CLUSTER_* variables."""
         env = os.environ if environ is None else environ
         if path is not None:
+            if not isinstance(path, str | os.PathLike) or not str(path).strip():
+                raise ConfigError(f"the configuration path must be a file or folder path, got {path!r}")
             return cls.from_file(path)
         if env.get(ENV_CONFIG):
             return cls.from_file(env[ENV_CONFIG])
@@ -154,6 +174,17 @@ def _as_bool(value: object) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}
     return bool(value)
+
+
+def _as_port(value: object, source: str) -> int:
+    try:
+        port = int(str(value or 0))
+    except ValueError:
+        port = -1
+    if not 0 <= port < 65536:
+        raise ConfigError(f"metrics_port in {source or 'the configuration'} is not a TCP port: {value!r}",
+                          hint="set CLUSTER_METRICS_PORT (or metrics_port) to a number from 1 to 65535, or 0 for none")
+    return port
 
 
 def _looks_like_ours(path: Path) -> bool:

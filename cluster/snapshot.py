@@ -165,6 +165,19 @@ def _collect(root: Path) -> list[tuple[str, Path, os.stat_result]]:
     return sorted(found, key=lambda f: f[0])
 
 
+def fingerprint(source_dir: str | os.PathLike[str]) -> tuple[object, ...] | None:
+    """What identifies the directory's snapshot without reading any file: every included file's path, size,
+    mtime, ctime and inode (as git's index does). None when the directory cannot be walked (build_snapshot
+    then says why)."""
+    root = Path(source_dir)
+    try:
+        files = _collect(root)
+    except (SnapshotError, OSError):
+        return None
+    return (str(root.resolve()), *((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_mode)
+                                   for rel, _path, st in files))
+
+
 class _HashingReader:
     """A read-only file wrapper that hashes what passes through it (so each file is read once)."""
 

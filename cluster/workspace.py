@@ -28,6 +28,11 @@ class Workspace:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        #: snapshots this workspace object uploaded: source fingerprint -> digest (resubmitting an unchanged
+        #: folder neither re-packs nor re-checks it)
+        self.uploaded_snapshots: dict[tuple[object, ...], str] = {}
+        #: pools known to be served (a compute target, or a node seen): no "no node" note, no lookup per submit
+        self.served_pools: set[str] = set()
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str] | None = None, *,

@@ -7,9 +7,12 @@ visibility timeout, a node coming back) are harmless: the run's lease admits one
 
 from __future__ import annotations
 
+import sys
+import time
 from typing import TYPE_CHECKING
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from cluster import layout
 from cluster.settings import Settings
@@ -19,11 +22,15 @@ if TYPE_CHECKING:
 
 TASK_NAME = "cluster.execute_run"
 VISIBILITY_TIMEOUT = 3600
+REDELIVER_PAUSE = 1.0  # seconds before a message that could not be claimed goes back to the queue
 
 _node: Node | None = None
 
 
-def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIMEOUT) -> Celery:
+def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIMEOUT,
+               remote_control: bool = False) -> Celery:
+    """The app; ``remote_control`` lets the worker answer Celery's inspect/control broadcasts (Flower's worker
+    view needs it) -- off by default: whoever can write to the broker could then shut nodes down."""
     app = Celery("cluster", broker=settings.redis_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
@@ -39,7 +46,7 @@ def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIM
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(visibility_timeout),
         task_create_missing_queues=True,
-        worker_enable_remote_control=False,  # no broadcast commands (shutdown, pool changes) via the broker
+        worker_enable_remote_control=remote_control,  # off: no broadcast commands (shutdown, ...) via the broker
     )
     app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(execute_run_task)
     return app
@@ -56,11 +63,18 @@ def _transport_options(visibility_timeout: float) -> dict[str, float]:
 
 def execute_run_task(run_id: str) -> str:
     """The task: a thin shell over :func:`tasks.node.execute_run`."""
-    from tasks.node import execute_run
+    from tasks.node import NodeStopped, Redeliver, execute_run
 
     if _node is None:
         raise RuntimeError("this worker was not started as a cluster node (use `cluster worker`)")
-    return execute_run(_node, run_id)
+    try:
+        return execute_run(_node, run_id)
+    except NodeStopped as e:
+        raise Reject(f"node stopping; run {e} handed back", requeue=True) from e
+    except Redeliver as e:
+        print(f"node: {e}; the message goes back to the queue", file=sys.stderr, flush=True)
+        time.sleep(REDELIVER_PAUSE)  # an outage: don't spin on the same message
+        raise Reject(str(e), requeue=True) from e
 
 
 def set_node(node: Node | None) -> None:

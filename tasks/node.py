@@ -9,27 +9,30 @@ this one stops and writes nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
 from cluster import layout
 from cluster.datareference import DataReference
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, ServiceError
 from cluster.logstream import LogWriter
 from cluster.metrics import aggregate
 from cluster.objectstore import ObjectStore
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
-from cluster.runstate import RunState
+from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
 from tasks import datacache
 from tasks.environment import EnvSpec, resolve_environment
@@ -37,6 +40,8 @@ from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new
 from tasks.sandbox import Sandbox, prepare_dirs, script_env
 from tasks.snapshots import check_digest, check_run_id, verified_snapshot
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,26 @@ class NodeConfig:
     grace_seconds: float = 5.0
     limits: ResourceLimits | None = None
     keep_run_dirs: bool = False
+    storage_retry_seconds: float = 180.0  # finalization retries storage errors this long, then fails the run
+    stop_grace_seconds: float = 5.0  # after SIGTERM, how long a running script may go on before it is stopped
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
 
     @property
     def isolation(self) -> str:
         return self.sandbox.level if self.sandbox is not None else "none"
+
+
+#: Thread-pool variables of the BLAS/OpenMP libraries; the node sets each to its size's CPU count unless the
+#: run's own environment_variables set it (so two 1-CPU nodes on one host do not each start a thread per core).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+               "NUMEXPR_NUM_THREADS")
+
+
+def thread_env(cpus: int | None, user_env: dict[str, str]) -> dict[str, str]:
+    """The thread-count variables a run gets: ``cpus`` each (the node's size), except those the run sets."""
+    count = cpus if cpus else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {var: str(count or 1) for var in THREAD_VARS if var not in user_env}
 
 
 @dataclass
@@ -69,16 +88,32 @@ class Node:
     data: ObjectStore = field(init=False)
     state: RunState = field(init=False)
     current_run: str | None = None
+    #: set when the node is asked to stop (SIGTERM: pod eviction, host shutdown, `cluster down`): a running
+    #: run gets ``stop_grace_seconds`` to end by itself, then is stopped and handed back to the queue
+    stopping: threading.Event = field(default_factory=threading.Event)
+    #: object-store writes taken off a run's critical path (intermediate run.json, archives, clean-up)
+    background: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.r = connect(self.settings)
         self.store = ObjectStore(self.settings, self.settings.cluster_bucket)
         self.data = ObjectStore(self.settings, self.settings.data_bucket, client=self.store.client)
         self.state = RunState(self.store, self.r)
+        self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{self.config.name}")
 
 
 class LeaseLost(Exception):
     """Another attempt holds the run now: stop without writing anything."""
+
+
+class NodeStopped(Exception):
+    """This node was asked to stop mid-run: the attempt is recorded as node-stopped, the run is Queued again and
+    its message goes back to the queue for another node."""
+
+
+class Redeliver(Exception):
+    """Redis or the object store failed before this node started the run: hand the message back to the queue
+    (not acknowledged) so this node or another tries again; nothing about the run changed."""
 
 
 class _Attempt:
@@ -90,6 +125,11 @@ class _Attempt:
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_loop, name=f"lease-{run_id}", daemon=True)
+        self._stored: Future[None] | None = None  # the last intermediate run.json write, if any
+        self.done = False  # the final record is written: the lease was released with it
+        self.node_stopped = False  # the node is stopping: the script was stopped, the run goes back to the queue
+        self._stop_asked: float | None = None
+        self._last_renewal = time.monotonic()
 
     def __enter__(self) -> _Attempt:
         self._thread.start()
@@ -102,10 +142,25 @@ class _Attempt:
     def _renew_loop(self) -> None:
         cfg = self.node.config
         while not self._stop.wait(cfg.renew_seconds):
+            if self.done:
+                return
+            if time.monotonic() - self._last_renewal >= cfg.lease_ms / 1000:
+                # Self-fencing: not renewed for a whole lease period (Redis unreachable, or this process was
+                # stopped): the controller may have given the run to another node. Stop the script, write nothing.
+                self.lost.set()
+                self.cancel.set()
+                return
             try:
                 rc = self.node.state.renew(self.run_id, self.token, cfg.lease_ms)
             except (redis.RedisError, OSError):
-                continue  # Redis blip: the lease has slack; if it expires we lose the run and stop
+                continue  # Redis blip: the lease has slack; past it, the check above fences us
+            if rc != -1:
+                self._last_renewal = time.monotonic()
+            if self.node.stopping.is_set() and not self.node_stopped:
+                self._stop_asked = self._stop_asked or time.monotonic()
+                if time.monotonic() - self._stop_asked >= cfg.stop_grace_seconds:
+                    self.node_stopped = True
+                    self.cancel.set()  # the script's whole process tree: TERM, grace, KILL
             if rc == -1:
                 self.lost.set()
                 self.cancel.set()
@@ -113,11 +168,51 @@ class _Attempt:
             if rc == 1:
                 self.cancel.set()
 
-    def write(self, record: RunRecord) -> RunRecord:
-        if self.lost.is_set() or not self.node.state.write(record, self.token):
+    def write(self, record: RunRecord, *, durable: bool = True) -> RunRecord:
+        """Fenced write of the run's record. Intermediate statuses (``durable=False``) are atomic in Redis at
+        once and reach run.json in the background, in order; a durable write waits for those first, so the
+        object store never goes back to an older status. Only non-final statuses may skip the wait: Redis
+        is their home, and after a Redis wipe any non-final run is re-queued from run.json alike."""
+        if self.lost.is_set():
+            raise LeaseLost(self.token)
+        if durable:
+            self._wait_stored()
+        if not self.node.state.write(record, self.token, store=durable):
             self.lost.set()
             raise LeaseLost(self.token)
+        if not durable:
+            previous = self._stored
+
+            def store() -> None:
+                if previous is not None:
+                    previous.exception()  # keep the order; a failed intermediate write is superseded
+                self.node.state.store_record(record)
+
+            self._stored = self.node.background.submit(store)
         return record
+
+    def finish(self, record: RunRecord, retry: Callable[[Callable[[], Any]], Any]) -> None:
+        """The final record: atomically in Redis (which releases the lease), then run.json, each retried on
+        storage errors; the Redis write is attempted once more only if it may not have arrived."""
+        self._wait_stored()
+
+        def fenced() -> None:
+            if self.lost.is_set():
+                raise LeaseLost(self.token)
+            if not self.node.state.write(record, self.token, store=False):
+                if self.node.state.live_record_is(record):  # a retry after our own write arrived
+                    return
+                self.lost.set()
+                raise LeaseLost(self.token)
+
+        retry(fenced)
+        self.done = True  # the lease is released: renewals stop, nothing more is ours to write
+        retry(lambda: self.node.state.store_record(record))
+
+    def _wait_stored(self) -> None:
+        if self._stored is not None:
+            self._stored.exception()  # its failure does not matter: this write supersedes it
+            self._stored = None
 
     def check(self) -> None:
         if self.lost.is_set() or not self.node.state.holds(self.run_id, self.token):
@@ -129,15 +224,27 @@ def execute_run(node: Node, run_id: str) -> str:
     """Run one run on this node. Returns what happened: the final status, or skipped:/lost: reasons."""
     cfg = node.config
     check_run_id(run_id)  # before any key or path is made from it
-    node.r.hincrby(layout.rk_run(run_id), "deliveries", 1)  # every delivery counts; only a claim executes
-    claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)
+    clock = _Clock()
+    claim: Claim | None = None
+    try:
+        claim = node.state.claim(run_id, cfg.name, cfg.lease_ms)  # also counts the delivery; only a claim executes
+        if claim.outcome == "ok" and claim.spec is None:  # re-seeded from run.json: read the spec there
+            claim = replace(claim, spec=node.state.spec(run_id))
+    except Exception as e:
+        if not _transient(e):
+            raise
+        if claim is not None and claim.outcome == "ok":
+            with contextlib.suppress(Exception):
+                node.state.release(run_id, claim.token)
+        raise Redeliver(f"run {run_id}: {_describe(e)}") from e
+    clock.mark("claim")
     if claim.outcome != "ok":
         return f"skipped:{claim.outcome}:{claim.token}"
     node.current_run = run_id
     run_dir = cfg.work_dir / "runs" / f"{run_id}.{claim.attempt}"
     try:
         with _Attempt(node, run_id, claim.token) as attempt:
-            return _execute(node, attempt, run_id, claim.attempt, run_dir)
+            return _execute(node, attempt, claim, run_dir, clock)
     except LeaseLost:
         return "lost:lease"
     finally:
@@ -147,18 +254,33 @@ def execute_run(node: Node, run_id: str) -> str:
             shutil.rmtree(run_dir.with_suffix(run_dir.suffix + ".channel"), ignore_errors=True)
 
 
-def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_dir: Path) -> str:
+class _Clock:
+    """Where an attempt's time goes, phase by phase (seconds), kept in its history entry as ``phases``."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def mark(self, phase: str) -> None:
+        now = time.monotonic()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - self._last, 6)
+        self._last = now
+
+
+def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: _Clock) -> str:
     cfg = node.config
-    spec = node.state.spec(run_id)
-    record = node.state.record(run_id)
+    run_id, attempt_no = attempt.run_id, claim.attempt
+    assert claim.spec is not None and claim.record is not None  # execute_run read them, or redelivered
+    spec, record = claim.spec, claim.record  # the claim also reset the live metrics of a retried attempt
     history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time(),
                                   "isolation": cfg.isolation})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
-                                              attempts=history))
-    node.r.delete(layout.rk_run_metrics(run_id))  # a retried attempt starts its metrics afresh
-    logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log")
+                                              attempts=history), durable=False)
+    logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log", token=attempt.token)
     logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool}, "
                 f"isolation {cfg.sandbox.describe() if cfg.sandbox else 'none'})")
+    channel = run_dir.with_suffix(run_dir.suffix + ".channel")
+    metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
     try:
@@ -168,18 +290,19 @@ def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_di
         if refusal:
             raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
                                              "run the node as root; or create the pool with isolation='best-effort'")
-        python, argv = _prepare(node, spec, run_dir, logs.system)
+        clock.mark("spec")
+        python, argv = _prepare(node, spec, run_dir, logs.system, clock)
         if attempt.cancel.is_set():
             raise _Canceled()
-        record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)))
+        record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
         logs.system(f"running {' '.join([spec.entry_script, *argv])}")
-        channel = run_dir.with_suffix(run_dir.suffix + ".channel")
         channel.mkdir(parents=True, exist_ok=True)
-        metrics_file = channel / "metrics.jsonl"
+        metrics_file = metrics_tail.path
         metrics_file.touch()
         tmp_dir = channel / "tmp"
         prepare_dirs(cfg.sandbox, run_dir, channel, tmp_dir)
-        env = script_env(cfg.sandbox, os.environ, python=python, tmp_dir=tmp_dir, extra={},
+        env = script_env(cfg.sandbox, os.environ, python=python, tmp_dir=tmp_dir,
+                         extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
                                   "CLUSTER_EXPERIMENT": spec.experiment})
@@ -187,17 +310,23 @@ def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_di
         launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
                   if cfg.sandbox is not None else None)
-        with _MetricsTail(node, run_id, metrics_file, attempt, logs.system):
+        clock.mark("start")
+        with metrics_tail:
             result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
                                     cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
                                     cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
                                     user=launch.user if launch else None, group=launch.group if launch else None,
                                     wrapped=launch.wrapped if launch else False)
+        clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
+        if attempt.node_stopped:
+            _hand_back(node, attempt, record, logs)
     except _Canceled:
+        if attempt.node_stopped:
+            _hand_back(node, attempt, record, logs)
         logs.system("canceled before the script started")
-    except LeaseLost:
+    except (LeaseLost, NodeStopped):
         raise
     except ClusterError as e:
         attempt.check()
@@ -208,20 +337,94 @@ def _execute(node: Node, attempt: _Attempt, run_id: str, attempt_no: int, run_di
         error = RunError(kind="infrastructure", message=f"{type(e).__name__}: {e}")
         logs.system(f"node error: {type(e).__name__}: {e}")
 
-    record = attempt.write(record.with_status(RunStatus.FINALIZING))
-    uploaded, over = _upload_results(node, attempt, spec, run_dir, logs)
-    logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
-    if over and error is None:
-        error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
-                                              "(max_output_files / max_output_bytes); the rest was not uploaded")
+    # Finalization: every object-store and Redis write is retried with backoff while the lease is held (the
+    # lease and heartbeats go on meanwhile); a storage outage longer than the budget fails the run with cause
+    # `storage` instead of leaving it to be re-run as node-lost.
+    retry = _retrying(attempt, cfg.storage_retry_seconds, logs.system)
+    try:
+        record = retry(lambda: attempt.write(record.with_status(RunStatus.FINALIZING), durable=False))
+        uploaded, over = retry(lambda: _upload_results(node, attempt, spec, run_dir, logs))
+        logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
+        if over and error is None:
+            error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
+                                                  "(max_output_files / max_output_bytes); the rest was not uploaded")
+    except LeaseLost:
+        raise
+    except Exception as e:
+        if error is None:
+            error = RunError(kind="storage", message=f"could not store the run's outputs: {_describe(e)}")
+        logs.system(f"storage failed while uploading outputs: {_describe(e)}")
+    clock.mark("upload")
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
-    logs.close()
+    retry(logs.close)
     attempt.check()
-    node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)
-    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value})
-    attempt.write(record.with_status(final, error=error, attempts=history))
+    # the metrics archive and the full log are independent: written concurrently, both before the final record
+    archives = [lambda: node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)]
+    if metrics_tail.events is not None and not attempt.lost.is_set():
+        document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
+        archives.append(lambda: node.store.put_json(spec.prefix + layout.RUN_METRICS, document))
+    try:
+        for future in [node.background.submit(retry, write) for write in archives]:
+            future.result()
+    except LeaseLost:
+        raise
+    except Exception as e:
+        final, error = RunStatus.FAILED, error or RunError(kind="storage", message=f"could not archive the "
+                                                                                    f"run's log or metrics: "
+                                                                                    f"{_describe(e)}")
+    clock.mark("finalize")
+    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value,
+                                       "phases": clock.phases})
+    attempt.finish(record.with_status(final, error=error, attempts=history), retry)
     return final.value
+
+
+def _hand_back(node: Node, attempt: _Attempt, record: RunRecord, logs: LogWriter) -> None:
+    """The node is stopping and stopped the script: record the attempt as node-stopped, put the run back in
+    Queued (fenced: only while this attempt holds it) and let the message go back to the queue."""
+    logs.system(f"node {node.config.name} is stopping: the run goes back to the queue for another node")
+    logs.close()
+    history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": "node-stopped"})
+    attempt._wait_stored()
+    queued = replace(record.with_status(RunStatus.QUEUED), node=None, attempts=history)
+    if not node.state.requeue(queued, expected_holder=attempt.token):
+        raise LeaseLost(attempt.token)
+    attempt.done = True
+    raise NodeStopped(attempt.run_id)
+
+
+def _describe(e: BaseException) -> str:
+    return getattr(e, "message", None) or f"{type(e).__name__}: {e}"
+
+
+def _transient(e: BaseException) -> bool:
+    """Worth retrying: the object store or Redis did not answer (not our mistake, not a lost lease)."""
+    return isinstance(e, ServiceError | redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError)
+
+
+def _retrying(attempt: _Attempt, budget: float, log: Callable[[str], None]) -> Callable[[Callable[[], T]], T]:
+    """``retry(fn)``: call ``fn`` until it succeeds, backing off on transient storage errors for up to ``budget``
+    seconds in all (shared by every write of the finalization); stops at once if the lease is lost."""
+    deadline = time.monotonic() + budget
+
+    def retry(fn: Callable[[], T]) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            log(f"storage not answering ({_describe(err) if err else '?'}); retrying "
+                f"(up to {max(0.0, deadline - time.monotonic()):.0f}s more)")
+
+        def call() -> T:
+            if attempt.lost.is_set():
+                raise LeaseLost(attempt.token)
+            return fn()
+
+        retrying = Retrying(retry=retry_if_exception(_transient), reraise=True,
+                            stop=stop_before_delay(max(0.0, deadline - time.monotonic())),
+                            wait=wait_exponential(multiplier=0.2, max=5.0), before_sleep=before_sleep)
+        return retrying(call)
+
+    return retry
 
 
 class _Canceled(Exception):
@@ -243,7 +446,8 @@ def _final_status(attempt: _Attempt, result: ProcessResult | None,
                                       signal=result.signal, stderr_tail=result.stderr_tail)
 
 
-def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None]) -> tuple[str, list[str]]:
+def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None],
+             clock: _Clock) -> tuple[str, list[str]]:
     cfg = node.config
     template = _snapshot(node, spec.snapshot, log)
     shutil.copytree(template, run_dir, symlinks=False)
@@ -254,9 +458,12 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
     if not entry.is_relative_to(run_dir.resolve()) or not entry.is_file():
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
+    clock.mark("snapshot")
     python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
                                  sandbox=cfg.sandbox)
+    clock.mark("environment")
     argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
+    clock.mark("data")
     return python, argv
 
 
@@ -313,7 +520,14 @@ def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
     return count, ""
 
 
+# the live metrics stream: appended only while the attempt holds the lease (one Lua call per batch)
+_FENCED_METRICS = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
+for i = 3, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i]) end
+return #ARGV - 2
+"""
 METRICS_READ_BYTES = 1024 * 1024  # per poll
+METRICS_STREAM_MAX = 100_000  # live events kept in Redis (XADD MAXLEN ~); metrics.json keeps them all
 METRICS_MAX_BYTES = 256 * 1024 * 1024  # per run
 METRICS_MAX_LINE = 1024 * 1024
 
@@ -325,7 +539,7 @@ class _MetricsTail:
                  log: Callable[[str], None] = lambda _m: None) -> None:
         self.node, self.run_id, self.path, self.attempt = node, run_id, path, attempt
         self._log = log
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] | None = None  # None until the script started
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"metrics-{run_id}", daemon=True)
         self._pos = 0
@@ -334,6 +548,7 @@ class _MetricsTail:
         self._dead = False
 
     def __enter__(self) -> _MetricsTail:
+        self.events = []
         self._thread.start()
         return self
 
@@ -341,10 +556,6 @@ class _MetricsTail:
         self._stop.set()
         self._thread.join()
         self._drain()
-        if not self.attempt.lost.is_set():
-            prefix = self.node.state.prefix(self.run_id)
-            self.node.store.put_json(prefix + layout.RUN_METRICS,
-                                     {"events": self.events, "metrics": aggregate(self.events)})
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
@@ -384,11 +595,10 @@ class _MetricsTail:
                 continue
             if isinstance(event, dict) and {"name", "kind", "value"} <= event.keys():
                 new.append(event)
-        if not new or self.attempt.lost.is_set():
+        if not new or self.attempt.lost.is_set() or self.events is None:
             return
         self.events.extend(new)
-        pipe = self.node.r.pipeline(transaction=False)
-        key = layout.rk_run_metrics(self.run_id)
-        for event in new:
-            pipe.xadd(key, {"e": json.dumps(event)})
-        pipe.execute()
+        keys = [layout.rk_run_metrics(self.run_id), layout.rk_run_lease(self.run_id)]
+        if self.node.r.eval(_FENCED_METRICS, 2, *keys, self.attempt.token, METRICS_STREAM_MAX,
+                            *(json.dumps(event) for event in new)) == -1:
+            self.attempt.lost.set()  # fenced: another attempt holds the run

@@ -18,8 +18,10 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+from tasks.outputnames import output_key
 
 __all__ = ["OutputCaps", "OutputWalk", "open_regular", "read_new", "safe_key"]
 
@@ -101,6 +103,7 @@ class OutputWalk:
     nbytes: int = 0
     over: str = ""
     skipped: list[str] = field(default_factory=list)
+    taken: set[str] = field(default_factory=set)  # object names given so far (escaped names never collide)
 
     def _skip(self, rel: str, why: str) -> None:
         # a name may hold newlines or escapes meant to forge log lines: show them escaped
@@ -159,9 +162,13 @@ class OutputWalk:
                     return
                 self.files += 1
                 self.nbytes += size
+                # the object name: odd names (not UTF-8, control characters) escaped, and the log says so
+                key, note = output_key(PurePosixPath(*parts, name), self.taken)
+                if note:
+                    self.log(note)
                 fh = os.fdopen(fd, "rb")
                 try:
-                    yield rel, fh, size
+                    yield key, fh, size
                 finally:
                     fh.close()
         finally:

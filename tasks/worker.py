@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery import signals as celery_signals
+
 from cluster import layout
 from cluster.settings import Settings
 from tasks import app as app_module
@@ -36,6 +38,8 @@ class WorkerOptions:
     cache_dir: Path
     static: bool = True
     limits: ResourceLimits | None = None
+    remote_control: bool = False  # answer Celery inspect/control broadcasts (for Flower's worker view)
+    cpus: tuple[int, ...] = ()  # pin the node (and so its runs) to these CPUs; () = all it may use
     lease_ms: int = 10_000
     visibility_timeout: float = app_module.VISIBILITY_TIMEOUT
     loglevel: str = "WARNING"
@@ -91,6 +95,8 @@ def node_sandbox(opts: WorkerOptions) -> Sandbox:
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     """Block running the node until it is stopped (SIGTERM/SIGINT) or drained."""
     layout.check_name("pool", opts.pool)
+    if opts.cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, opts.cpus)  # a run's CPUs are the first of the node's (ResourceLimits)
     opts.work_dir.mkdir(parents=True, exist_ok=True)
     opts.cache_dir.mkdir(parents=True, exist_ok=True)
     make_undumpable()  # our /proc/<pid>/environ and memory: root-only, even for processes of our uid
@@ -107,8 +113,12 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
         print(f"WARNING: node {opts.name} runs scripts without isolation: a run can read this node's "
               "configuration and credentials" + (" -- and the pool requires isolation, so every run will fail"
                                                  if sandbox.refuses() else ""), file=sys.stderr, flush=True)
-    app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout)
+    app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout,
+                                remote_control=opts.remote_control)
     app_module.set_node(node)
+    # Celery's own SIGTERM handler starts a warm shutdown (the task goes on); the run is then given
+    # stop_grace_seconds before it is stopped and handed back to the queue (tasks/node.py)
+    celery_signals.worker_shutting_down.connect(lambda **_kw: node.stopping.set(), weak=False)
     heartbeat = Heartbeat(node, opts)
     heartbeat.beat("idle")
     heartbeat.start()

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,42 +30,65 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-@contextlib.contextmanager
-def marker_server(folder: Path) -> Iterator[str]:
-    """An HTTP endpoint on loopback that appends each POSTed body to ``folder/<name>``; yields its base URL.
+class EventCollector:
+    """Where test scripts report what they did, over HTTP on loopback (a sandboxed run cannot write outside its
+    run directory, but keeps the host's network): ``POST /<kind>/<run_id>/<pid>`` records an event,
+    ``GET /count/<kind>`` answers how many of that kind were recorded. ``lines()`` gives them as
+    ``"<kind> <run_id> <pid>"``, in arrival order."""
 
-    How a run tells a test what it did: a sandboxed run sees none of the test's files, but it has the host's
-    network (``urllib.request.urlopen(url + "events.txt", data=b"...")``)."""
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            with open(folder / Path(self.path).name, "ab") as f:
-                f.write(body)
-            self.send_response(200)
-            self.end_headers()
+        events: list[str] = []
+        lock = threading.Lock()
 
-        def log_message(self, *_args: object) -> None:
-            pass
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_args: Any) -> None:
+                pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+            def _reply(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with lock:
+                    events.append(" ".join(self.path.strip("/").split("/")))
+                self._reply(b"ok")
+
+            def do_GET(self) -> None:
+                kind = self.path.rsplit("/", 1)[-1]
+                with lock:
+                    n = sum(1 for e in events if e.split(" ", 1)[0] == kind)
+                self._reply(str(n).encode())
+
+        self._events, self._lock = events, lock
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def lines(self, kind: str | None = None) -> list[str]:
+        with self._lock:
+            return [e for e in self._events if kind is None or e.split(" ", 1)[0] == kind]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
 
 
 @contextlib.contextmanager
 def gate_server() -> Iterator[tuple[str, threading.Event]]:
     """A loopback URL that answers ``closed`` until the yielded event is set, then ``open``: how a test
     releases a waiting run (a sandboxed run cannot see the test's files, but it has the host's network)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
     opened = threading.Event()
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = b"open" if opened.is_set() else b"closed"
             self.send_response(200)
@@ -78,7 +99,7 @@ def gate_server() -> Iterator[tuple[str, threading.Event]]:
         def log_message(self, *_args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

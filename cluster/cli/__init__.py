@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from cluster.errors import ClusterError
 
@@ -18,8 +19,16 @@ from . import infra, pools, runs, sweep
 GROUPS = [infra, runs, pools, sweep]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command-line mistake is one line plus a hint, like every other error (exit 2, as a UsageError)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message}\n  -> see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cluster",
         description="A self-hosted training cluster: submit scripts and sweeps to autoscaled Celery nodes, "
         "with every result kept in object storage.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cluster import embedded
+from cluster import embedded, validation
 from cluster.errors import ConfigError
 from cluster.settings import CONFIG_DIR, Settings
 from cluster.workspace import Workspace
@@ -64,6 +64,15 @@ def find_state_dir(start: Path | None = None) -> Path:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    for flag, port in (("--redis-port", args.redis_port), ("--s3-port", args.s3_port)):
+        if port is not None:
+            validation.whole_number(flag, port, minimum=1, maximum=65535)
+    validation.whole_number("--workers", args.workers, minimum=0)
+    if args.workers:
+        validation.name("pool", args.pool)
+    if args.name is not None:
+        validation.text("--name", args.name)
+    validation.local_dir_target("--state-dir", args.state_dir)
     embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name)
     if args.workers:
         started = embedded.start_workers(args.state_dir, args.pool, args.workers)

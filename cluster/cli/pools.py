@@ -7,9 +7,12 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from cluster import layout
+from cluster import layout, validation
+from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -27,6 +30,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--node-lost-seconds", type=float, default=10.0, help="heartbeat silence before a node is lost")
     p.add_argument("--max-infra-attempts", type=int, default=3, help="node-lost retries before a run fails")
     p.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--spare-nodes", type=int, default=1, metavar="N",
+                   help="local provider: keep N warm node processes ready, so a pool scaling up from zero gets its "
+                   "first node in well under a second (each costs one idle Python process; 0 turns this off)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port "
+                   "(default: metrics_port / CLUSTER_METRICS_PORT from the config; 0: no metrics)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address the metrics endpoint binds "
+                   "(default: 127.0.0.1; 0.0.0.0 in a container, for Prometheus)")
+    p.add_argument("--no-autoscale", action="store_true", help="start and drain no node for any pool (an "
+                   "external scaler such as KEDA does); lost nodes, pool deletion and sweeps are still handled")
+    p.add_argument("--no-autoscale-pool", action="append", default=[], metavar="POOL",
+                   help="like --no-autoscale, for this pool only (repeatable)")
     p.set_defaults(func=cmd_controller)
 
     pools = sub.add_parser("pools", help="compute targets (autoscaled node pools)").add_subparsers(
@@ -68,6 +82,9 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from cluster.objectstore import ObjectStore
     from cluster.providers.base import Provider
 
+    validation.positive_number("--node-lost-seconds", args.node_lost_seconds)
+    validation.whole_number("--max-infra-attempts", args.max_infra_attempts, minimum=1)
+    validation.positive_number("--tick", args.tick)
     settings = Settings.discover(args.config)
     ws = Workspace(settings)
     if args.provider == "kubernetes":
@@ -79,17 +96,47 @@ def cmd_controller(args: argparse.Namespace) -> int:
         from cluster.providers.local import LocalProvider
 
         state_dir = args.state_dir or Path(settings.source).parent
-        provider = LocalProvider(state_dir)
+        if args.spare_nodes < 0:
+            raise UsageError(f"--spare-nodes must be 0 or more, got {args.spare_nodes}")
+        provider = LocalProvider(state_dir, spares=args.spare_nodes)
     for bucket in (settings.data_bucket, settings.cluster_bucket):  # a fresh deployment has none yet
         ObjectStore(settings, bucket).ensure_bucket()
     cfg = ControllerConfig(tick_seconds=args.tick, node_lost_seconds=args.node_lost_seconds,
-                           max_infra_attempts=args.max_infra_attempts)
+                           max_infra_attempts=args.max_infra_attempts, autoscale=not args.no_autoscale,
+                           manual_pools=frozenset(args.no_autoscale_pool))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"controller {provider.name} provider, workspace {ws.name}", flush=True)
-    Controller(ws, provider, cfg).run_forever(stop)
+    controller = Controller(ws, provider, cfg)
+    scaling = "off for every pool" if args.no_autoscale else (
+        f"off for {', '.join(sorted(cfg.manual_pools))}" if cfg.manual_pools else "on")
+    print(f"controller {provider.name} provider, workspace {ws.name}, autoscaling {scaling}", flush=True)
+    stop_metrics = _serve_metrics(controller, args)
+    try:
+        controller.run_forever(stop)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0
+
+
+def _serve_metrics(controller: Any, args: argparse.Namespace) -> Callable[[], None] | None:
+    """Start the Prometheus endpoint; a port we cannot bind is reported, and the controller runs on."""
+    from cluster.errors import ClusterError
+    from cluster.telemetry import Telemetry
+
+    port = controller.ws.settings.metrics_port if args.metrics_port is None else args.metrics_port
+    if not port:
+        return None
+    telemetry = Telemetry(controller.ws, ident=controller.ident, autoscales=controller.autoscales)
+    try:
+        stop = telemetry.serve(port, args.metrics_host)
+    except ClusterError as e:
+        print(f"controller: {e.message} ({e.hint}); running without metrics", flush=True)
+        return None
+    controller.telemetry = telemetry
+    print(f"controller metrics on http://{args.metrics_host}:{port}/metrics", flush=True)
+    return stop
 
 
 def _pool_row(ws: Workspace, name: str) -> list[str]:
@@ -134,10 +181,11 @@ def cmd_pools_show(args: argparse.Namespace) -> int:
 def cmd_pools_create(args: argparse.Namespace) -> int:
     from cluster.compute import ComputeTarget, NodePool
 
-    ws = Workspace.from_config()
     cfg = NodePool.provisioning_configuration(vm_size=args.vm_size, min_nodes=args.min_nodes,
                                               max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds,
                                               isolation=args.isolation, network=args.network)
+    validation.name("pool", args.name)
+    ws = Workspace.from_config()
     print(ComputeTarget.create(ws, args.name, cfg))
     return 0
 
@@ -166,6 +214,8 @@ def cmd_pools_delete(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     from cluster.cli.runs import _table
 
+    if args.watch is not None:
+        validation.positive_number("--watch", args.watch)
     ws = Workspace.from_config()
     while True:
         rows = []

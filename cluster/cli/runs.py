@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from cluster import validation
 from cluster.errors import UsageError
 from cluster.settings import Settings
 from cluster.workspace import Workspace
@@ -17,13 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="run a node: one Celery worker with one slot, serving a pool",
                        description="Join a pool by hand (a static node: used, never scaled away). Runs until "
                        "stopped with Ctrl-C / SIGTERM; a run in progress finishes first.")
-    p.add_argument("--pool", required=True, help="the pool (compute target) whose queue this node consumes")
+    p.add_argument("--pool", help="the pool (compute target) whose queue this node consumes (required)")
     p.add_argument("--node-name", help="default: <pool>-<host>-<pid>")
     p.add_argument("--work-dir", type=Path, help="where run directories live (default: ~/.cache/cluster/work)")
     p.add_argument("--cache-dir", type=Path, help="node cache: snapshots, environments, mounted data "
                    "(default: ~/.cache/cluster/cache)")
     p.add_argument("--size", help="node size (limits for each run's process); see docs")
+    p.add_argument("--cpus", help="pin this node and its runs to these CPUs, e.g. 0 or 2,3 (the local provider "
+                   "gives each node its own)")
     p.add_argument("--managed", action="store_true", help=argparse.SUPPRESS)  # started by the controller
+    # a warm spare of the local provider: loads everything, then waits for this file to say which node it becomes
+    p.add_argument("--spare-file", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--remote-control", action="store_true",
+                   help="answer Celery's inspect/control broadcasts, so Flower can list this node and its queue. Off "
+                   "by default: with it, anyone who can write to the broker can shut the node down")
     p.add_argument("--visibility-timeout", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--config", help="path of config.json (default: discovered)")
     p.add_argument("--isolation", choices=["required", "best-effort"], default="best-effort",
@@ -98,7 +108,7 @@ def _ws() -> Workspace:
 def _run(ws: Workspace, run_id: str) -> Any:
     from cluster import Experiment, Run
 
-    record = ws.runs.record(run_id)
+    record = ws.runs.record(validation.run_id(run_id))
     return Run(Experiment(ws, record.experiment), run_id)
 
 
@@ -110,10 +120,60 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 
+def _parse_cpus(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        cpus = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise UsageError(f"--cpus {text!r} is not a list of CPU numbers", hint="e.g. --cpus 0 or --cpus 2,3") from None
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cpus)
+    if not cpus or not set(cpus) <= allowed:
+        raise UsageError(f"--cpus {text!r}: this process may use CPUs {sorted(allowed)} only",
+                         hint="pick CPUs from that list")
+    return cpus
+
+
+def _become_node(args: argparse.Namespace) -> None:
+    """A warm spare: import what a node needs now, then wait for the provider's assignment (a JSON file with
+    pool, node_name, size, cpus, work_dir) and take it as if given on the command line."""
+    import celery.apps.worker
+    import celery.worker.consumer  # noqa: F401
+    import kombu.transport.redis  # noqa: F401
+
+    import tasks.node
+    import tasks.worker  # noqa: F401
+
+    path: Path = args.spare_file
+    while not path.exists():
+        time.sleep(0.01)
+    assignment = json.loads(path.read_text())
+    path.unlink()
+    args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
+    args.cpus = assignment.get("cpus") or None
+    args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
+    for key in ("isolation", "network", "max_output_bytes", "max_output_files"):  # the pool's run isolation
+        if assignment.get(key) is not None:
+            setattr(args, key, assignment[key])
+    args.managed = True
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from tasks.process import ResourceLimits
     from tasks.worker import WorkerOptions, default_name, run_worker
 
+    if args.spare_file:
+        _become_node(args)
+    if not args.pool:
+        raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
+    validation.name("pool", args.pool)
+    if args.node_name is not None:
+        validation.text("--node-name", args.node_name)
+    if args.visibility_timeout is not None:
+        validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
+        if folder is not None:
+            validation.local_dir_target(flag, folder)
     settings = Settings.discover(args.config)
     home = Path.home() / ".cache" / "cluster"
     limits = None
@@ -130,7 +190,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
-                         static=not args.managed, limits=limits, policy=policy, output_caps=caps, hidden=hidden,
+                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
+                         output_caps=caps, hidden=hidden, remote_control=args.remote_control,
                          use_bwrap=not args.no_bwrap,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
@@ -141,11 +202,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from cluster import Experiment, ScriptRunConfig
 
     script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
-    ws = _ws()
     env = {"pip_packages": args.pip, "conda_packages": args.conda}
+    # the same checks as the SDK's, before any server is contacted
     config = ScriptRunConfig(args.source_dir, args.script, arguments=script_args, compute_target=args.pool,
                              environment=env, max_run_duration_seconds=args.max_seconds)
-    run = Experiment(ws, args.experiment).submit(config)
+    validation.name("experiment", args.experiment)
+    run = Experiment(_ws(), args.experiment).submit(config)
     print(run.id)
     if args.wait:
         run.wait_for_completion(show_output=True)
@@ -155,6 +217,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_runs_list(args: argparse.Namespace) -> int:
     from cluster import Experiment
 
+    validation.whole_number("--limit", args.limit, minimum=1)
+    if args.experiment is not None:
+        validation.name("experiment", args.experiment)
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
     rows = []
@@ -219,6 +284,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_download(args: argparse.Namespace) -> int:
+    validation.local_dir_target("--dest", args.dest)
     for path in _run(_ws(), args.run_id).download_files(prefix=args.prefix, output_directory=args.dest):
         print(path)
     return 0
@@ -247,7 +313,6 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def cmd_models_download(args: argparse.Namespace) -> int:
     from cluster import Model
 
-    if args.dest.exists() and not args.dest.is_dir():
-        raise UsageError(f"{args.dest} is not a directory")
+    validation.local_dir_target("--dest", args.dest)
     print(Model(_ws(), args.name, args.version).download(args.dest, exist_ok=True))
     return 0

@@ -94,8 +94,12 @@ def read_spec_file(path: Path) -> dict[str, Any]:
     try:  # JSON is YAML too, but a .json file gets JSON's clearer errors
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
+        what = str(e)
+        mark = getattr(e, "problem_mark", None)
+        if isinstance(e, yaml.YAMLError) and mark is not None:  # one line, not YAML's multi-line excerpt
+            what = f"{getattr(e, 'problem', None) or 'syntax error'} at line {mark.line + 1}, column {mark.column + 1}"
         raise UsageError(f"sweep spec {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: "
-                         f"{e}") from e
+                         f"{' '.join(what.split())}") from e
     if not isinstance(data, dict):
         raise UsageError(f"sweep spec {path} must be a mapping of settings, not {type(data).__name__}")
     return data
@@ -151,7 +155,10 @@ def _script_value(name: str, value: Any) -> Any:
             return DataReference.from_dict(dict(value))
         if len(value) == 1 and next(iter(value)) in ("mount", "download"):
             mode, path = next(iter(value.items()))
-            return DataReference(layout.DEFAULT_DATASTORE, str(path or ""), mode)
+            if path is not None and not isinstance(path, str):
+                raise UsageError(f"script argument {name!r}: the {mode} path must be a string, got {path!r}",
+                                 hint=f'e.g. {{"{mode}": "mnist"}}')
+            return DataReference(layout.DEFAULT_DATASTORE, path or "", mode)
         raise UsageError(f"script argument {name!r}: {dict(value)!r} is not a value or a data reference",
                          hint='a data reference is {"mount": "path"} or {"download": "path"}')
     return value
@@ -159,6 +166,7 @@ def _script_value(name: str, value: Any) -> Any:
 
 def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriveConfig, str | None, dict[str, str]]:
     """Build the HyperDriveConfig a spec file describes; returns (config, experiment name, tags)."""
+    from cluster import validation
     from cluster.estimator import Estimator, ScriptRunConfig
     from cluster.sweep import (
         BayesianParameterSampling,
@@ -168,17 +176,16 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         policy_from_dict,
     )
 
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        raise UsageError(f"sweep spec: unknown key(s) {', '.join(unknown)}",
-                         hint=f"known: {', '.join(sorted(TOP_KEYS))}")
-    est_data = dict(data.get("estimator") or {})
+    validation.check_kwargs("sweep spec", data, known=sorted(TOP_KEYS), noun="key")
+    est_data = data.get("estimator") or {}
+    if not isinstance(est_data, Mapping):
+        raise UsageError("sweep spec: estimator must be a mapping of estimator settings",
+                         hint=f"keys: {', '.join(ESTIMATOR_KEYS)}")
+    est_data = dict(est_data)
     for key in ESTIMATOR_KEYS:
         if key in data:
             est_data.setdefault(key, data[key])
-    bad = sorted(set(est_data) - set(ESTIMATOR_KEYS))
-    if bad:
-        raise UsageError(f"sweep spec: unknown estimator key(s) {', '.join(bad)}")
+    validation.check_kwargs("sweep spec estimator", est_data, known=ESTIMATOR_KEYS, noun="key")
     for key in ("source_directory", "entry_script"):
         if not est_data.get(key):
             raise UsageError(f"sweep spec: {key} is required")
@@ -210,6 +217,9 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         kwargs = {"estimator": run}
 
     sampling = data.get("sampling", "random")
+    if not isinstance(sampling, str | Mapping | None):
+        raise UsageError(f"sweep spec: sampling must be a name or a mapping, got {sampling!r:.60}",
+                         hint="e.g. sampling: random, or sampling: {type: random, seed: 7}")
     sampling = {"type": sampling} if isinstance(sampling, str) else dict(sampling or {})
     kind = _SAMPLING_ALIASES.get(str(sampling.pop("type", sampling.pop("kind", "random"))).lower())
     space = sampling.pop("parameters", None) or sampling.pop("space", None) or data.get("search_space") \
@@ -228,6 +238,9 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
 
     policy = data.get("policy")
     if policy is not None:
+        if not isinstance(policy, str | Mapping):
+            raise UsageError(f"sweep spec: policy must be a name or a mapping, got {policy!r:.60}",
+                             hint="e.g. policy: {type: bandit, slack_factor: 0.1}")
         policy = {"type": policy} if isinstance(policy, str) else dict(policy)
         ptype = _POLICY_ALIASES.get(str(policy.get("type", "")).lower())
         if ptype is None:
@@ -241,6 +254,7 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
     tags = data.get("tags") or {}
     if not isinstance(tags, Mapping):
         raise UsageError("sweep spec: tags must be a mapping")
+    tags = validation.string_map("sweep spec: tags", tags, keys="tag name")
     config = HyperDriveConfig(
         hyperparameter_sampling=sampler, primary_metric_name=data["primary_metric_name"],
         primary_metric_goal=data["primary_metric_goal"], max_total_runs=data["max_total_runs"],
@@ -328,6 +342,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     name = args.experiment or experiment
     if not name:
         raise UsageError("no experiment name", hint="set `experiment:` in the spec or pass --experiment")
+    from cluster import layout
+
+    name = layout.check_name("experiment", str(name))
     ws = _ws()
     run = Experiment(ws, str(name)).submit(config, tags=tags)
     print(run.id)
@@ -363,9 +380,11 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from cluster import validation
     from cluster.experiment import _run_sort_key
     from cluster.sweep import state
 
+    validation.whole_number("--limit", args.limit, minimum=1)
     ws = _ws()
     ids = [info.key.rsplit("/", 1)[-1] for info in ws.store.list(state.ALL_SWEEPS)]
     ids.sort(key=_run_sort_key, reverse=True)

@@ -27,8 +27,10 @@ class Provider(Protocol):
         """Create ``count`` new nodes for ``pool``; return their node names (each node joins under that name)."""
         ...
 
-    def stop_node(self, pool: PoolSpec, node: str) -> None:
-        """Remove a node's machine/process, after it drained (or to force it). A node already gone is fine."""
+    def stop_node(self, pool: PoolSpec, node: str, *, force: bool = False) -> None:
+        """Remove a node's machine/process, after it drained. ``force``: the node is lost (silent, hung):
+        remove it at once, with everything it started, without waiting for it. A node already gone is fine.
+        Must not block the controller for long."""
         ...
 
     def list_nodes(self, pool: PoolSpec) -> list[str]:

@@ -73,7 +73,7 @@ def pod_prefix(pool: str) -> str:
 
 def pool_label(pool: str) -> str:
     """The ``cluster/pool`` label value: the pool name when it is a valid label value, else a hashed form."""
-    if _LABEL_VALUE_RE.match(pool):
+    if _LABEL_VALUE_RE.fullmatch(pool):
         return pool
     digest = hashlib.sha256(pool.encode()).hexdigest()[:10]
     return f"{pool[:52].rstrip('._-')}-{digest}"
@@ -198,15 +198,16 @@ class KubernetesProvider:
                 names.append(pod.metadata.name)
         return sorted(names)
 
-    def stop_node(self, pool: PoolSpec, node: str) -> None:
-        """Delete the node's pod; a pod that is already gone is fine."""
+    def stop_node(self, pool: PoolSpec, node: str, *, force: bool = False) -> None:
+        """Delete the node's pod (``force``: with no grace period); a pod that is already gone is fine."""
         if not isinstance(node, str) or not node.startswith(pod_prefix(pool.name)):
             raise UsageError(
                 f"{node!r} is not a node of pool {pool.name!r}",
                 hint=f"node pods of this pool are named {pod_prefix(pool.name)}<8 hex digits>",
             )
         try:
-            self.core.delete_namespaced_pod(node, self.namespace, _request_timeout=self.request_timeout)
+            self.core.delete_namespaced_pod(node, self.namespace, _request_timeout=self.request_timeout,
+                                            grace_period_seconds=0 if force else None)
         except ApiException as e:
             if e.status == 404:
                 return

@@ -14,14 +14,13 @@ passed as ``--learning_rate``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, validation
 from cluster.errors import PayloadError, UsageError
 from cluster.sweep.policy import (
     EarlyTerminationPolicy,
@@ -51,18 +50,15 @@ def argument_name(name: str) -> str:
 
 
 def _positive_int(name: str, value: Any, *, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"HyperDriveConfig: {name} must be an int >= 1, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise UsageError(f"HyperDriveConfig: {name} must be at most {maximum}, got {value}",
+    number = validation.whole_number(f"HyperDriveConfig: {name}", value, minimum=1)
+    if maximum is not None and number > maximum:
+        raise UsageError(f"HyperDriveConfig: {name} must be at most {maximum}, got {number}",
                          hint="split the search into several sweeps")
-    return int(value)
+    return number
 
 
 def _finite(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UsageError(f"HyperDriveConfig: {name} must be a finite number, got {value!r}")
-    return float(value)
+    return validation.finite_number(f"HyperDriveConfig: {name}", value)
 
 
 def _run_configuration(estimator: Any, run_config: Any) -> RunConfiguration:
@@ -174,6 +170,13 @@ class SweepSpec:
         return spec
 
 
+_HYPERDRIVE_ARGS = ("estimator", "run_config", "hyperparameter_sampling", "primary_metric_name",
+                    "primary_metric_goal", "max_total_runs", "max_concurrent_runs", "max_duration_minutes", "policy",
+                    "goal_threshold")
+#: Azure ML HyperDriveConfig arguments this cluster does not implement (accepted only as None).
+_AZURE_HYPERDRIVE_ONLY = ("resume_from", "resume_child_runs", "pipeline", "debug_flag", "custom_run_id")
+
+
 class HyperDriveConfig:
     """A hyperparameter sweep of one training script (Azure ML's ``HyperDriveConfig``).
 
@@ -187,12 +190,8 @@ class HyperDriveConfig:
                  max_concurrent_runs: int | None = None, max_duration_minutes: float = 10080,
                  policy: EarlyTerminationPolicy | None = None, estimator: Any = None, run_config: Any = None,
                  goal_threshold: float | None = None, **unsupported: Any) -> None:
-        given = sorted(k for k, v in unsupported.items() if v is not None)
-        if given:
-            raise UsageError(f"HyperDriveConfig: unsupported argument(s) {', '.join(given)}",
-                             hint="supported: estimator, run_config, hyperparameter_sampling, primary_metric_name, "
-                             "primary_metric_goal, max_total_runs, max_concurrent_runs, max_duration_minutes, "
-                             "policy, goal_threshold")
+        validation.check_kwargs("HyperDriveConfig", unsupported, known=_HYPERDRIVE_ARGS,
+                                ignored=dict.fromkeys(_AZURE_HYPERDRIVE_ONLY))
         self._rc = _run_configuration(estimator, run_config)
         layout.check_name("pool", self._rc.pool)
         self.estimator = estimator
@@ -258,7 +257,7 @@ class HyperDriveConfig:
 
     def submit_to(self, experiment: Experiment, tags: Mapping[str, str] | None = None) -> HyperDriveRun:
         """Create the parent run and hand the sweep to the controller; returns at once."""
-        from cluster.experiment import new_run_id, upload_snapshot
+        from cluster.experiment import check_data_references, new_run_id, upload_snapshot
         from cluster.sweep import state
         from cluster.sweep.run import HyperDriveRun
 
@@ -267,6 +266,7 @@ class HyperDriveConfig:
             if not isinstance(k, str) or not isinstance(v, str):
                 raise UsageError(f"tags must map strings to strings, got {k!r}: {v!r}")
         ws = experiment.workspace
+        check_data_references(ws, self._rc.arguments)
         digest = upload_snapshot(ws, self._rc)
         parent_id = new_run_id(experiment.name)
         spec = self.spec(snapshot=digest, experiment=experiment.name, parent_id=parent_id)

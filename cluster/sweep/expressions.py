@@ -74,9 +74,12 @@ def _real(kind: str, name: str, value: Any) -> float:
             f"{kind}(): {name} must be a number, got {value!r} ({type(value).__name__})",
             hint=f"pass a plain int or float as {name}",
         )
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int beyond float range
+        result = math.inf
     if not math.isfinite(result):
-        raise UsageError(f"{kind}(): {name} must be finite, got {value!r}")
+        raise UsageError(f"{kind}(): {name} must be finite, got {value!r:.60}")
     return result
 
 

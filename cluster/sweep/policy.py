@@ -273,9 +273,16 @@ class BanditPolicy(EarlyTerminationPolicy):
             if self.slack_factor is not None
             else ("slack_amount", self.slack_amount)
         )
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise UsageError(f"BanditPolicy: {name} must be a finite number >= 0, got {value!r}")
-        object.__setattr__(self, name, float(value))
+        bad = UsageError(f"BanditPolicy: {name} must be a finite number >= 0, got {value!r:.60}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            raise bad from None
+        if not math.isfinite(number) or number < 0:
+            raise bad
+        object.__setattr__(self, name, number)
 
     def threshold(self, best: float, goal: PrimaryMetricGoal | str) -> float:
         """The worst value a run may have at an interval whose best value is ``best``."""

@@ -28,9 +28,10 @@ class HyperDriveRun(Run):
     @classmethod
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
+        from cluster import validation
         from cluster.experiment import Experiment
 
-        record = ws.runs.record(run_id)
+        record = ws.runs.record(validation.run_id(run_id))
         if not state.is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
         return cls(Experiment(ws, record.experiment), run_id)
@@ -115,6 +116,10 @@ class HyperDriveRun(Run):
                             raise_on_error: bool = True, wait_post_processing: bool = False) -> dict[str, Any]:
         """Block until the sweep has ended; ``show_output`` prints a line as each child starts and ends, then
         a table of the results."""
+        if timeout is not None:
+            from cluster import validation
+
+            timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}
         if show_output:

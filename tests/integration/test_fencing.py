@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from cluster import Experiment, ScriptRunConfig, Workspace, layout
-from tests.helpers import marker_server
+from tests.helpers import EventCollector
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = """
 import os, sys, time, urllib.request
-urllib.request.urlopen(sys.argv[1] + "executions.txt", data=f"{os.getpid()}\\n".encode(), timeout=10).read()
+# report each execution to the test's EventCollector (a sandboxed run cannot write the test's folders)
+urllib.request.urlopen(f"{sys.argv[1]}/execution/{os.environ['CLUSTER_RUN_ID']}/{os.getpid()}", data=b"").read()
 time.sleep(float(sys.argv[2]))
 """
 
@@ -55,14 +56,15 @@ def test_redelivered_message_does_not_run_twice(cluster_dir: Path, two_nodes: st
     src = tmp_path / "src"
     src.mkdir()
     (src / "slow.py").write_text(SCRIPT)
-    marker = tmp_path / "marker"
-    marker.mkdir()
-    with marker_server(marker) as url:  # a sandboxed run reports through loopback HTTP, not the test's files
-        run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[url, 8],
+    marker = EventCollector()
+    try:
+        run = Experiment(ws, "fencing").submit(ScriptRunConfig(src, "slow.py", arguments=[marker.url, 8],
                                                                compute_target=two_nodes))
         details = run.wait_for_completion(timeout=120)
-    deliveries = int(ws.redis.hget(layout.rk_run(run.id), "deliveries") or 0)
-    executions = (marker / "executions.txt").read_text().split()
+        deliveries = int(ws.redis.hget(layout.rk_run(run.id), "deliveries") or 0)
+        executions = marker.lines("execution")
+    finally:
+        marker.close()
     assert details["status"] == "Completed" and details["attempt"] == 1
     assert deliveries >= 2, "the visibility timeout (2 s) should have re-delivered the 8 s run's message"
     assert len(executions) == 1

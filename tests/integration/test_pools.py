@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 from cluster.errors import ConflictError, UsageError
-from tests.helpers import marker_server, wait_until
+from tests.helpers import EventCollector, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -22,22 +23,31 @@ WORK = """
 import argparse, os, sys, time, urllib.request, uuid
 p = argparse.ArgumentParser()
 p.add_argument("--seconds", type=float, default=1.0)
-p.add_argument("--marker", default="")
+p.add_argument("--marker", default="")  # the URL of the test's EventCollector
+p.add_argument("--barrier", type=int, default=0)  # wait until this many runs started (needs --marker)
 a = p.parse_args()
+run_id = os.environ["CLUSTER_RUN_ID"]
+token = uuid.uuid4().hex  # this execution of the script (pids repeat across sandboxes: each has its own pid 1..)
+
+def event(kind):
+    urllib.request.urlopen(f"{a.marker}/{kind}/{run_id}/{token}", data=b"", timeout=30).read()
+
 os.makedirs("outputs", exist_ok=True)
-token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"  # unique per execution (in a pid namespace every pid is 2)
 with open("outputs/pid.txt", "w") as f:
     f.write(token)
-def mark(name, line):  # to the test's marker server: a sandboxed run sees none of the test's files
-    urllib.request.urlopen(a.marker + name, data=line.encode(), timeout=10).read()
 if a.marker:
-    mark("events.txt", f"start {os.environ['CLUSTER_RUN_ID']} {token}\\n")
-print("started", os.getpid(), flush=True)
+    event("start")
+print("started", token, flush=True)
+barrier_deadline = time.time() + 120
+while a.barrier and time.time() < barrier_deadline:
+    if int(urllib.request.urlopen(f"{a.marker}/count/start", timeout=30).read()) >= a.barrier:
+        break
+    time.sleep(0.05)
 deadline = time.time() + a.seconds
 while time.time() < deadline:
     time.sleep(0.05)
 if a.marker:
-    mark("done.txt", os.environ["CLUSTER_RUN_ID"] + "\\n")
+    event("done")
 print("done", flush=True)
 """
 
@@ -47,13 +57,6 @@ print("done", flush=True)
 @pytest.fixture
 def ws(cluster_dir: Path) -> Workspace:
     return Workspace.from_config(cluster_dir / "config.json")
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Iterator[str]:
-    """Where a run reports what it did (files in tmp_path, written through HTTP: see marker_server)."""
-    with marker_server(tmp_path) as url:
-        yield url
 
 
 @pytest.fixture
@@ -94,11 +97,20 @@ def _nodes(ws: Workspace, pool: str) -> dict[str, dict[str, str]]:
     return out
 
 
-def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: str | None = None,
-            experiment: str = "pools") -> object:
+@pytest.fixture
+def events() -> Iterator[EventCollector]:
+    collector = EventCollector()
+    yield collector
+    collector.close()
+
+
+def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: EventCollector | None = None,
+            experiment: str = "pools", barrier: int = 0) -> object:
     params: dict[str, object] = {"--seconds": seconds}
     if marker is not None:
-        params["--marker"] = marker
+        params["--marker"] = marker.url
+    if barrier:
+        params["--barrier"] = barrier
     est = Estimator(source_directory=source, entry_script="work.py", script_params=params, compute_target=pool)
     return Experiment(ws, experiment).submit(est)
 
@@ -132,10 +144,12 @@ def test_api_and_validation(ws: Workspace, make_pool: Callable[..., NodePool]) -
     assert ws.compute_targets[pool.name].max_nodes == 2
 
 
-def test_scales_zero_to_two_to_zero(ws: Workspace, source: Path, make_pool: Callable[..., NodePool]) -> None:
+def test_scales_zero_to_two_to_zero(ws: Workspace, source: Path, make_pool: Callable[..., NodePool],
+                                    events: EventCollector) -> None:
     pool = make_pool(max_nodes=2, idle_seconds_before_scaledown=1)
     assert _nodes(ws, pool.name) == {}
-    runs = [_submit(ws, source, pool, 2.0) for _ in range(2)]
+    # each run waits until both started: two nodes busy at once however fast or slow each node starts
+    runs = [_submit(ws, source, pool, 2.0, marker=events, barrier=2) for _ in range(2)]
     wait_until(lambda: sum(h.get("state") == "busy" for h in _nodes(ws, pool.name).values()) == 2, 60,
                "two busy nodes")
     for run in runs:
@@ -160,21 +174,22 @@ def test_busy_node_is_never_scaled_away(ws: Workspace, source: Path, make_pool: 
 
 def test_sigkill_of_busy_node_reruns_elsewhere(ws: Workspace, cluster_dir: Path, source: Path,
                                                make_pool: Callable[..., NodePool], tmp_path: Path,
-                                               marker: str) -> None:
+                                               events: EventCollector) -> None:
     pool = make_pool(max_nodes=2)
-    run = _submit(ws, source, pool, 4.0, marker=marker)
-    wait_until(lambda: run.get_status() == "Running", 60, "run started")
+    run = _submit(ws, source, pool, 4.0, marker=events)
+    wait_until(lambda: events.lines("start"), 60, "the script started")
     first = run.get_details()
-    _kill_node_tree(cluster_dir, first["node"])
+    killed_pid = _kill_node_tree(cluster_dir, first["node"])
     details = run.wait_for_completion(timeout=90)
     assert details["status"] == "Completed"
     assert details["attempt"] == 2 and details["node"] != first["node"]
     assert [a.get("outcome") for a in details["attempts"]] == ["node-lost", "Completed"]
-    assert (tmp_path / "done.txt").read_text().split() == [run.id]  # executed to the end exactly once
+    assert [e.split()[1] for e in events.lines("done")] == [run.id]  # executed to the end exactly once
     pid_file = run.download_file("outputs/pid.txt", tmp_path / "pid.txt")
-    starts = [line.split()[2] for line in (tmp_path / "events.txt").read_text().splitlines()]
-    assert Path(pid_file).read_text() == starts[-1]  # the outputs are the completing execution's
-    assert len(starts) <= 2
+    starts = [e.split() for e in events.lines("start")]
+    assert [r for _k, r, _t in starts] == [run.id, run.id]  # the killed attempt and the one that completed
+    assert Path(pid_file).read_text() == starts[-1][2]  # outputs from the attempt that completed
+    assert killed_pid > 0
 
 
 def test_controller_restart_mid_run_loses_nothing(ws: Workspace, cluster_dir: Path, source: Path,
@@ -242,3 +257,79 @@ def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster
         controller.resume()
     details = run.wait_for_completion(timeout=60)
     assert details["status"] == "Canceled" and details["attempt"] == 1
+
+
+PROBE = """
+import json, os, time
+os.makedirs("outputs", exist_ok=True)
+with open("outputs/probe.json", "w") as f:
+    json.dump({"cpus": sorted(os.sched_getaffinity(0)),
+               "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                          "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
+                                                          "NUMEXPR_NUM_THREADS")}}, f)
+time.sleep(2)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to show disjoint sets")
+def test_two_small_nodes_get_their_own_cpu_and_thread_counts(ws: Workspace, tmp_path: Path,
+                                                            make_pool: Callable[..., NodePool]) -> None:
+    src = tmp_path / "probe"
+    src.mkdir()
+    (src / "probe.py").write_text(PROBE)
+    pool = make_pool(max_nodes=2, idle_seconds_before_scaledown=30)
+    exp = Experiment(ws, "pools")
+    runs = [exp.submit(Estimator(src, "probe.py", compute_target=pool)) for _ in range(2)]
+    seen = []
+    for run in runs:
+        assert run.wait_for_completion(timeout=90)["status"] == "Completed"
+        seen.append(json.loads(Path(run.download_file("outputs/probe.json", tmp_path / f"{run.id}.json"))
+                               .read_text()))
+    assert len({run.get_details()["node"] for run in runs}) == 2
+    assert [len(s["cpus"]) for s in seen] == [1, 1]
+    assert seen[0]["cpus"] != seen[1]["cpus"]  # two 1-CPU nodes never share a core
+    for s in seen:
+        assert set(s["threads"].values()) == {"1"}
+
+
+def test_silent_node_is_removed_and_its_run_restarts_elsewhere(ws: Workspace, cluster_dir: Path, source: Path,
+                                                               make_pool: Callable[..., NodePool],
+                                                               events: EventCollector) -> None:
+    pool = make_pool(max_nodes=2, min_nodes=2, idle_seconds_before_scaledown=30)
+    wait_until(lambda: len(_nodes(ws, pool.name)) == 2, 60, "two nodes")
+    run = _submit(ws, source, pool, 3.0, marker=events)
+    wait_until(lambda: run.get_status() == "Running", 60, "run started")
+    first = run.get_details()
+    mp = next(p for p in embedded.State.load(cluster_dir).processes if p.name == first["node"])
+    stopped = psutil.Process(mp.pid)
+    script_pids = [c.pid for c in stopped.children(recursive=True)]
+    stopped.send_signal(signal.SIGSTOP)  # silent, not dead: no heartbeat, no lease renewal, process still there
+    details = run.wait_for_completion(timeout=90)
+    assert details["status"] == "Completed" and details["node"] != first["node"]
+    assert [a.get("outcome") for a in details["attempts"]] == ["node-lost", "Completed"]
+    # the controller removed the silent node and the script it had started (a stopped process ignores SIGTERM)
+    wait_until(lambda: not psutil.pid_exists(mp.pid) or psutil.Process(mp.pid).status() == psutil.STATUS_ZOMBIE,
+               30, "the silent node removed")
+    for pid in script_pids:
+        wait_until(lambda p=pid: not psutil.pid_exists(p) or psutil.Process(p).status() == psutil.STATUS_ZOMBIE,
+                   30, "its script removed")
+
+
+def _spares(cluster_dir: Path) -> dict[int, str]:
+    return {p.pid: p.name for p in embedded.State.load(cluster_dir).processes
+            if p.name.startswith("spare-") and p.alive}
+
+
+def test_first_node_of_a_cold_pool_is_a_warm_spare(ws: Workspace, cluster_dir: Path, source: Path,
+                                                   make_pool: Callable[..., NodePool]) -> None:
+    wait_until(lambda: len(_spares(cluster_dir)) == 1, 60, "the controller's warm spare")
+    before = _spares(cluster_dir)
+    pool = make_pool(max_nodes=1, idle_seconds_before_scaledown=1)
+    run = _submit(ws, source, pool, 0.5)
+    assert run.wait_for_completion(timeout=60)["status"] == "Completed"
+    node = run.get_details()["node"]
+    record = next(p for p in embedded.State.load(cluster_dir).processes if p.name == node)
+    assert record.pid in before  # the spare became the node: same process, recorded under the node's name
+    assert "--managed" in record.argv and "--pool" in record.argv
+    wait_until(lambda: len(_spares(cluster_dir)) == 1 and set(_spares(cluster_dir)) != set(before), 60,
+               "a new spare in its place")

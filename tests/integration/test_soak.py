@@ -9,7 +9,6 @@ Runs on its own embedded cluster whose controller allows many infrastructure att
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
-from tests.helpers import marker_server, wait_until
+from tests.helpers import EventCollector, wait_until
 from tests.integration.test_pools import WORK, _kill_node_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -39,26 +38,17 @@ def soak_cluster(tmp_path: Path, cluster_dir: Path) -> Iterator[Path]:
         embedded.down(state_dir, echo=lambda _m: None)
 
 
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as es:
-        yield es
-
-
-def test_node_kills_lose_and_duplicate_nothing(soak_cluster: Path, tmp_path: Path,
-                                               stack: contextlib.ExitStack) -> None:
+def test_node_kills_lose_and_duplicate_nothing(soak_cluster: Path, tmp_path: Path) -> None:
     ws = Workspace.from_config(soak_cluster / "config.json")
     src = tmp_path / "src"
     src.mkdir()
     (src / "work.py").write_text(WORK)
-    marker = tmp_path / "marker"
-    marker.mkdir()
-    url = stack.enter_context(marker_server(marker))  # runs report executions over loopback HTTP
+    marker = EventCollector()  # sandboxed scripts report over loopback HTTP
     pool = ComputeTarget.create(ws, "soak", NodePool.provisioning_configuration(max_nodes=3,
                                                                                idle_seconds_before_scaledown=30))
     pool.wait_for_completion(timeout_in_minutes=1)
     exp = Experiment(ws, "soak")
-    runs = [exp.submit(Estimator(src, "work.py", script_params={"--seconds": 2.5, "--marker": url},
+    runs = [exp.submit(Estimator(src, "work.py", script_params={"--seconds": 2.5, "--marker": marker.url},
                                  compute_target=pool)) for _ in range(RUNS)]
     rng = random.Random(7)
     kills = 0
@@ -77,7 +67,7 @@ def test_node_kills_lose_and_duplicate_nothing(soak_cluster: Path, tmp_path: Pat
     wait_until(lambda: all(ws.runs.status(r.id).is_final for r in runs), 600, "every run final")
     statuses = Counter(r.get_status() for r in runs)
     starts: dict[str, list[str]] = {}
-    for line in (marker / "events.txt").read_text().splitlines():
+    for line in marker.lines("start"):
         _kind, run_id, pid = line.split()
         starts.setdefault(run_id, []).append(pid)
     attempts = 0

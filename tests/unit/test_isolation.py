@@ -144,9 +144,9 @@ def test_max_run_duration_is_checked_at_construction(tmp_path: Path, bad: object
     from cluster import Estimator, ScriptRunConfig
 
     (tmp_path / "train.py").write_text("")
-    with pytest.raises(UsageError, match="positive number of seconds"):
+    with pytest.raises(UsageError, match="max_run_duration_seconds"):
         ScriptRunConfig(tmp_path, "train.py", max_run_duration_seconds=bad)  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="positive number of seconds"):
+    with pytest.raises(UsageError, match="max_run_duration_seconds"):
         Estimator(tmp_path, entry_script="train.py", max_run_duration_seconds=bad)  # type: ignore[arg-type]
     assert ScriptRunConfig(tmp_path, "train.py", max_run_duration_seconds=5).max_run_duration_seconds == 5.0
 
