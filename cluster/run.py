@@ -86,7 +86,7 @@ class Run:
             print(f"RunId: {self.id}\nStatus: {self.get_status()}\n", flush=True)
             for _id, line in self.stream_log(deadline=deadline):
                 print(line, flush=True)
-        while not self._ws.runs.status(self.id).is_final:
+        while not _ride_through(lambda: self._ws.runs.status(self.id).is_final, deadline):
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeoutError(f"run {self.id} is still {self.get_status()} after {timeout}s",
                                        hint="wait longer, or check it with `cluster runs show`")
@@ -108,11 +108,32 @@ class Run:
         if not isinstance(after, str) or not re.fullmatch(r"\d+(-\d+)?", after):
             raise UsageError(f"invalid log entry {after!r}",
                              hint="give an entry id as printed when a follow was interrupted, e.g. 1717171717171-0")
-        runs = self._ws.runs
+        return self._follow(after, poll_ms, deadline)
+
+    def _follow(self, after: str, poll_ms: int, deadline: float | None) -> Any:
+        """The log, resumed from the last entry seen when Redis or the object store stops answering for a while
+        (a server restart): nothing lost, nothing repeated."""
         from cluster import logstream  # not at import: train.py imports this module and needs no Redis client
 
-        return logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix, after=after, poll_ms=poll_ms,
-                                is_final=lambda: runs.status(self.id).is_final, deadline=deadline)
+        runs, last, failing_since = self._ws.runs, after, None
+        while True:
+            try:
+                for entry_id, line in logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix,
+                                                       after=last, poll_ms=poll_ms, deadline=deadline,
+                                                       is_final=lambda: runs.status(self.id).is_final):
+                    failing_since = None
+                    if not entry_id.startswith("archive-"):
+                        last = entry_id
+                    yield entry_id, line
+                return
+            except Exception as e:
+                if not _transient(e):
+                    raise
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > RIDE_THROUGH_SECONDS or (
+                        deadline is not None and time.monotonic() > deadline):
+                    raise
+                time.sleep(1.0)
 
     def cancel(self) -> str:
         """Queued: it never starts. Running: the node stops its whole process tree. Returns what happened."""
@@ -120,10 +141,13 @@ class Run:
 
     # -- metrics ----------------------------------------------------------------------------------
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
-        final = self._ws.runs.status(self.id).is_final
         from cluster import metrics
 
-        values = metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
+        def read() -> dict[str, Any]:
+            final = self._ws.runs.status(self.id).is_final
+            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
+
+        values = _ride_through(read, None)
         if name is not None:
             return {name: values[name]} if name in values else {}
         return values
@@ -209,3 +233,29 @@ def _check_rel(name: str) -> str:
         raise UsageError(f"file name {name!r} may not contain '..'")
     return rel
 
+
+
+#: how long a client keeps trying while Redis or the object store does not answer (a restart) before raising
+RIDE_THROUGH_SECONDS = 120.0
+
+
+def _transient(e: BaseException) -> bool:
+    import redis
+
+    from cluster.errors import CredentialsError, ServiceError
+
+    if isinstance(e, CredentialsError):
+        return False
+    return isinstance(e, ServiceError | redis.ConnectionError | redis.TimeoutError | ConnectionError)
+
+
+def _ride_through(fn: Any, deadline: float | None) -> Any:
+    """``fn()``, retried with backoff while the servers do not answer, for up to RIDE_THROUGH_SECONDS (or the
+    caller's deadline); then the error reaches the caller."""
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
+
+    budget = RIDE_THROUGH_SECONDS if deadline is None else max(0.0, min(RIDE_THROUGH_SECONDS,
+                                                                        deadline - time.monotonic()))
+    retrying = Retrying(retry=retry_if_exception(_transient), stop=stop_after_delay(budget), reraise=True,
+                        wait=wait_exponential(multiplier=0.2, max=5.0))
+    return retrying(fn)

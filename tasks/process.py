@@ -31,6 +31,7 @@ import contextlib
 import os
 import queue
 import resource
+import select
 import signal as _signal
 import subprocess
 import threading
@@ -344,12 +345,15 @@ class _Tree:
         """Every live process of the tree except the main child: tracked, in the group, or tagged."""
         self.refresh()
         me = os.getpid()
-        for p in psutil.process_iter():
-            if p.pid in self.known or p.pid in (me, self.proc.pid):
+        marker = f"{PROCESS_TAG_VAR}={self.tag}".encode()
+        for pid in psutil.pids():
+            if pid in self.known or pid in (me, self.proc.pid):
                 continue
             try:
-                if os.getpgid(p.pid) == self.pgid or p.environ().get(PROCESS_TAG_VAR) == self.tag:
-                    self.known[p.pid] = p
+                # the group is one system call; the tag is a byte search in /proc/<pid>/environ (no parsing:
+                # this scan runs at the end of every run and used to cost tens of milliseconds)
+                if os.getpgid(pid) == self.pgid or _has_marker(pid, marker):
+                    self.known[pid] = psutil.Process(pid)
             except (psutil.Error, OSError):
                 continue
         return [p for p in self.known.values() if _alive(p)]
@@ -378,6 +382,26 @@ def _is_launcher(p: psutil.Process) -> bool:
         return p.name() == "bwrap"
     except psutil.Error:
         return True
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Return when ``proc`` has exited (not reaping it) or after ``timeout`` seconds."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel, not Linux): a short sleep instead
+        time.sleep(min(timeout, 0.005))
+        return
+    try:
+        select.select([fd], [], [], timeout)
+    finally:
+        os.close(fd)
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    """Does the process's initial environment hold ``marker`` (``NAME=value``) as one whole entry?"""
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        env = fh.read()
+    return env.startswith(marker + b"\0") or (b"\0" + marker + b"\0") in env or env == marker
 
 
 def _exited(proc: subprocess.Popen[bytes]) -> bool:
@@ -486,15 +510,23 @@ def run_supervised(
     phase = "run"
     targets: list[psutil.Process] = []
     kill_at = drain_until = 0.0
-    next_tree_poll = started
+    next_tree_poll = started + _TREE_POLL  # a run that ends sooner is covered by the final scan
     completed = False
     try:
         while True:
             item: tuple[str, object] | None
-            try:
-                item = lines.get(timeout=_POLL)
-            except queue.Empty:
+            if open_streams == 0:
+                # both pipes closed (nothing more can arrive): wait for the child's exit itself, not the next poll
+                if not _exited(proc):
+                    _wait_exit(proc, _POLL)
+                elif phase == "term":
+                    time.sleep(_POLL)  # leftovers got SIGTERM: look again in a moment, not in a busy loop
                 item = None
+            else:
+                try:
+                    item = lines.get(timeout=_POLL)
+                except queue.Empty:
+                    item = None
             if item is not None:
                 stream, text = item
                 if text is _EOF:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -78,33 +76,3 @@ class EventCollector:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@contextlib.contextmanager
-def gate_server() -> Iterator[tuple[str, threading.Event]]:
-    """A loopback URL that answers ``closed`` until the yielded event is set, then ``open``: how a test
-    releases a waiting run (a sandboxed run cannot see the test's files, but it has the host's network)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    opened = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = b"open" if opened.is_set() else b"closed"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/gate", opened
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from cluster import Experiment, Run, Workspace, layout
 from cluster.settings import Settings
-from tests.helpers import gate_server, unique, wait_until
+from tests.helpers import EventCollector, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -28,12 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 
-
-
-@pytest.fixture
-def stack() -> Iterator[contextlib.ExitStack]:
-    with contextlib.ExitStack() as es:
-        yield es
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -193,12 +188,12 @@ def test_runs_download(cli: Cli, finished: dict[str, str], tmp_path: Path) -> No
 
 
 def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, pool: str, node: str,
-                                                      tmp_path: Path, stack: contextlib.ExitStack) -> None:
-    gate, release = stack.enter_context(gate_server())  # the run waits for it over loopback HTTP
+                                                      tmp_path: Path) -> None:
+    release = EventCollector()  # on loopback HTTP: a sandboxed run cannot see the test's folders
     src = make_source(tmp_path / "src", {"slow.py": """
         import sys, time, urllib.request
         print("tick 000", flush=True)
-        while urllib.request.urlopen(sys.argv[1], timeout=10).read() != b"open":
+        while urllib.request.urlopen(sys.argv[1] + "/count/release", timeout=30).read() == b"0":
             time.sleep(0.05)
         for i in range(1, 200):
             print(f"tick {i:03d}", flush=True)
@@ -207,7 +202,7 @@ def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, p
         print("the end")
     """})
     run_id = cli("submit", "-e", unique("follow"), "-d", src, "-s", "slow.py", "-p", pool, "--",
-                 gate).stdout.splitlines()[0].strip()
+                 release.url).stdout.splitlines()[0].strip()
     # while it runs, plain `runs logs` shows what the live stream has so far
     wait_until(lambda: "tick 000" in cli("runs", "logs", run_id).stdout, timeout=60, what="the first tick")
     assert json.loads(cli("runs", "show", run_id).stdout)["status"] == "Running"
@@ -215,7 +210,7 @@ def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, p
     follower = cli.popen("runs", "logs", run_id, "-f")
     try:
         time.sleep(0.5)  # let it attach before there is anything new
-        release.set()
+        urllib.request.urlopen(release.url + "/release/test/0", data=b"", timeout=30).read()
         out, err = follower.communicate(timeout=90)
     finally:
         if follower.poll() is None:
@@ -228,6 +223,7 @@ def test_logs_follow_on_a_running_run_goes_to_the_end(cli: Cli, ws: Workspace, p
     assert "the end" in lines
     assert lines.index("the end") > lines.index("tick 199")
     assert Run(Experiment(ws, run_id.rsplit("_", 2)[0]), run_id).get_status() == "Completed"
+    release.close()
 
 
 def test_runs_cancel(cli: Cli, ws: Workspace, pool: str, node: str, tmp_path: Path) -> None:
