@@ -165,3 +165,56 @@ def test_skipped_names_cannot_forge_log_lines(tmp_path: Path) -> None:
     seen: list[str] = []
     assert list(OutputWalk(tmp_path, "outputs", OutputCaps(), seen.append)) == []
     assert seen == ["skipped outputs/x\\n[node] final status: Completed: a symlink"]
+
+
+def test_remove_tree_survives_what_a_run_leaves(tmp_path: Path) -> None:
+    from tasks.rundir import remove_tree
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    run = tmp_path / "run"
+    (run / "locked" / "deep").mkdir(parents=True)
+    (run / "locked" / "deep" / "f").write_text("x")
+    (run / "link").symlink_to(outside)
+    (run / "dirlink").symlink_to(tmp_path)
+    (run / "locked").chmod(0)
+    remove_tree(run)
+    assert not run.exists() and outside.read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a dedicated uid")
+def test_remove_tree_as_the_owner_of_folders_made_unreadable(tmp_path: Path) -> None:
+    """What a node not running as root faces: the run's own uid made folders 000; the node (same uid) still
+    removes everything."""
+    import shutil
+    import tempfile
+
+    from tasks.rundir import remove_tree
+
+    base_dir = Path(tempfile.mkdtemp(prefix="remove-tree-", dir="/tmp"))  # pytest's tmp_path is root-only
+    request_cleanup = base_dir
+    run = base_dir / "run"
+    (run / "a" / "b" / "c").mkdir(parents=True)
+    (run / "a" / "b" / "c" / "f").write_text("x")
+    (run / "a" / "g").write_text("y")
+    for base, dirs, files in os.walk(base_dir):
+        for name in (".", *dirs, *files):
+            os.chown(os.path.join(base, name), 65534, 65534)
+    (run / "a" / "b").chmod(0)
+    (run / "a").chmod(0o500)
+    pid = os.fork()
+    if pid == 0:  # the child: drop to the owner's uid, remove, report by exit status
+        code = 1
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            remove_tree(run)
+            code = 0 if not os.path.lexists(run) else 2
+        finally:
+            os._exit(code)
+    _pid, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert not run.exists()
+    finally:
+        shutil.rmtree(request_cleanup, ignore_errors=True)
