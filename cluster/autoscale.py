@@ -71,9 +71,23 @@ class PoolSpec:
     min_nodes: int = 0
     max_nodes: int = 4
     idle_seconds_before_scaledown: float = 120.0
+    #: 'required' | 'best-effort' | None (the deployment's default: best-effort locally, required on Kubernetes)
+    isolation: str | None = None
+    #: 'host' (runs reach the network: pip, datasets) | 'none' (a private network namespace per run)
+    network: str = "host"
+    max_output_bytes: int = 10 * 1024**3
+    max_output_files: int = 10_000
 
     def __post_init__(self) -> None:
         check_name("pool", self.name)
+        if self.isolation not in (None, "required", "best-effort"):
+            raise UsageError(f"pool {self.name!r}: isolation must be 'required' or 'best-effort', "
+                             f"got {self.isolation!r}", hint="see docs/security.md")
+        if self.network not in ("host", "none"):
+            raise UsageError(f"pool {self.name!r}: network must be 'host' or 'none', got {self.network!r}")
+        for cap in ("max_output_bytes", "max_output_files"):
+            if _check_int(cap, getattr(self, cap)) < 1:
+                raise UsageError(f"pool {self.name!r}: {cap} must be at least 1")
         get_size(self.vm_size)
         lo = _check_int("min_nodes", self.min_nodes)
         hi = _check_int("max_nodes", self.max_nodes)
@@ -106,7 +120,16 @@ class PoolSpec:
             "min_nodes": self.min_nodes,
             "max_nodes": self.max_nodes,
             "idle_seconds_before_scaledown": self.idle_seconds_before_scaledown,
+            "isolation": self.isolation,
+            "network": self.network,
+            "max_output_bytes": self.max_output_bytes,
+            "max_output_files": self.max_output_files,
         }
+
+    def node_args(self, default_isolation: str) -> list[str]:
+        """The `cluster worker` options that carry this pool's isolation and output settings to its nodes."""
+        return ["--isolation", self.isolation or default_isolation, "--network", self.network,
+                "--max-output-bytes", str(self.max_output_bytes), "--max-output-files", str(self.max_output_files)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoolSpec:
@@ -116,7 +139,8 @@ class PoolSpec:
                 f"a pool definition must be an object with a 'name', got {data!r}",
                 hint="re-create the pool, or fix its pools/<name>.json in the object store",
             )
-        fields = ("name", "vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown")
+        fields = ("name", "vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation",
+                  "network", "max_output_bytes", "max_output_files")
         return cls(**{k: data[k] for k in fields if k in data})
 
 

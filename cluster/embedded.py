@@ -3,6 +3,10 @@
 Everything lives in one state directory (default ``./.cluster``)::
 
     .cluster/config.json      endpoints and credentials (mode 0600) -- what Workspace.from_config() reads
+    .cluster/node-config.json     what nodes get (0600): the Redis user ``node`` and, with SeaweedFS, the S3
+                                  identity ``node`` (read everything, write only under experiments/)
+    .cluster/controller-config.json  the controller's: the Redis user ``controller``, the admin S3 keys
+    .cluster/weed-s3.json     SeaweedFS identities (0600): the admin keys live here, not in any environment
     .cluster/state.json       the processes `up` started: pid, start time, command, log file
     .cluster/redis/           Redis data (AOF persistence on)
     .cluster/s3/              object store data
@@ -29,6 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import psutil
 
@@ -205,6 +210,9 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     names = (*names, "metrics")  # the controller's Prometheus endpoint
     ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port})
     password = old.get("redis_password") or secrets.token_hex(24)
+    creds = {k: old.get(k) or secrets.token_hex(24) for k in ("node_redis_password", "controller_redis_password",
+                                                              "node_s3_secret_key")}
+    creds["node_s3_access_key"] = old.get("node_s3_access_key") or "nd" + secrets.token_hex(9)
     access = old.get("s3_access_key") or "cl" + secrets.token_hex(9)
     secret = old.get("s3_secret_key") or secrets.token_hex(24)
     settings = Settings(
@@ -217,10 +225,10 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
     try:
-        state.processes.append(_start_redis(redis_bin, state_dir, ports["redis"], password))
+        state.processes.append(_start_redis(redis_bin, state_dir, ports["redis"], password, creds))
         state.save(state_dir)
         start = _start_minio if kind == "minio" else _start_weed
-        state.processes.append(start(store_bin, state_dir, ports, access, secret))
+        state.processes.append(start(store_bin, state_dir, ports, access, secret, creds))
         state.save(state_dir)
         _wait_ready(settings, state, timeout=timeout)
         for bucket in (settings.data_bucket, settings.cluster_bucket):
@@ -228,9 +236,10 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     except BaseException:
         down(state_dir, echo=lambda _m: None)
         raise
-    config = settings.to_dict() | {"redis_password": password}
+    config = settings.to_dict() | {"redis_password": password} | creds
     config |= {k: old[k] for k in ("ui_token", "ui_port") if k in old}  # the dashboard's, kept across `up`s
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    _write_role_configs(state_dir, settings, kind, creds)
     if controller:
         ensure_controller(state_dir)
         _wait_metrics(settings, state_dir, echo)
@@ -340,7 +349,7 @@ def ensure_controller(state_dir: Path, extra_args: Iterable[str] = ()) -> bool:
         state = State.load(state_dir)
         state.processes = [p for p in state.processes if p.name != "controller" or p.alive]
         state.save(state_dir)
-    argv = [sys.executable, "-m", "cluster.cli", "controller", "--config", str(state_dir / CONFIG_FILE),
+    argv = [sys.executable, "-m", "cluster.cli", "controller", "--config", str(role_config(state_dir, "controller")),
             "--state-dir", str(state_dir), *extra_args]
     add_process(state_dir, spawn("controller", argv, state_dir))
     return True
@@ -357,7 +366,7 @@ def start_workers(state_dir: Path, pool: str, count: int, *, extra_args: Iterabl
     for i in range(len(running), count):
         name = f"{tag}{i + 1}"
         argv = [sys.executable, "-m", "cluster.cli", "worker", "--pool", pool, "--node-name", name,
-                "--config", str(state_dir / CONFIG_FILE), "--work-dir", str(state_dir / "nodes" / name),
+                "--config", str(role_config(state_dir, "node")), "--work-dir", str(state_dir / "nodes" / name),
                 "--cache-dir", str(state_dir / "node-cache"), *extra_args]
         add_process(state_dir, spawn(name, argv, state_dir))
         started.append(name)
@@ -418,14 +427,44 @@ def spawn(name: str, argv: list[str], state_dir: Path, *, env: dict[str, str] | 
 # ---- internals ----------------------------------------------------------------------------------
 
 REDIS_MAXMEMORY = "512mb"
+NODE_CONFIG_FILE = "node-config.json"
+CONTROLLER_CONFIG_FILE = "controller-config.json"
+#: Redis ACL of the node and controller users: every command a node or the controller issues, none of the
+#: administrative ones (FLUSHALL, FLUSHDB, CONFIG, SHUTDOWN, DEBUG, MODULE, ACL, KEYS, MONITOR, CLIENT, ...).
+ROLE_ACL = "~* &* +@all -@dangerous"
+_S3_READ = ("Read", "List")
 
 
-def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> ManagedProcess:
+def role_config(state_dir: Path, role: str) -> Path:
+    """The config file a node ("node") or the controller ("controller") is started with; config.json when
+    the state directory predates per-role credentials."""
+    path = Path(state_dir) / (NODE_CONFIG_FILE if role == "node" else CONTROLLER_CONFIG_FILE)
+    return path if path.exists() else Path(state_dir) / CONFIG_FILE
+
+
+def _role_url(settings: Settings, user: str, password: str) -> str:
+    parts = urlsplit(settings.redis_url)
+    return f"redis://{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}{parts.path or '/0'}"
+
+
+def _write_role_configs(state_dir: Path, settings: Settings, kind: str, creds: dict[str, str]) -> None:
+    node = settings.to_dict() | {"redis_url": _role_url(settings, "node", creds["node_redis_password"])}
+    if kind == "seaweedfs":
+        node |= {"s3_access_key": creds["node_s3_access_key"], "s3_secret_key": creds["node_s3_secret_key"]}
+    controller = settings.to_dict() | {
+        "redis_url": _role_url(settings, "controller", creds["controller_redis_password"])}
+    _write_private(state_dir / NODE_CONFIG_FILE, json.dumps(node, indent=2))
+    _write_private(state_dir / CONTROLLER_CONFIG_FILE, json.dumps(controller, indent=2))
+
+
+def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: dict[str, str]) -> ManagedProcess:
     data = state_dir / "redis"
     data.mkdir(exist_ok=True)
     conf = state_dir / "redis.conf"
     _write_private(conf, "\n".join([
-        f"bind {HOST}", f"port {port}", f'requirepass "{password}"', "protected-mode yes",
+        f"bind {HOST}", f"port {port}", f"user default on >{password} ~* &* +@all",
+        f"user node on >{creds['node_redis_password']} {ROLE_ACL}",
+        f"user controller on >{creds['controller_redis_password']} {ROLE_ACL}", "protected-mode yes",
         "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
         "save 60 1000",
         # bounded: Redis holds only live state (finished runs expire, streams are capped); if it ever fills, a
@@ -435,7 +474,22 @@ def _start_redis(binary: str, state_dir: Path, port: int, password: str) -> Mana
     return spawn("redis", [binary, str(conf)], state_dir)
 
 
-def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str) -> ManagedProcess:
+def _s3_identities(settings_buckets: tuple[str, str], access: str, secret: str,
+                   creds: dict[str, str]) -> dict[str, Any]:
+    """SeaweedFS identities: the admin, and the node (read both buckets, write only experiments/)."""
+    data, cluster = settings_buckets
+    node_actions = [f"{a}:{b}" for a in _S3_READ for b in (data, cluster)] + [f"Write:{cluster}/experiments/*"]
+    return {"identities": [
+        {"name": "admin", "credentials": [{"accessKey": access, "secretKey": secret}],
+         "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
+        {"name": "node", "credentials": [{"accessKey": creds["node_s3_access_key"],
+                                          "secretKey": creds["node_s3_secret_key"]}],
+         "actions": node_actions},
+    ]}
+
+
+def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str,
+                creds: dict[str, str]) -> ManagedProcess:
     data = state_dir / "s3"
     data.mkdir(exist_ok=True)
     argv = [
@@ -446,19 +500,25 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
         f"-filer.port={ports['filer']}", f"-filer.port.grpc={ports['filer_grpc']}",
         f"-admin.port={ports['admin']}", f"-admin.port.grpc={ports['admin_grpc']}",
         "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        "-master.telemetry=false",
+        "-master.telemetry=false", f"-s3.config={state_dir / 'weed-s3.json'}",
     ]
-    env = _base_env() | {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret}
-    return spawn("s3", argv, state_dir, env=env)
+    from cluster import layout
+
+    identities = _s3_identities((layout.DATA_BUCKET, layout.CLUSTER_BUCKET), access, secret, creds)
+    _write_private(state_dir / "weed-s3.json", json.dumps(identities, indent=2))
+    return spawn("s3", argv, state_dir, env=_base_env())  # the keys are in the 0600 file, in no environment
 
 
-def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str) -> ManagedProcess:
+def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str,
+                 creds: dict[str, str]) -> ManagedProcess:
     data = state_dir / "s3"
     data.mkdir(exist_ok=True)
     argv = [binary, "server", str(data), "--address", f"{HOST}:{ports['s3']}",
             "--console-address", f"{HOST}:{ports['s3_console']}"]
-    env = _base_env() | {"MINIO_ROOT_USER": access, "MINIO_ROOT_PASSWORD": secret}
-    return spawn("s3", argv, state_dir, env=env)
+    # the root credentials go in a 0600 file MinIO reads at start, not in its environment (/proc/<pid>/environ)
+    env_file = state_dir / "minio.env"
+    _write_private(env_file, f"MINIO_ROOT_USER={access}\nMINIO_ROOT_PASSWORD={secret}\n")
+    return spawn("s3", argv, state_dir, env=_base_env() | {"MINIO_CONFIG_ENV_FILE": str(env_file)})
 
 
 def _base_env() -> dict[str, str]:

@@ -46,6 +46,8 @@ if ARGV[4] == '1' then
   redis.call('SREM', KEYS[3], ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
   redis.call('PEXPIRE', KEYS[4], ARGV[6])
+  redis.call('LPUSH', KEYS[5], '1')  -- wake the controller: a sweep may sample its next child now
+  redis.call('LTRIM', KEYS[5], 0, 0)
 end
 return 1
 """
@@ -215,7 +217,7 @@ class RunState:
         caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
         keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool),
-                layout.rk_run_metrics(record.run_id)]
+                layout.rk_run_metrics(record.run_id), layout.RK_CONTROLLER_WAKE]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
                                           "1" if final else "0", record.run_id, FINISHED_TTL_MS])
         if ok and final:  # Redis made the transition: count it even if the record's upload below fails

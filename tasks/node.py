@@ -37,7 +37,7 @@ from cluster.settings import Settings
 from tasks import datacache
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
-from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new
+from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
 from tasks.sandbox import Sandbox, prepare_dirs, script_env
 from tasks.snapshots import check_digest, check_run_id, verified_snapshot
 
@@ -250,8 +250,8 @@ def execute_run(node: Node, run_id: str) -> str:
     finally:
         node.current_run = None
         if not cfg.keep_run_dirs:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            shutil.rmtree(run_dir.with_suffix(run_dir.suffix + ".channel"), ignore_errors=True)
+            remove_tree(run_dir)  # whatever the run did to it (chmod 000 folders, links)
+            remove_tree(run_dir.with_suffix(run_dir.suffix + ".channel"))
 
 
 class _Clock:

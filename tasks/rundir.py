@@ -106,8 +106,10 @@ class OutputWalk:
     taken: set[str] = field(default_factory=set)  # object names given so far (escaped names never collide)
 
     def _skip(self, rel: str, why: str) -> None:
-        self.skipped.append(f"{rel}: {why}")
-        self.log(f"skipped {rel!s}: {why}")
+        # a name may hold newlines or escapes meant to forge log lines: show them escaped
+        shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in rel)
+        self.skipped.append(f"{shown}: {why}")
+        self.log(f"skipped {shown}: {why}")
 
     def __iter__(self) -> Iterator[tuple[str, BinaryIO, int]]:
         try:
@@ -171,3 +173,27 @@ class OutputWalk:
                     fh.close()
         finally:
             os.close(dfd)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a run's directory whatever the run did to it: a folder it made unreadable or unwritable
+    (chmod 000) is given back its owner's permissions first; links are removed, never followed."""
+    import contextlib
+    import shutil
+
+    def fix(func: Callable[..., object], name: str, _exc: object) -> None:
+        for p in (os.path.dirname(name), name):
+            with contextlib.suppress(OSError):
+                if not os.path.islink(p):
+                    os.chmod(p, 0o700)
+        if func in (os.open, os.scandir, os.listdir) and os.path.isdir(name) and not os.path.islink(name):
+            shutil.rmtree(name, onerror=fix)  # a folder we could not enter: now we can
+            return
+        with contextlib.suppress(OSError):
+            func(name)
+
+    if os.path.islink(path):
+        path.unlink()
+        return
+    if path.exists():
+        shutil.rmtree(path, onerror=fix)

@@ -262,9 +262,23 @@ def detect(policy: SandboxPolicy, *, node_name: str, hidden: Iterable[Path] = ()
         if why is None:
             return box
         reason = f"bwrap does not work here: {why}"
-    if root:
-        return Sandbox("uid", policy, run_uid=uid, run_gid=gid, reason=reason, hidden=hidden_paths)
+    if root and uid is not None:
+        why = _probe_uid(uid, gid or uid)
+        if why is None:
+            return Sandbox("uid", policy, run_uid=uid, run_gid=gid, reason=reason, hidden=hidden_paths)
+        return Sandbox("none", policy, reason=f"{reason}; the run uid cannot start this Python ({why})",
+                       hidden=hidden_paths)
     return Sandbox("none", policy, reason=reason + "; the node is not root", hidden=hidden_paths)
+
+
+def _probe_uid(uid: int, gid: int) -> str | None:
+    """Can the dedicated uid start the node's Python (e.g. not under a 0700 /root)? None when it can."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "pass"], capture_output=True, timeout=30, user=uid, group=gid,
+                             extra_groups=[], stdin=subprocess.DEVNULL, cwd="/", env={"PATH": "/usr/bin:/bin"})
+    except (OSError, subprocess.SubprocessError) as e:
+        return str(e)
+    return None if out.returncode == 0 else (out.stderr.decode(errors="replace").strip()[-200:] or "failed")
 
 
 def _mkdtemp(base: Path) -> str:

@@ -46,6 +46,7 @@ class WorkerOptions:
     policy: SandboxPolicy = field(default_factory=SandboxPolicy)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
     hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
+    use_bwrap: bool = True
 
 
 def default_name(pool: str) -> str:
@@ -88,7 +89,7 @@ class Heartbeat(threading.Thread):
 def node_sandbox(opts: WorkerOptions) -> Sandbox:
     """Detect the node's isolation level; the state, work and cache directories are hidden from runs."""
     hidden = (*opts.hidden, opts.work_dir, opts.cache_dir)
-    return detect(opts.policy, node_name=opts.name, hidden=hidden)
+    return detect(opts.policy, node_name=opts.name, hidden=hidden, use_bwrap=opts.use_bwrap)
 
 
 def run_worker(settings: Settings, opts: WorkerOptions) -> None:

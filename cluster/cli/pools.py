@@ -57,6 +57,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-nodes", type=int, default=0)
     p.add_argument("--max-nodes", type=int, default=4)
     p.add_argument("--idle-seconds", type=float, default=120, help="idle time before a node is scaled away")
+    p.add_argument("--isolation", choices=["required", "best-effort"], default=None,
+                   help="required: nodes refuse to run scripts unisolated (default: best-effort locally, "
+                        "required on Kubernetes)")
+    p.add_argument("--network", choices=["host", "none"], default="host", help="none: no network for runs")
     p.set_defaults(func=cmd_pools_create)
     p = pools.add_parser("update", help="change a pool's bounds")
     p.add_argument("name")
@@ -178,7 +182,8 @@ def cmd_pools_create(args: argparse.Namespace) -> int:
     from cluster.compute import ComputeTarget, NodePool
 
     cfg = NodePool.provisioning_configuration(vm_size=args.vm_size, min_nodes=args.min_nodes,
-                                              max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
+                                              max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds,
+                                              isolation=args.isolation, network=args.network)
     validation.name("pool", args.name)
     ws = Workspace.from_config()
     print(ComputeTarget.create(ws, args.name, cfg))

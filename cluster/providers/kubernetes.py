@@ -50,8 +50,11 @@ POOL_LABEL = "cluster/pool"
 POOL_ANNOTATION = "cluster/pool-name"
 CONFIG_MOUNT = "/etc/cluster"
 CONFIG_KEY = "config.json"
+NODE_CONFIG_KEY = "node-config.json"  # in the config Secret: the Redis user `node`, the object store's node user
 CONFIG_PATH = f"{CONFIG_MOUNT}/{CONFIG_KEY}"
 #: The default container command; ``{pool}`` and ``{node}`` are replaced in every element.
+NODE_UID = 1000  # the image's `cluster` user
+
 DEFAULT_COMMAND = ("cluster", "worker", "--managed", "--pool", "{pool}", "--node-name", "{node}")
 #: Pods in these phases have exited for good; they are no longer nodes.
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
@@ -103,6 +106,7 @@ class KubernetesProvider:
         command: list[str] | None = None,
         *,
         request_timeout: float = 30.0,
+        config_key: str = NODE_CONFIG_KEY,
     ) -> None:
         if not namespace or not image or not config_secret:
             raise UsageError("the Kubernetes provider needs a namespace, an image and a config secret name")
@@ -111,6 +115,7 @@ class KubernetesProvider:
         self.namespace = namespace
         self.image = image
         self.config_secret = config_secret
+        self.config_key = config_key  # the Secret's key holding the *node's* config (node credentials only)
         self.command: tuple[str, ...] = tuple(command) if command is not None else DEFAULT_COMMAND
         self.request_timeout = request_timeout
         self._owns_client = api_client is None
@@ -224,6 +229,8 @@ class KubernetesProvider:
         size = get_size(pool.vm_size)
         resources = {"cpu": str(size.cpus), "memory": _quantity(size.memory_bytes)}
         command = [c.replace("{pool}", pool.name).replace("{node}", pod_name) for c in self.command]
+        if self.command == DEFAULT_COMMAND:
+            command += pool.node_args("required")  # pods run other people's code: no isolation, no run
         container = k8s.V1Container(
             name="node",
             image=self.image,
@@ -235,6 +242,12 @@ class KubernetesProvider:
             ],
             resources=k8s.V1ResourceRequirements(requests=dict(resources), limits=dict(resources)),
             volume_mounts=[k8s.V1VolumeMount(name="cluster-config", mount_path=CONFIG_MOUNT, read_only=True)],
+            # non-root, no privilege escalation, no capabilities; runs are sandboxed with bwrap inside
+            # (user namespaces: see docs/security.md for what the runtime must allow)
+            security_context=k8s.V1SecurityContext(
+                run_as_non_root=True, run_as_user=NODE_UID, run_as_group=NODE_UID,
+                allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]),
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault")),
         )
         return k8s.V1Pod(
             api_version="v1",
@@ -248,12 +261,16 @@ class KubernetesProvider:
             spec=k8s.V1PodSpec(
                 containers=[container],
                 restart_policy="Never",
+                security_context=k8s.V1PodSecurityContext(fs_group=NODE_UID),
                 volumes=[
                     k8s.V1Volume(
                         name="cluster-config",
                         secret=k8s.V1SecretVolumeSource(
                             secret_name=self.config_secret,
-                            items=[k8s.V1KeyToPath(key=CONFIG_KEY, path=CONFIG_KEY)],
+                            items=[k8s.V1KeyToPath(key=self.config_key, path=CONFIG_KEY)],
+                            # owner root, group fs_group: readable by the node's uid only (0400 would leave
+                            # it to root alone), never world-readable
+                            default_mode=0o440,
                         ),
                     )
                 ],

@@ -20,7 +20,6 @@ import psutil
 
 from cluster import embedded
 from cluster.autoscale import PoolSpec
-from cluster.settings import CONFIG_FILE
 from cluster.sizes import get_size
 
 NODE_PREFIX = "node-"
@@ -63,9 +62,16 @@ class LocalProvider:
                 if p.name.startswith(tag) and "--managed" in p.argv]
 
     def _common_args(self) -> list[str]:
-        config = self.state_dir / CONFIG_FILE  # absent in compose: nodes then read CLUSTER_* variables
+        # the node's own credentials (node-config.json); absent in compose: nodes then read CLUSTER_* variables
+        config = embedded.role_config(self.state_dir, "node")
         return [*(["--config", str(config)] if config.exists() else []),
                 "--cache-dir", str(self.state_dir / "node-cache"), *self.extra_args]
+
+    def _env(self) -> dict[str, str] | None:
+        """With its own config file a node needs none of the CLUSTER_* variables (the controller's credentials)."""
+        if not embedded.role_config(self.state_dir, "node").exists():
+            return None
+        return {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
 
     def _spare_file(self, spare: str) -> Path:
         return self.state_dir / "spares" / f"{spare}.json"
@@ -84,7 +90,7 @@ class LocalProvider:
             self._spare_file(name).parent.mkdir(parents=True, exist_ok=True)
             argv = [sys.executable, "-m", "cluster.cli", "worker", "--spare-file", str(self._spare_file(name)),
                     *self._common_args()]
-            embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir))
+            embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir, env=self._env()))
 
     def start_nodes(self, pool: PoolSpec, count: int) -> list[str]:
         names = []
@@ -99,19 +105,21 @@ class LocalProvider:
             work_dir = self.state_dir / "nodes" / name
             argv = [sys.executable, "-m", "cluster.cli", "worker", "--managed", "--pool", pool.name,
                     "--node-name", name, "--size", pool.vm_size, *cpus, "--work-dir", str(work_dir),
-                    *self._common_args()]
+                    *pool.node_args("best-effort"), *self._common_args()]
             spare = next((p for p in embedded.State.load(self.state_dir).processes
                           if p.name.startswith(SPARE_PREFIX) and p.alive), None)
             if spare is not None:  # a warm process becomes this node: recorded under the node's name and argv
                 assignment = {"pool": pool.name, "node_name": name, "size": pool.vm_size,
-                              "cpus": cpus[1] if cpus else "", "work_dir": str(work_dir)}
+                              "cpus": cpus[1] if cpus else "", "work_dir": str(work_dir),
+                              "isolation": pool.isolation or "best-effort", "network": pool.network,
+                              "max_output_bytes": pool.max_output_bytes, "max_output_files": pool.max_output_files}
                 target = self._spare_file(spare.name)
                 tmp = target.with_suffix(".tmp")
                 tmp.write_text(json.dumps(assignment))
                 tmp.replace(target)
                 embedded.replace_process(self.state_dir, spare.pid, name=name, argv=argv)
             else:
-                embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir))
+                embedded.add_process(self.state_dir, embedded.spawn(name, argv, self.state_dir, env=self._env()))
             names.append(name)
         self.ensure_spares()
         return names

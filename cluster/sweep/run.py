@@ -137,7 +137,7 @@ class HyperDriveRun(Run):
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeoutError(f"sweep {self.id} is still {self.get_status()} after {timeout}s",
                                        hint=f"wait longer, or check it with `cluster sweep show {self.id}`")
-            time.sleep(1.0 if show_output else 0.5)
+            time.sleep(1.0 if show_output else 0.2)
         details = self.get_details()
         if show_output:
             summary = self.get_summary()

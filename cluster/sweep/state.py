@@ -87,16 +87,25 @@ def create_parent(ws: Workspace, spec: SweepSpec, rc: RunConfiguration, tags: di
     record = (RunRecord(run_id=spec.parent_id, experiment=spec.experiment, status=RunStatus.QUEUED, prefix=prefix,
                         pool=rc.pool, tags=tags, arguments=tuple(_display(a) for a in rc.arguments))
               .with_status(RunStatus.QUEUED, at=spec.created).with_status(RunStatus.RUNNING, at=spec.created))
-    store = ws.store
-    store.put_json(prefix + layout.RUN_SPEC, run_spec.to_dict())
-    store.put_json(prefix + SWEEP_SPEC, spec.to_dict())
-    store.put_json(prefix + layout.RUN_RECORD, record.to_dict())
-    store.put_bytes(layout.run_index_key(spec.parent_id), prefix.encode(), content_type="text/plain")
-    store.put_bytes(ALL_SWEEPS + spec.parent_id, prefix.encode(), content_type="text/plain")
-    store.put_bytes(ACTIVE_SWEEPS + spec.parent_id, prefix.encode(), content_type="text/plain")
+    ws.store.put_many([  # independent objects: written concurrently, all before Redis knows the sweep
+        (prefix + layout.RUN_SPEC, _json(run_spec.to_dict()), "application/json"),
+        (prefix + SWEEP_SPEC, _json(spec.to_dict()), "application/json"),
+        (prefix + layout.RUN_RECORD, _json(record.to_dict()), "application/json"),
+        (layout.run_index_key(spec.parent_id), prefix.encode(), "text/plain"),
+        (ALL_SWEEPS + spec.parent_id, prefix.encode(), "text/plain"),
+        (ACTIVE_SWEEPS + spec.parent_id, prefix.encode(), "text/plain"),
+    ])
     seed_parent(ws, record)
-    ws.redis.sadd(RK_ACTIVE, spec.parent_id)
+    pipe = ws.redis.pipeline()
+    pipe.sadd(RK_ACTIVE, spec.parent_id)
+    pipe.lpush(layout.RK_CONTROLLER_WAKE, "1")  # the controller samples the first children now, not next tick
+    pipe.ltrim(layout.RK_CONTROLLER_WAKE, 0, 0)
+    pipe.execute()
     return record
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
 
 
 def seed_parent(ws: Workspace, record: RunRecord) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import Workspace, layout
+from cluster import Workspace, embedded, layout
 from cluster.settings import Settings
 from tests.helpers import unique
 
@@ -93,7 +93,7 @@ class NodeStarter:
 
     def __init__(self, settings: Settings, cluster_dir: Path, base: Path) -> None:
         self.settings = settings
-        self.config = cluster_dir / "config.json"
+        self.config = embedded.role_config(cluster_dir, "node")  # nodes get the node's credentials only
         self.base = base
         self.nodes: list[NodeProcess] = []
         self._redis = Workspace(settings).redis

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from cluster import Estimator, Experiment, Run, ScriptRunConfig, Workspace, layout
+from cluster import Estimator, Experiment, Run, ScriptRunConfig, Workspace, embedded, layout
 from cluster.settings import Settings
 from tasks.process import LINE_SPLIT_MARKER
 from tests.helpers import unique, wait_until
@@ -54,9 +54,13 @@ def level(ws: Workspace, node: NodeProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def secrets(settings: Settings) -> list[str]:
+def secrets(settings: Settings, cluster_dir: Path) -> list[str]:
+    """Every credential of the cluster: the admin's, the node's and the controller's, and the node's env."""
     password = urlsplit(settings.redis_url).password or ""
     values = [settings.s3_secret_key, settings.s3_access_key, password, *FAKE_NODE_SECRETS.values()]
+    for role in ("node", "controller"):
+        other = Settings.from_file(embedded.role_config(cluster_dir, role))
+        values += [other.s3_secret_key, urlsplit(other.redis_url).password or ""]
     assert all(len(v) >= 8 for v in values)
     return values
 
@@ -452,4 +456,109 @@ def test_a_run_cannot_poison_its_environment_for_later_runs(ws: Workspace, pool:
     second = run_it()
     assert not any("PWNED" in line for line in second)
     assert any("reusing environment" in line for line in second)
+    assert_node_alive(ws, node)
+
+
+def test_the_node_credentials_are_least_privilege(ws: Workspace, cluster_dir: Path) -> None:
+    """Even a node's own credentials (say, from a compromised node) cannot flush Redis or replace snapshots."""
+    import redis
+
+    from cluster.errors import ClusterError
+    from cluster.objectstore import ObjectStore
+    from cluster.redisclient import connect
+
+    node = Settings.from_file(embedded.role_config(cluster_dir, "node"))
+    assert node.redis_url != ws.settings.redis_url
+    r = connect(node)
+    for command in (("FLUSHALL",), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("ACL", "LIST"),
+                    ("DEBUG", "SLEEP", "0"), ("SHUTDOWN",), ("MODULE", "LIST")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            r.execute_command(*command)
+    assert r.ping()
+    if embedded.State.load(cluster_dir).object_store != "seaweedfs":
+        pytest.skip("a node identity for MinIO is created by the compose/Kubernetes init step, not by `up`")
+    store = ObjectStore(node, node.cluster_bucket)
+    for key in ("snapshots/" + "0" * 64 + ".tar.gz", "pools/evil.json", "models/evil/1/model.json"):
+        with pytest.raises(ClusterError):
+            store.put_bytes(key, b"x")
+        assert not ws.store.exists(key)
+    with pytest.raises(ClusterError):
+        ObjectStore(node, node.data_bucket).put_bytes("planted.txt", b"x")
+    key = f"experiments/{unique('least')}/runs/r/outputs/ok.txt"
+    store.put_bytes(key, b"ok")  # what a node must be able to do
+    assert ws.store.get_bytes(key) == b"ok"
+
+
+def test_required_isolation_without_a_sandbox_refuses_to_run(ws: Workspace, nodes: NodeStarter, tmp_path: Path,
+                                                              secrets: list[str]) -> None:
+    """A node told not to use bwrap falls back to a dedicated uid (root, and that uid can start Python) or to
+    none; with isolation='required' a node at level none fails every run with a clear cause, unstarted."""
+    pool = unique("strict")
+    strict = nodes.start(pool, extra_args=("--no-bwrap", "--isolation", "required"))
+    level = wait_until(lambda: ws.redis.hget(layout.rk_node(strict.name), "isolation"), timeout=30,
+                       what="the strict node's isolation level")
+    assert level in ("uid", "none")
+    run = submit(ws, pool, source(tmp_path, 'print("SCRIPT RAN")\n'))
+    details = finish(run)
+    lines = log_lines(ws, run)
+    if level == "none":
+        assert details["status"] == "Failed"
+        assert "the pool requires isolation but this node has none" in details["error"]["message"]
+        assert not any("SCRIPT RAN" in line for line in lines)
+        assert "WARNING" in strict.log_text() and "every run will fail" in strict.log_text()
+    else:
+        assert details["status"] == "Completed" and any("SCRIPT RAN" in line for line in lines)
+    assert details["isolation"] == level
+    assert_no_secret(ws, run, secrets)
+
+
+def test_network_none_gives_a_run_no_way_out(ws: Workspace, nodes: NodeStarter, level: str, tmp_path: Path,
+                                             settings: Settings) -> None:
+    if level != "sandbox":
+        pytest.skip("a private network namespace needs the bubblewrap sandbox")
+    pool = unique("offline")
+    nodes.start(pool, extra_args=("--network", "none"))
+    redis_port = urlsplit(settings.redis_url).port
+    run = submit(ws, pool, source(tmp_path, f"""
+        import socket
+        for host, port in (("127.0.0.1", {redis_port}), ("pypi.org", 443)):
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+                print("REACHED", host)
+            except OSError as e:
+                print("UNREACHABLE", host, type(e).__name__)
+    """))
+    assert finish(run)["status"] == "Completed"
+    lines = log_lines(ws, run)
+    assert not [line for line in lines if "REACHED" in line and "UNREACHABLE" not in line]
+    assert sum("UNREACHABLE" in line for line in lines) == 2
+
+
+def test_a_tampered_cache_entry_is_rebuilt_and_logged(ws: Workspace, pool: str, node: NodeProcess,
+                                                      tmp_path: Path) -> None:
+    """What an unsandboxed run (or anyone with the node's disk) could do to the caches is caught before reuse."""
+    src = source(tmp_path, 'import tabulate\nprint("GENUINE", tabulate.__version__)\n')
+    (src / "pad.txt").write_text(unique("pad"))  # a snapshot no other test uses
+
+    def run_it() -> list[str]:
+        config = Estimator(src, entry_script="train.py", compute_target=pool, pip_packages=["tabulate==0.9.0"])
+        run = Experiment(ws, unique("hostile")).submit(config)
+        assert finish(run)["status"] == "Completed", run.get_details()
+        return log_lines(ws, run)
+
+    first = run_it()
+    assert any("GENUINE 0.9.0" in line for line in first)
+    (cached,) = [p for p in (node.cache_dir / "snapshots").iterdir() if p.is_dir() and (p / "pad.txt").exists()
+                 and (p / "pad.txt").read_text() == (src / "pad.txt").read_text()]
+    (cached / "train.py").write_text('print("POISONED SNAPSHOT")\n')
+    (env,) = [p for p in (node.cache_dir / "envs").iterdir()
+              if p.is_dir() and list(p.glob("lib/*/site-packages/tabulate"))]
+    (init,) = env.glob("lib/*/site-packages/tabulate/__init__.py")
+    init.write_text(init.read_text() + '\nprint("POISONED ENV")\n')
+
+    second = run_it()
+    assert any("failed verification" in line and "snapshot" in line for line in second)
+    assert any("failed verification" in line and "[env]" in line for line in second)
+    assert any("GENUINE 0.9.0" in line for line in second)
+    assert not any("POISONED" in line for line in second)
     assert_node_alive(ws, node)

@@ -284,7 +284,9 @@ def test_start_nodes_creates_pods(api: FakeKubeAPI, provider: KubernetesProvider
         assert spec["restartPolicy"] == "Never"
         (container,) = spec["containers"]
         assert container["image"] == "registry.example/cluster:1.2"
-        assert container["command"] == ["cluster", "worker", "--managed", "--pool", "cpu-pool", "--node-name", name]
+        assert container["command"] == ["cluster", "worker", "--managed", "--pool", "cpu-pool", "--node-name", name,
+                                        "--isolation", "required", "--network", "host",  # a pod refuses no sandbox
+                                        "--max-output-bytes", str(10 * 1024**3), "--max-output-files", "10000"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["CLUSTER_CONFIG"] == "/etc/cluster/config.json"
         assert container["resources"] == {
@@ -296,7 +298,11 @@ def test_start_nodes_creates_pods(api: FakeKubeAPI, provider: KubernetesProvider
         (volume,) = spec["volumes"]
         assert volume["name"] == "cluster-config"
         assert volume["secret"]["secretName"] == "cluster-config"
-        assert volume["secret"]["items"] == [{"key": "config.json", "path": "config.json"}]
+        assert volume["secret"]["items"] == [{"key": "node-config.json", "path": "config.json"}]
+        assert volume["secret"]["defaultMode"] == 0o440
+        context = container["securityContext"]
+        assert context["runAsNonRoot"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"} and context["capabilities"]["drop"] == ["ALL"]
 
 
 def test_start_zero_nodes_sends_nothing(api: FakeKubeAPI, provider: KubernetesProvider) -> None:

@@ -47,3 +47,32 @@ def test_kubernetes_manifests() -> None:
 def test_dockerfile_installs_the_package() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["cluster"]' in text and "pip install" in text and "USER cluster" in text
+
+
+def test_nodes_get_least_privileged_credentials_and_a_sandbox() -> None:
+    """docs/security.md: nodes hold the `node` Redis user and the `cluster-node` object-store user, never the
+    admin credentials; the object store's node policy writes only under experiments/; bubblewrap is installed."""
+    import json
+
+    compose_text = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(compose_text)["services"]
+    worker = services["worker"]
+    assert "--isolation" in worker["command"] and "required" in worker["command"]
+    env = worker["environment"]
+    assert env["CLUSTER_REDIS_URL"].startswith("redis://node:") and env["CLUSTER_S3_ACCESS_KEY"] == "cluster-node"
+    assert not any(v in str(env) for v in ("${REDIS_PASSWORD", "${MINIO_ROOT"))
+    assert any(str(a).startswith("node on >") and "-@dangerous" in str(a) for a in services["redis"]["command"])
+    assert "mc admin policy attach local cluster-node" in "".join(services["minio-init"]["command"])
+    policy = json.loads((ROOT / "deploy" / "minio-node-policy.json").read_text())
+    writes = [s for s in policy["Statement"] if "s3:PutObject" in s["Action"]]
+    assert [w["Resource"] for w in writes] == [["arn:aws:s3:::cluster/experiments/*"]]
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "cluster.yaml").read_text()) if d]
+    secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
+    node_config = json.loads(secret["node-config.json"])
+    assert node_config["redis_url"].startswith("redis://node:") and node_config["s3_access_key"] == "cluster-node"
+    assert json.loads(secret["minio-node-policy.json"]) == policy
+    redis = next(d for d in docs if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "redis")
+    assert "--user" in redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert ("Job", "minio-init") in {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert "bubblewrap" in (ROOT / "Dockerfile").read_text()
