@@ -182,7 +182,7 @@ def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dic
 
 def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = None,
        workspace_name: str | None = None, echo: Echo = print, timeout: float = 60.0,
-       controller: bool = True) -> Settings:
+       controller: bool = True, ui: bool = True) -> Settings:
     """Start Redis and the S3 server (if not already running), create buckets, write config.json."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -197,6 +197,8 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
             _wait_metrics(settings, state_dir, echo)
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
+        if ui:
+            _ensure_ui(state_dir, echo)
         return settings
     if running:  # half-up: stop the survivors so we start from a clean, known set
         down(state_dir, echo=echo)
@@ -235,6 +237,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         down(state_dir, echo=lambda _m: None)
         raise
     config = settings.to_dict() | {"redis_password": password} | creds
+    config |= {k: old[k] for k in ("ui_token", "ui_port") if k in old}  # the dashboard's, kept across `up`s
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
     _write_role_configs(state_dir, settings, kind, creds)
     if controller:
@@ -242,7 +245,16 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         _wait_metrics(settings, state_dir, echo)
     echo(f"cluster up in {state_dir} (object store: {kind})")
     _print_endpoints(settings, echo)
+    if ui:
+        _ensure_ui(state_dir, echo)
     return settings
+
+
+def _ensure_ui(state_dir: Path, echo: Echo) -> None:
+    """The dashboard (cluster/ui/service.py): token and port kept in config.json, URL printed."""
+    from cluster.ui import service
+
+    service.ensure(state_dir, echo)
 
 
 def down(state_dir: Path, *, echo: Echo = print, grace: float = 10.0) -> list[str]:
@@ -388,7 +400,11 @@ def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceSta
         out.append(ServiceStatus("metrics", healthy, url, detail))
     if state_dir is not None:
         for mp in State.load(Path(state_dir)).processes:
-            if mp.name not in ("redis", "s3"):
+            if mp.name == "ui" and mp.alive:
+                from cluster.ui import service
+
+                out.append(ServiceStatus("ui", *service.status_detail(Path(state_dir))))
+            elif mp.name not in ("redis", "s3"):
                 out.append(ServiceStatus(mp.name, mp.alive, f"pid {mp.pid}", "running" if mp.alive else "exited"))
     return out
 

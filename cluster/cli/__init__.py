@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from cluster.errors import ClusterError
 
-from . import infra, pools, runs, sweep
+from . import infra, pools, runs, sweep, ui
 
-GROUPS = [infra, runs, pools, sweep]
+GROUPS = [infra, runs, pools, sweep, ui]
 
 
 class _Parser(argparse.ArgumentParser):

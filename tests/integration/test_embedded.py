@@ -91,14 +91,14 @@ def test_down_stops_only_ours_and_data_survives(tmp_path: Path) -> None:
     assert embedded.start_workers(state_dir, "downtest", 1) == ["node-downtest-1"]
     procs = embedded.State.load(state_dir).processes
     # (the controller may also have started a warm spare node process by now: `spare-...`)
-    assert {p.name for p in procs if not p.name.startswith("spare-")} == {"redis", "s3", "controller",
+    assert {p.name for p in procs if not p.name.startswith("spare-")} == {"redis", "s3", "controller", "ui",
                                                                           "node-downtest-1"}
     pids = [p.pid for p in procs]
     bystander = psutil.Popen(["sleep", "30"])  # not ours: must survive `down`
     try:
         stopped = embedded.down(state_dir, echo=lambda _m: None)
-        assert sorted(n for n in stopped if not n.startswith("spare-")) == ["controller", "node-downtest-1",
-                                                                             "redis", "s3"]
+        assert sorted(n for n in stopped if not n.startswith("spare-")) == ["controller", "node-downtest-1", "redis",
+                                                                             "s3", "ui"]
         assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
         assert bystander.is_running()
         again = embedded.up(state_dir, echo=lambda _m: None)
