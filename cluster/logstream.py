@@ -80,7 +80,8 @@ class LogWriter:
     def line(self, stream: str, text: str) -> None:
         with self._lock:
             self._file.write(text + "\n")
-            self._pending.append({"s": stream[0], "l": text})
+            # o: stdout, e: stderr, x: the node's own lines (a reader may colour them apart)
+            self._pending.append({"s": {"stdout": "o", "stderr": "e"}.get(stream, stream[:1]), "l": text})
             due = len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush > FLUSH_SECONDS
         if due:
             self.flush()
