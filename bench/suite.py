@@ -141,6 +141,12 @@ def node_states(ws: Workspace, pool_name: str) -> list[str]:
     return sorted(out)
 
 
+def pool_processes(ws: Workspace, pool_name: str) -> list[str]:
+    """The pool's node processes still alive (a drained node's heartbeat is gone before its process exits)."""
+    return [p.name for p in embedded.State.load(state_dir_of(ws)).processes
+            if p.name.startswith(f"node-{pool_name}-") and p.alive]
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, poll: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -245,7 +251,7 @@ def part_sweep(ws: Workspace, report: Report, mnist_dir: Path, limit: int, regs:
         if label.startswith("warm"):
             wait_for(lambda: node_states(ws, "bsweep") == ["idle", "idle"], 60, "2 idle nodes")
         else:
-            wait_for(lambda: node_states(ws, "bsweep") == [], 60, "an empty pool")
+            wait_for(lambda: node_states(ws, "bsweep") == [] and not pool_processes(ws, "bsweep"), 60, "an empty pool")
         hd = HyperDriveConfig(estimator=est, hyperparameter_sampling=GridParameterSampling(
             {"--regularization": choice(*regs)}), primary_metric_name="accuracy",
             primary_metric_goal=PrimaryMetricGoal.MAXIMIZE, max_total_runs=len(regs),
@@ -367,7 +373,8 @@ def part_startup(ws: Workspace, report: Report, repeat: int, tmp: Path) -> None:
     cold_est = Estimator(str(src), "train.py", compute_target=cold_target)
     cold = []
     for _ in range(repeat):
-        wait_for(lambda: node_states(ws, "bcold") == [], 60, "the cold pool empty")
+        # cold: no node of the pool left at all, not even one still exiting after its drain
+        wait_for(lambda: node_states(ws, "bcold") == [] and not pool_processes(ws, "bcold"), 60, "the cold pool empty")
         t0 = time.time()
         run = exp.submit(cold_est)
         cold.append(first_line_time(run) - t0)
