@@ -401,6 +401,11 @@ def test_prometheus_scrapes_the_controller_and_answers_the_dashboard_and_keda(
         run.wait_for_completion(timeout=120)
     wait_until(lambda: query(prometheus, f'sum(cluster_runs_finished_total{{pool="{pool}",status="completed"}})')
                == [2.0], 60, "Prometheus has the finished runs")
+    # rate() and histogram_quantile() need an increase Prometheus saw between two scrapes: runs can finish before
+    # their series are first scraped, so one more run now that the series exist
+    submit(ws, source, pool, **{"--sleep": 0.5}).wait_for_completion(timeout=120)
+    wait_until(lambda: query(prometheus, f'sum(cluster_runs_finished_total{{pool="{pool}",status="completed"}})')
+               == [3.0], 60, "Prometheus has the third finished run")
     # every panel's query is valid PromQL and answers; the pool variable set to this pool
     dashboard = json.loads((REPO / "deploy" / "grafana" / "dashboards" / "cluster.json").read_text())
     answers = {}
