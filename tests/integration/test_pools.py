@@ -260,26 +260,32 @@ def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster
 
 
 PROBE = """
-import json, os, time
+import json, os, sys, time, urllib.request
+events = sys.argv[1]  # the test's EventCollector: both runs wait until both started (on two nodes)
+urllib.request.urlopen(f"{events}/start/{os.environ['CLUSTER_RUN_ID']}/0", data=b"", timeout=30).read()
+deadline = time.time() + 120
+while time.time() < deadline and int(urllib.request.urlopen(f"{events}/count/start", timeout=30).read()) < 2:
+    time.sleep(0.05)
 os.makedirs("outputs", exist_ok=True)
 with open("outputs/probe.json", "w") as f:
     json.dump({"cpus": sorted(os.sched_getaffinity(0)),
                "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                           "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
                                                           "NUMEXPR_NUM_THREADS")}}, f)
-time.sleep(2)
 """
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to show disjoint sets")
 def test_two_small_nodes_get_their_own_cpu_and_thread_counts(ws: Workspace, tmp_path: Path,
-                                                            make_pool: Callable[..., NodePool]) -> None:
+                                                            make_pool: Callable[..., NodePool],
+                                                            events: EventCollector) -> None:
     src = tmp_path / "probe"
     src.mkdir()
     (src / "probe.py").write_text(PROBE)
     pool = make_pool(max_nodes=2, idle_seconds_before_scaledown=30)
     exp = Experiment(ws, "pools")
-    runs = [exp.submit(Estimator(src, "probe.py", compute_target=pool)) for _ in range(2)]
+    runs = [exp.submit(Estimator(src, "probe.py", compute_target=pool, script_params={events.url: None}))
+            for _ in range(2)]
     seen = []
     for run in runs:
         assert run.wait_for_completion(timeout=90)["status"] == "Completed"
