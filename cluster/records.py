@@ -53,6 +53,16 @@ def now_iso(t: float | None = None) -> str:
     return datetime.fromtimestamp(time.time() if t is None else t, UTC).isoformat(timespec="milliseconds")
 
 
+def parse_iso(stamp: str | None) -> float | None:
+    """The epoch seconds of a record's timestamp (as :func:`now_iso` writes them); None if absent or unreadable."""
+    if not stamp:
+        return None
+    try:
+        return datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What to run. Arguments may contain data references (as dicts); the node resolves them."""

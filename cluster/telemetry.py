@@ -24,7 +24,6 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
 from typing import Any
 
 import redis
@@ -36,7 +35,7 @@ from cluster import layout
 from cluster.autoscale import NodeState
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_status
 from cluster.errors import ClusterError, ServiceError
-from cluster.records import RunRecord, RunStatus
+from cluster.records import RunRecord, RunStatus, parse_iso
 from cluster.runstate import rk_active
 from cluster.workspace import Workspace
 
@@ -60,22 +59,13 @@ TICK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("
 
 # ---- pure helpers -------------------------------------------------------------------------------
 
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
-
-
 def phase_durations(timestamps: Mapping[str, str]) -> dict[str, float]:
     """Seconds spent in each phase, from a run record's timestamps (when it *first* entered each status).
     A phase the run never left (or never entered) is absent; so is one whose clock went backwards."""
     out: dict[str, float] = {}
     for phase, start, ends in _PHASE_BOUNDS:
-        begin = _epoch(timestamps.get(start.value))
-        end = next((t for t in (_epoch(timestamps.get(e.value)) for e in ends) if t is not None), None)
+        begin = parse_iso(timestamps.get(start.value))
+        end = next((t for t in (parse_iso(timestamps.get(e.value)) for e in ends) if t is not None), None)
         if begin is not None and end is not None and end >= begin:
             out[phase] = end - begin
     return out

@@ -25,12 +25,11 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
+from cluster.records import RunRecord, RunSpec, RunStatus, now_iso, parse_iso
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
@@ -186,20 +185,11 @@ class ChildInfo:
         return self.status.is_final
 
 
-def _parse_time(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
-
-
 def started_at(record: RunRecord | None) -> float | None:
     if record is None:
         return None
     stamps = record.timestamps
-    return _parse_time(stamps.get(RunStatus.RUNNING.value) or stamps.get(RunStatus.PREPARING.value))
+    return parse_iso(stamps.get(RunStatus.RUNNING.value) or stamps.get(RunStatus.PREPARING.value))
 
 
 def ended_at(record: RunRecord | None) -> float | None:
@@ -207,7 +197,7 @@ def ended_at(record: RunRecord | None) -> float | None:
         return None
     for status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED):
         if status.value in record.timestamps:
-            return _parse_time(record.timestamps[status.value])
+            return parse_iso(record.timestamps[status.value])
     return None
 
 

@@ -20,12 +20,11 @@ import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, metrics
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import RunRecord, RunStatus
+from cluster.records import RunRecord, RunStatus, parse_iso
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
@@ -39,15 +38,6 @@ CHILDREN = "children/"
 
 def index_key(experiment: str) -> str:
     return f"index/ui/experiments/{experiment}.json"
-
-
-def _ts(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
 
 
 def _final_json(raw: str) -> bool:
@@ -73,11 +63,11 @@ def scalar_metrics(values: dict[str, Any]) -> dict[str, Any]:
 def make_row(record: RunRecord, metric_values: dict[str, Any]) -> dict[str, Any]:
     """The summary of one run as the tables show it (JSON-ready)."""
     stamps = record.timestamps
-    submitted = _ts(stamps.get(RunStatus.QUEUED.value))
-    started = _ts(stamps.get(RunStatus.RUNNING.value) or stamps.get(RunStatus.PREPARING.value))
-    ended = next((_ts(stamps[s.value]) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
+    submitted = parse_iso(stamps.get(RunStatus.QUEUED.value))
+    started = parse_iso(stamps.get(RunStatus.RUNNING.value) or stamps.get(RunStatus.PREPARING.value))
+    ended = next((parse_iso(stamps[s.value]) for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
                   if s.value in stamps), None)
-    last = max((t for t in (_ts(v) for v in stamps.values()) if t is not None), default=None)
+    last = max((t for t in (parse_iso(v) for v in stamps.values()) if t is not None), default=None)
     tags = dict(record.tags)
     kind = tags.get("kind", "run")
     return {

@@ -24,7 +24,7 @@ import pytest
 
 from cluster import Workspace, embedded, layout
 from cluster.settings import Settings
-from tests.helpers import unique
+from tests.helpers import EventCollector, unique
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_START_TIMEOUT = 60.0
@@ -200,3 +200,11 @@ def make_source(tmp_path: Path) -> Callable[..., Path]:
         return write_source(tmp_path / (name or f"src{next(counter)}"), files)
 
     return make
+
+
+@pytest.fixture
+def events() -> Iterator[EventCollector]:
+    """Where a test's scripts report what they did (over loopback HTTP: a sandboxed run sees no test folder)."""
+    collector = EventCollector()
+    yield collector
+    collector.close()

@@ -54,13 +54,6 @@ print("END", flush=True)
 
 
 @pytest.fixture
-def events() -> Iterator[EventCollector]:
-    collector = EventCollector()
-    yield collector
-    collector.close()
-
-
-@pytest.fixture
 def ws(cluster_dir: Path) -> Workspace:
     return Workspace.from_config(cluster_dir / "config.json")
 

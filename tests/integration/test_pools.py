@@ -97,13 +97,6 @@ def _nodes(ws: Workspace, pool: str) -> dict[str, dict[str, str]]:
     return out
 
 
-@pytest.fixture
-def events() -> Iterator[EventCollector]:
-    collector = EventCollector()
-    yield collector
-    collector.close()
-
-
 def _submit(ws: Workspace, source: Path, pool: NodePool, seconds: float, marker: EventCollector | None = None,
             experiment: str = "pools", barrier: int = 0) -> object:
     params: dict[str, object] = {"--seconds": seconds}

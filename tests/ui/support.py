@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from cluster import Experiment, ScriptRunConfig, Workspace
 from tests.helpers import unique, wait_until
@@ -41,15 +38,8 @@ def wait_status(run: Any, statuses: set[str], timeout: float = 90.0) -> str:
 
 
 def poll(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Like wait_until, with a slower interval for page queries."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    """wait_until, with a slower interval for page queries."""
+    return wait_until(predicate, timeout, what, interval=0.2)
 
 
 def make_finished_runs(ws: Workspace, experiment: str, count: int, *, threads: int = 8) -> list[str]:
