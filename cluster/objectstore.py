@@ -17,7 +17,7 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from cluster.errors import ConfigError, CredentialsError, NotFoundError, PayloadError, ServiceError
+from cluster.errors import ConfigError, CredentialsError, NotFoundError, PayloadError, ServiceError, TLSError
 from cluster.settings import Settings
 
 SHA256_META = "sha256"
@@ -68,6 +68,13 @@ class ObjectStore:
         except (urllib3.exceptions.HTTPError, OSError) as e:
             if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
                 raise
+            from cluster.tls import is_certificate_error
+
+            if is_certificate_error(e):
+                from cluster.redisclient import TLS_HINT
+
+                raise TLSError(f"the object store at {self.settings.s3_url} presented a certificate this host "
+                               f"does not trust (while trying to {what})", hint=TLS_HINT) from e
             raise ServiceError(
                 f"the object store at {self.settings.s3_url} is not reachable (while trying to {what}): "
                 f"{type(e).__name__}",
@@ -196,10 +203,14 @@ class ObjectStore:
 
 def make_client(settings: Settings) -> Minio:
     """A minio client that fails fast when the server is down (few retries, short timeouts)."""
+    tls: dict[str, Any] = {}
+    if settings.s3_secure:  # HTTPS: certificates checked, against the cluster's CA when the config has one
+        tls = {"cert_reqs": "CERT_REQUIRED"} | ({"ca_cert_data": settings.tls_ca} if settings.tls_ca else {})
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=3.0, read=120.0),
         maxsize=16,
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        **tls,
     )
     try:
         return Minio(settings.s3_endpoint, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,

@@ -31,6 +31,7 @@ ENV_VARS = {
     "data_bucket": "CLUSTER_DATA_BUCKET",
     "cluster_bucket": "CLUSTER_BUCKET",
     "metrics_port": "CLUSTER_METRICS_PORT",
+    "tls_ca": "CLUSTER_TLS_CA",
 }
 
 
@@ -54,6 +55,9 @@ class Settings:
     cluster_bucket: str = layout.CLUSTER_BUCKET
     max_snapshot_bytes: int = 300 * 1024**2
     metrics_port: int = 0  # the controller's Prometheus endpoint (0: none); see cluster/telemetry.py
+    # the private CA (PEM text, or a file path) that signed the servers' certificates when they serve TLS
+    # (rediss://, s3_secure); empty: the system's trusted CAs. See cluster/tls.py and docs/multihost.md
+    tls_ca: str = field(default="", repr=False)
     source: str = ""  # where these settings came from, for messages
 
     def __repr__(self) -> str:
@@ -110,7 +114,8 @@ class Settings:
             raise ConfigError(f"max_snapshot_bytes in {where} must be a positive whole number of bytes, "
                               f"got {settings.max_snapshot_bytes!r}")
         return replace(settings, s3_secure=_as_bool(settings.s3_secure), max_snapshot_bytes=size,
-                       metrics_port=_as_port(settings.metrics_port, where))
+                       metrics_port=_as_port(settings.metrics_port, where),
+                       tls_ca=_ca_text(settings.tls_ca, where, source))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Settings:
@@ -185,6 +190,25 @@ def _as_port(value: object, source: str) -> int:
         raise ConfigError(f"metrics_port in {source or 'the configuration'} is not a TCP port: {value!r}",
                           hint="set CLUSTER_METRICS_PORT (or metrics_port) to a number from 1 to 65535, or 0 for none")
     return port
+
+
+def _ca_text(value: str, where: str, source: str) -> str:
+    """tls_ca as PEM text: given inline, or read from a file (relative to the config file's folder)."""
+    value = value.strip()
+    if not value or value.startswith("-----BEGIN"):
+        if value and "-----BEGIN CERTIFICATE-----" not in value:
+            raise ConfigError(f"tls_ca in {where} is not a PEM certificate",
+                              hint="export the config again with `cluster config export`, or give the CA file's path")
+        return value + "\n" if value else ""
+    path = Path(value).expanduser()
+    if not path.is_absolute() and source and Path(source).is_file():
+        path = Path(source).parent / path
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"tls_ca in {where} names {path}, which cannot be read: {e}",
+                          hint="give the path of the cluster's ca.pem, or its PEM text") from e
+    return _ca_text(text, f"{path} (tls_ca of {where})", "")
 
 
 def _looks_like_ours(path: Path) -> bool:

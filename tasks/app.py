@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from celery.exceptions import Reject
 
-from cluster import layout
+from cluster import layout, redisclient
 from cluster.settings import Settings
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ def create_app(settings: Settings, *, visibility_timeout: float = VISIBILITY_TIM
         task_create_missing_queues=True,
         worker_enable_remote_control=remote_control,  # off: no broadcast commands (shutdown, ...) via the broker
     )
+    tls = redisclient.tls_kwargs(settings)
+    if tls:  # rediss://: kombu hands these to redis-py's SSLConnection (the cluster's CA, host names checked)
+        app.conf.broker_use_ssl = tls
     app.task(name=TASK_NAME, acks_late=True, reject_on_worker_lost=True)(execute_run_task)
     return app
 

@@ -14,9 +14,9 @@ from typing import NoReturn
 
 from cluster.errors import ClusterError
 
-from . import infra, pools, runs, sweep, ui
+from . import hosts, infra, pools, runs, sweep, ui
 
-GROUPS = [infra, runs, pools, sweep, ui]
+GROUPS = [infra, runs, pools, sweep, ui, hosts]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="workspace name (default: the parent folder's name)")
     p.add_argument("--workers", type=int, default=0, help="also start N static nodes (see --pool)")
     p.add_argument("--pool", default="default", help="pool for --workers nodes (default: default)")
+    p.add_argument("--listen", metavar="ADDR", help="serve Redis and the S3 endpoint on ADDR, the address other "
+                   "hosts reach this one on (default: the config's `listen`, else 127.0.0.1 only); off loopback both "
+                   "serve TLS only, with a private CA (docs/multihost.md)")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="with --listen: no TLS (passwords and data in clear text on the network; a warning is printed)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what `cluster up` started (data is kept)")
@@ -73,7 +78,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.name is not None:
         validation.text("--name", args.name)
     validation.local_dir_target("--state-dir", args.state_dir)
-    embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name)
+    embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name,
+                listen=args.listen, insecure=args.insecure)
     if args.workers:
         started = embedded.start_workers(args.state_dir, args.pool, args.workers)
         print(f"  nodes        {', '.join(started) or '(already running)'} serving pool {args.pool}")

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from cluster import logstream
+from cluster import logstream, redisclient
 from cluster.errors import ClusterError, NotFoundError, ServiceError, UsageError
 from cluster.ui import stream
 from cluster.ui.auth import SecurityHeaders, TokenAuth, derive
@@ -249,7 +249,8 @@ def _async_redis(app: FastAPI, ws: Workspace) -> Any:
     if r is None:
         # the socket timeout must outlast a blocking XREAD (stream.BLOCK_MS)
         r = aioredis.Redis.from_url(ws.settings.redis_url, decode_responses=True, socket_connect_timeout=3,
-                                    socket_timeout=stream.BLOCK_MS / 1000 + 20, health_check_interval=30)
+                                    socket_timeout=stream.BLOCK_MS / 1000 + 20, health_check_interval=30,
+                                    **redisclient.tls_kwargs(ws.settings))
         app.state.aredis = r
     return r
 
