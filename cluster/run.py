@@ -71,6 +71,7 @@ class Run:
             "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
             "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
             "isolation": rec.attempts[-1].get("isolation") if rec.attempts else None,
+            "host": rec.attempts[-1].get("host") if rec.attempts else None,  # the node's host name
             "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
         }
 

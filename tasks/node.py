@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -273,7 +274,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     assert claim.spec is not None and claim.record is not None  # execute_run read them, or redelivered
     spec, record = claim.spec, claim.record  # the claim also reset the live metrics of a retried attempt
     history = (*record.attempts, {"attempt": attempt_no, "node": cfg.name, "started": time.time(),
-                                  "isolation": cfg.isolation})
+                                  "isolation": cfg.isolation, "host": socket.gethostname()})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
                                               attempts=history), durable=False)
     logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log", token=attempt.token)

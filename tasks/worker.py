@@ -59,6 +59,7 @@ class Heartbeat(threading.Thread):
         self.node, self.opts = node, opts
         self.stopping = threading.Event()
         self.key = layout.rk_node(opts.name)
+        self.address = _local_address(node.settings.redis_url)
 
     def beat(self, state: str | None = None) -> None:
         run = self.node.current_run
@@ -67,7 +68,8 @@ class Heartbeat(threading.Thread):
         pipe = self.node.r.pipeline()
         pipe.hset(self.key, mapping={
             "pool": self.opts.pool, "state": state, "run": run or "", "heartbeat": f"{time.time():.3f}",
-            "pid": os.getpid(), "host": socket.gethostname(), "static": "1" if self.opts.static else "0",
+            "pid": os.getpid(), "host": socket.gethostname(), "address": self.address,
+            "static": "1" if self.opts.static else "0",
             "isolation": self.node.config.isolation,
         })
         pipe.hsetnx(self.key, "started", f"{time.time():.3f}")
@@ -84,6 +86,20 @@ class Heartbeat(threading.Thread):
                 self.beat()
             except Exception:  # a Redis blip must not kill the heartbeat thread
                 continue
+
+
+def _local_address(redis_url: str) -> str:
+    """This host's address on the route to Redis (what other hosts know it by); '' when unknown."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(redis_url)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in (parts.hostname or "") else socket.AF_INET,
+                           socket.SOCK_DGRAM) as s:
+            s.connect((parts.hostname or "127.0.0.1", parts.port or 6379))  # UDP: nothing is sent
+            return str(s.getsockname()[0])
+    except (OSError, ValueError):
+        return ""
 
 
 def node_sandbox(opts: WorkerOptions) -> Sandbox:

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "serve TLS only, with a private CA (docs/multihost.md)")
     p.add_argument("--insecure", action="store_true", default=None,
                    help="with --listen: no TLS (passwords and data in clear text on the network; a warning is printed)")
+    p.add_argument("--no-controller", action="store_true",
+                   help="start no controller here (it runs on another host: `cluster config export --for controller`)")
+    p.add_argument("--no-ui", action="store_true", help="start no dashboard")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("down", help="stop what `cluster up` started (data is kept)")
@@ -79,7 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         validation.text("--name", args.name)
     validation.local_dir_target("--state-dir", args.state_dir)
     embedded.up(args.state_dir, redis_port=args.redis_port, s3_port=args.s3_port, workspace_name=args.name,
-                listen=args.listen, insecure=args.insecure)
+                listen=args.listen, insecure=args.insecure, controller=not args.no_controller, ui=not args.no_ui)
     if args.workers:
         started = embedded.start_workers(args.state_dir, args.pool, args.workers)
         print(f"  nodes        {', '.join(started) or '(already running)'} serving pool {args.pool}")

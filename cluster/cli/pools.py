@@ -226,12 +226,13 @@ def cmd_nodes(args: argparse.Namespace) -> int:
                 continue
             age = now - float(h.get("heartbeat", 0) or 0)
             state = h.get("state", "?") if age <= 10 else "lost"
+            host = h.get("host", "") + (f" ({h['address']})" if h.get("address") else "")
             rows.append([name, h.get("pool", ""), state, h.get("run", "") or "-", f"{age:.1f}s ago",
-                         "static" if h.get("static") == "1" else "managed", h.get("isolation", "?")])
+                         "static" if h.get("static") == "1" else "managed", h.get("isolation", "?"), host or "?"])
         if args.watch:
             print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
         if rows:
-            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION"])
+            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION", "HOST"])
         else:
             print("no nodes")
         if not args.watch:

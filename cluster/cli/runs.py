@@ -189,7 +189,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     caps = OutputCaps(max_bytes=args.max_output_bytes, max_files=args.max_output_files)
     hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
     opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
-                         work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
+                         # absolute: the sandbox binds them by path, from another working directory
+                         work_dir=(args.work_dir or home / "work").resolve(),
+                         cache_dir=(args.cache_dir or home / "cache").resolve(),
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
                          output_caps=caps, hidden=hidden, remote_control=args.remote_control,
                          use_bwrap=not args.no_bwrap,

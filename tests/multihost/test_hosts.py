@@ -1,0 +1,59 @@
+"""Runs submitted from one host complete on nodes on other hosts; every byte crosses a network, over TLS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.multihost.conftest import POOL, PY, MultiHost
+
+pytestmark = pytest.mark.multihost
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sklearn-mnist" / "sklearn-mnist"
+
+
+def test_servers_listen_on_the_infra_address_with_tls_only(multihost: MultiHost) -> None:
+    infra = multihost["infra"]
+    s = multihost.settings
+    assert s.redis_url.startswith("rediss://:") and f"@{infra.address}:" in s.redis_url
+    assert s.s3_secure and s.s3_endpoint.startswith(f"{infra.address}:") and "BEGIN CERTIFICATE" in s.tls_ca
+    listening = infra.run(["ss", "-Hltn"]).stdout
+    redis_port, s3_port = s.redis_url.rsplit(":", 1)[1].split("/")[0], s.s3_endpoint.rsplit(":", 1)[1]
+    for port in (redis_port, s3_port):
+        assert f"{infra.address}:{port} " in listening, listening
+    # a plain-text client is refused by both (TLS only): no password or key ever crosses in clear
+    plain = multihost["client"].run([PY, "-c", (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('{infra.address}',{redis_port}),timeout=5)\n"
+        "s.sendall(b'PING\\r\\n'); s.settimeout(5)\n"
+        "try:\n    data=s.recv(100)\nexcept OSError as e:\n    data=b''\n"
+        "print(repr(data))\n")])
+    assert "PONG" not in plain.stdout
+    http = multihost["client"].run(["curl", "-sS", "-m", "5", f"http://{s.s3_endpoint}/"], check=False)
+    assert "HTTP request to an HTTPS server" in http.stdout + http.stderr
+
+
+def test_nodes_on_their_hosts_show_in_cluster_nodes(multihost: MultiHost) -> None:
+    live = multihost.wait_nodes("n1", "n2")
+    for host in ("n1", "n2"):
+        assert live[host]["address"] == multihost[host].address
+        assert live[host]["static"] == "1"
+        assert live[host]["name"].startswith(f"{POOL}-{host}-")  # default name: <pool>-<host>-<pid>
+    table = multihost["client"].run([PY, "-m", "cluster.cli", "nodes"]).stdout
+    for host in ("n1", "n2"):
+        assert f"{host} ({multihost[host].address})" in table, table
+
+
+def test_tutorial_run_and_sweep_from_the_client_host(multihost: MultiHost, mnist_uploaded: str) -> None:
+    out = multihost.client("tutorial.py", POOL, str(EXAMPLE), timeout=600)
+    run = out["run"]
+    d = run["details"]
+    assert d["status"] == "Completed", d
+    assert d["host"] in ("n1", "n2") and d["node"].startswith(f"{POOL}-{d['host']}-"), d
+    assert run["metrics"]["regularization rate"] == 0.8 and 0.7 < run["metrics"]["accuracy"] <= 1.0
+    assert "outputs/sklearn_mnist_model.pkl" in run["files"]
+    sweep = out["sweep"]
+    assert sweep["status"] == "Completed", sweep
+    assert len(sweep["children"]) == 2 and all(c["status"] == "Completed" for c in sweep["children"])
+    assert {c["details"]["host"] for c in sweep["children"]} <= {"n1", "n2"}
+    assert sweep["best"] in {c["id"] for c in sweep["children"]}
