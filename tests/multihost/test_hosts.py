@@ -29,8 +29,13 @@ def test_servers_listen_on_the_infra_address_with_tls_only(multihost: MultiHost)
         "try:\n    data=s.recv(100)\nexcept OSError as e:\n    data=b''\n"
         "print(repr(data))\n")])
     assert "PONG" not in plain.stdout
-    http = multihost["client"].run(["curl", "-sS", "-m", "5", f"http://{s.s3_endpoint}/"], check=False)
-    assert "HTTP request to an HTTPS server" in http.stdout + http.stderr
+    http = multihost["client"].run([PY, "-c", (
+        "import urllib.request,urllib.error\n"
+        "try:\n"
+        f"    urllib.request.urlopen('http://{s.s3_endpoint}/', timeout=5)\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code, e.read().decode(errors='replace'))\n")])
+    assert "HTTP request to an HTTPS server" in http.stdout, http.stdout
 
 
 def test_nodes_on_their_hosts_show_in_cluster_nodes(multihost: MultiHost) -> None:
