@@ -102,6 +102,10 @@ def _local_address(redis_url: str) -> str:
         return ""
 
 
+def _exit_before_celery(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def node_sandbox(opts: WorkerOptions) -> Sandbox:
     """Detect the node's isolation level; the state, work and cache directories are hidden from runs."""
     hidden = (*opts.hidden, opts.work_dir, opts.cache_dir)
@@ -136,9 +140,11 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     # stop_grace_seconds before it is stopped and handed back to the queue (tasks/node.py)
     celery_signals.worker_shutting_down.connect(lambda **_kw: node.stopping.set(), weak=False)
     heartbeat = Heartbeat(node, opts)
-    heartbeat.beat("idle")
-    heartbeat.start()
+    # stopped before Celery installs its own handler (which replaces this one): leave cleanly all the same
+    signal.signal(signal.SIGTERM, _exit_before_celery)
     try:
+        heartbeat.beat("idle")
+        heartbeat.start()
         app.worker_main([
             "--quiet", "worker", "--pool=solo", "--concurrency=1", "--prefetch-multiplier=1",
             f"--queues={layout.queue_name(opts.pool)}", f"--hostname={opts.name}@%h",
@@ -146,6 +152,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
         ])
     finally:
         heartbeat.stopping.set()
+        if heartbeat.is_alive():
+            heartbeat.join(5)  # a beat in flight must not write the record again after it is removed
         try:
             node.r.delete(layout.rk_node(opts.name))
             node.r.srem(layout.RK_NODES, opts.name)

@@ -73,3 +73,16 @@ def test_a_node_config_carries_no_admin_secret(multihost: MultiHost) -> None:
     text = json.dumps(node)
     assert admin.s3_secret_key not in text and admin.redis_url.split("@")[0].rsplit(":", 1)[1] not in text
     assert node["tls_ca"] == admin.tls_ca
+
+
+def test_insecure_listen_warns_and_serves_plain_text(multihost: MultiHost) -> None:
+    ctl = multihost["ctl"]
+    up = ctl.run([PY, "-m", "cluster.cli", "up", "--state-dir", "insecure", "--listen", ctl.address, "--insecure",
+                  "--no-controller", "--no-ui"], timeout=120)
+    try:
+        assert "WARNING" in up.stdout and "WITHOUT TLS" in up.stdout, up.stdout
+        assert f"redis://:****@{ctl.address}:" in up.stdout and f"http://{ctl.address}:" in up.stdout, up.stdout
+        config = json.loads((ctl.root / "insecure" / "config.json").read_text())
+        assert config["listen"] == ctl.address and config["insecure"] is True and not config.get("tls_ca")
+    finally:
+        ctl.run([PY, "-m", "cluster.cli", "down", "--state-dir", "insecure"], check=False, timeout=60)

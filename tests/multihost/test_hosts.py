@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
 
+from cluster import layout
+from tests.helpers import wait_until
 from tests.multihost.conftest import POOL, PY, MultiHost
 
 pytestmark = pytest.mark.multihost
@@ -62,3 +65,17 @@ def test_tutorial_run_and_sweep_from_the_client_host(multihost: MultiHost, mnist
     assert len(sweep["children"]) == 2 and all(c["status"] == "Completed" for c in sweep["children"])
     assert {c["details"]["host"] for c in sweep["children"]} <= {"n1", "n2"}
     assert sweep["best"] in {c["id"] for c in sweep["children"]}
+
+
+def test_a_node_joins_from_its_file_and_leaves_cleanly(multihost: MultiHost) -> None:
+    n2 = multihost["n2"]
+    proc = n2.start([PY, "-m", "cluster.cli", "worker", "--config", "config.json", "--pool", POOL,
+                     "--node-name", "extra-n2", "--work-dir", "work-extra", "--cache-dir", "cache-extra"], "extra.log")
+    r = multihost.ws.redis
+    key = layout.rk_node("extra-n2")
+    wait_until(lambda: r.hget(key, "host") == "n2" or proc.poll() is not None, 60, "the extra node's heartbeat")
+    assert proc.poll() is None, n2.log("extra.log")
+    assert r.hget(key, "address") == n2.address
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, n2.log("extra.log")
+    assert not r.exists(key) and not r.sismember(layout.RK_NODES, "extra-n2")
