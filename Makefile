@@ -18,7 +18,7 @@ demo: $(STAMP)    ## the whole tutorial on the embedded cluster (MNIST_DIR=... i
 	$(PYTHON) -m cluster.cli up
 	$(PYTHON) examples/sklearn-mnist/tutorial.py $(ARGS)
 
-test: $(STAMP)    ## every tier: unit, integration (real Redis + S3 server), e2e (CLI and node processes)
+test: $(STAMP)    ## every tier: unit, integration (real Redis + S3 server), e2e (CLI and node processes), multihost (root: netns)
 	$(PYTHON) -m pytest $(ARGS)
 
 lint: $(STAMP)
