@@ -238,6 +238,9 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         if controller and ensure_controller(state_dir):
             echo("controller was not running: started it")
             _wait_metrics(settings, state_dir, echo)
+        if listen is not None and listen != (old.get("listen") or ""):
+            echo(f"warning: the running cluster listens on {old.get('listen') or HOST}, not {listen}: "
+                 "run `cluster down` first to change the address")
         echo(f"cluster already running in {state_dir} (not started twice)")
         _print_endpoints(settings, echo)
         if ui:
