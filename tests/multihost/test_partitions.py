@@ -91,3 +91,20 @@ def test_infra_unreachable_for_20s_loses_nothing(multihost: MultiHost) -> None:
         assert ticks == list(range(15)), ticks  # the completed attempt's whole series, nothing lost or doubled
         _done_token(mh, r)
     mh.wait_nodes("n1", "n2", timeout=60)
+
+
+def test_infra_unreachable_shorter_than_the_lease_costs_no_rerun(multihost: MultiHost) -> None:
+    mh = multihost
+    mh.wait_nodes("n1", "n2")
+    out = mh.client("submit.py", POOL, unique("blip"), "12", "1")
+    (run,) = _runs(mh, out)
+    wait_until(lambda: isinstance(run.get_metrics().get("tick"), list), 90, "the script to tick twice")
+    mh["infra"].link(up=False)
+    try:
+        time.sleep(4)  # the scenario: a 4 s outage, well inside the 10 s lease
+    finally:
+        mh["infra"].link(up=True)
+    d = run.wait_for_completion(timeout=120)
+    assert d["status"] == "Completed" and d["attempt"] == 1, d["attempts"]
+    assert run.get_metrics()["tick"] == list(range(12))
+    _done_token(mh, run)
