@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,12 @@ class MultiHost:
     def __getitem__(self, name: str) -> Host:
         return self.net[name]
 
+    node_procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
     def start_node(self, host: Host) -> None:
-        host.start([PY, "-m", "cluster.cli", "worker", "--config", "config.json", "--pool", POOL,
-                    "--work-dir", "work", "--cache-dir", "cache"], "node.log")
+        self.node_procs[host.name] = host.start([PY, "-m", "cluster.cli", "worker", "--config", "config.json",
+                                                 "--pool", POOL, "--work-dir", "work", "--cache-dir", "cache"],
+                                                "node.log")
 
     def nodes(self) -> dict[str, dict[str, str]]:
         """Live node records by host name (the heartbeat hash of each node)."""
@@ -62,7 +66,7 @@ class MultiHost:
             if set(hosts) <= set(live):
                 return live
             for h in hosts:
-                proc = next(iter(self.net[h].procs[-1:]), None)
+                proc = self.node_procs.get(h)
                 if proc is not None and proc.poll() is not None:
                     pytest.fail(f"the node on {h} exited ({proc.returncode}):\n{self.net[h].log('node.log')[-3000:]}")
             if time.monotonic() > deadline:

@@ -1,9 +1,11 @@
 """Hosts on one machine: Linux network namespaces joined by veth pairs to a bridge.
 
-Each host is a network namespace with its own address on a private /24 and its own host name (a UTS namespace
-per process, set by ``unshare``). Its processes run with ``ip netns exec``, from the host's own folder, with a
-HOME of their own and an environment that carries nothing of the test's (no CLUSTER_* variable): the only
-thing a host knows about the cluster is the config file written into its folder.
+Each host is a network namespace with its own address on a private /24, its own host name (a UTS namespace
+per process, set by ``unshare``) and its own folder: the other hosts' folders are hidden from its processes
+(a mount namespace each, with an empty tmpfs over every other host's folder). Its processes run with
+``ip netns exec``, from the host's own folder, with a HOME of their own and an environment that carries
+nothing of the test's (no CLUSTER_* variable): the only thing a host knows about the cluster is the config
+file written into its folder.
 
 Names are unique per test session (``mh<pid>``) and everything is removed in :meth:`Network.close`, which
 also runs at interpreter exit, so a failed or interrupted session leaves no namespace, link or process.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -63,6 +66,7 @@ class Host:
     veth: str  # the bridge side of its link: `ip link set <veth> down` cuts the host off
     root: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    hidden: tuple[Path, ...] = ()  # the other hosts' folders
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
@@ -71,9 +75,12 @@ class Host:
             | dict(extra or {})
 
     def argv(self, argv: Sequence[str]) -> list[str]:
-        """``argv`` run inside this host: its network namespace and its own host name."""
-        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--", "sh", "-c",
-                'hostname "$0" && exec "$@"', self.name, *argv]
+        """``argv`` run inside this host: its network namespace, its own host name, and a mount namespace in
+        which every other host's folder is an empty read-only tmpfs (it cannot read their files)."""
+        hide = "".join(f" && mount -t tmpfs -o ro,size=4k,mode=0555 mh-hidden {shlex.quote(str(d))}"
+                       for d in self.hidden)
+        return ["ip", "netns", "exec", self.netns, "unshare", "--uts", "--mount", "--propagation", "private", "--",
+                "sh", "-c", f'hostname "$0"{hide} && exec "$@"', self.name, *argv]
 
     def run(self, argv: Sequence[str], *, timeout: float = 120, check: bool = True,
             env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -152,6 +159,8 @@ class Network:
             sh("ip", "link", "set", self.bridge, "up")
             for i, name in enumerate(names, start=1):
                 self.hosts[name] = self._add_host(base, name, i)
+            for host in self.hosts.values():
+                host.hidden = tuple(h.root for h in self.hosts.values() if h is not host)
         except BaseException:
             self.close()
             raise

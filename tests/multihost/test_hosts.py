@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -79,3 +80,16 @@ def test_a_node_joins_from_its_file_and_leaves_cleanly(multihost: MultiHost) -> 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) == 0, n2.log("extra.log")
     assert not r.exists(key) and not r.sismember(layout.RK_NODES, "extra-n2")
+
+
+def test_a_host_sees_no_other_hosts_files(multihost: MultiHost) -> None:
+    infra_state = multihost["infra"].root / ".cluster"
+    assert (infra_state / "config.json").is_file()  # the harness sees it ...
+    for host in ("n1", "client", "ctl"):
+        out = multihost[host].run([PY, "-c", (
+            "import os,sys,json\n"
+            f"print(json.dumps({{'infra': os.listdir({str(multihost['infra'].root)!r}), "
+            f"'n2': os.listdir({str(multihost['n2'].root)!r}), 'own': sorted(os.listdir('.'))}}))\n")])
+        seen = json.loads(out.stdout)
+        assert seen["infra"] == [] and seen["n2"] == [], seen  # ... no host does: not the CA key, not a password
+        assert ("config.json" in seen["own"]) or (".cluster" in seen["own"]), seen
