@@ -34,8 +34,10 @@ def export(state_dir: Path, role: str) -> dict[str, Any]:
         hint = "run `cluster up` first" if role == "client" else \
             "run `cluster up` again: this state directory predates per-role credentials"
         raise ConfigError(f"no {role} configuration in {state_dir} ({path.name} is missing)", hint=hint)
-    settings = Settings.from_file(path)
-    return settings.to_dict()
+    config = Settings.from_file(path).to_dict()
+    if role != "controller":
+        config["metrics_port"] = 0  # the controller's endpoint is on the cluster host's loopback: not for them
+    return config
 
 
 def reachable_warning(config: dict[str, Any]) -> str | None:

@@ -140,6 +140,20 @@ class Host:
         sh("ip", "link", "set", self.veth, "up" if up else "down")
 
 
+def remove_stale() -> None:
+    """Namespaces and bridges an earlier session left (killed before it could clean up): its pid is gone."""
+    for line in sh("ip", "netns", "list", check=False).stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        head = name.split("-", 1)[0]
+        if not (head.startswith("mh") and head[2:].isdigit()) or psutil.pid_exists(int(head[2:])):
+            continue
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(int(pid)).kill()
+        sh("ip", "netns", "del", name, check=False)
+        sh("ip", "link", "del", f"{head}br", check=False)
+
+
 class Network:
     """A bridge and one namespace per host; the test process itself is on the bridge too (``observer``)."""
 
@@ -153,6 +167,7 @@ class Network:
         self.hosts: dict[str, Host] = {}
         self._closed = False
         atexit.register(self.close)
+        remove_stale()
         try:
             sh("ip", "link", "add", self.bridge, "type", "bridge")
             sh("ip", "addr", "add", f"{self.observer}/24", "dev", self.bridge)

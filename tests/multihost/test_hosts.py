@@ -93,3 +93,11 @@ def test_a_host_sees_no_other_hosts_files(multihost: MultiHost) -> None:
         seen = json.loads(out.stdout)
         assert seen["infra"] == [] and seen["n2"] == [], seen  # ... no host does: not the CA key, not a password
         assert ("config.json" in seen["own"]) or (".cluster" in seen["own"]), seen
+
+
+def test_cluster_status_on_the_client_host(multihost: MultiHost) -> None:
+    out = multihost["client"].run([PY, "-m", "cluster.cli", "status"])  # .cluster/config.json in its folder
+    lines = out.stdout.splitlines()
+    assert any(line.split()[:2] == ["ok", "redis"] and "rediss://" in line for line in lines), out.stdout
+    assert any("s3:cluster" in line and line.split()[0] == "ok" and "https://" in line for line in lines), out.stdout
+    assert "DOWN" not in out.stdout
