@@ -114,3 +114,34 @@ def test_clients_check_certificates_against_the_ca(tmp_path: Path) -> None:
 def test_export_warns_for_a_loopback_cluster() -> None:
     assert hostconfig.reachable_warning({"s3_endpoint": "127.0.0.1:9000"})
     assert hostconfig.reachable_warning({"s3_endpoint": "10.0.0.5:9000"}) is None
+
+
+def test_export_gives_each_role_its_own_credentials_only(tmp_path: Path) -> None:
+    from cluster.cli import main
+
+    ca = tls.ensure_certificates(tmp_path, ["10.1.2.3"]).ca_pem
+    common = BASE | {"tls_ca": ca, "metrics_port": 9100}
+    files = {
+        "config.json": common | {"redis_password": "admin-pw", "node_redis_password": "node-pw",
+                                 "controller_redis_password": "ctl-pw", "node_s3_secret_key": "node-sk",
+                                 "ui_token": "ui-secret", "listen": "10.1.2.3"},
+        "node-config.json": common | {"redis_url": "rediss://node:node-pw@10.1.2.3:6380/0",
+                                      "s3_access_key": "nd", "s3_secret_key": "node-sk"},
+        "controller-config.json": common | {"redis_url": "rediss://controller:ctl-pw@10.1.2.3:6380/0"},
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_text(json.dumps(data))
+    node = hostconfig.export(tmp_path, "node")
+    assert node["redis_url"].startswith("rediss://node:") and node["s3_secret_key"] == "node-sk"
+    assert "admin-pw" not in json.dumps(node) and node["tls_ca"].strip() == ca.strip()
+    assert node["metrics_port"] == 0
+    client = hostconfig.export(tmp_path, "client")
+    assert not {"redis_password", "node_redis_password", "controller_redis_password", "node_s3_secret_key",
+                "ui_token", "listen"} & set(client)
+    assert hostconfig.export(tmp_path, "controller")["metrics_port"] == 9100
+    out = tmp_path / "out" / "node.json"
+    assert main(["config", "export", "--for", "node", "--state-dir", str(tmp_path), "--out", str(out)]) == 0
+    assert oct(out.stat().st_mode & 0o777) == "0o600" and json.loads(out.read_text()) == node
+    (tmp_path / "node-config.json").unlink()
+    with pytest.raises(ConfigError, match="no node configuration"):
+        hostconfig.export(tmp_path, "node")
