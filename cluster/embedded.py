@@ -583,6 +583,13 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
                f"-config={state_dir / 'weed-s3.json'}"]
     if net.tls:
         gateway += [f"-cert.file={net.tls.cert}", f"-key.file={net.tls.key}"]
+        # the gateway's gRPC port listens on the address too (weed binds one address per process): mutual TLS
+        # there, with a client certificate nobody is given, so nothing on the network can use it
+        _write_private(state_dir / "security.toml", "\n".join([
+            "[grpc]", f'ca = "{net.tls.ca}"', "", "[grpc.s3]", f'cert = "{net.tls.cert}"', f'key = "{net.tls.key}"',
+            ""]))
+    else:
+        (state_dir / "security.toml").unlink(missing_ok=True)
     return [store, spawn("s3", gateway, state_dir, env=_base_env())]
 
 

@@ -40,6 +40,17 @@ def test_servers_listen_on_the_infra_address_with_tls_only(multihost: MultiHost)
         "except urllib.error.HTTPError as e:\n"
         "    print(e.code, e.read().decode(errors='replace'))\n")])
     assert "HTTP request to an HTTPS server" in http.stdout, http.stdout
+    # the S3 gateway's gRPC port also listens on the address: it demands a client certificate nobody has
+    grpc_port = json.loads((infra.root / ".cluster" / "state.json").read_text())["ports"]["s3_grpc"]
+    assert f"{infra.address}:{grpc_port} " in listening, listening
+    probe = multihost["client"].run([PY, "-c", (
+        "import json,socket,ssl\n"
+        "ctx=ssl.create_default_context(cadata=json.load(open('.cluster/config.json'))['tls_ca'])\n"
+        f"s=ctx.wrap_socket(socket.create_connection(('{infra.address}',{grpc_port}),timeout=5),"
+        f"server_hostname='{infra.address}')\n"
+        "try:\n    s.sendall(b'PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n'); print('answered', s.recv(64))\n"
+        "except ssl.SSLError as e:\n    print('refused', e)\n")])
+    assert "CERTIFICATE_REQUIRED" in probe.stdout, probe.stdout
 
 
 def test_nodes_on_their_hosts_show_in_cluster_nodes(multihost: MultiHost) -> None:
