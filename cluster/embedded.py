@@ -574,6 +574,15 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
 
     identities = _s3_identities((layout.DATA_BUCKET, layout.CLUSTER_BUCKET), access, secret, creds)
     _write_private(state_dir / "weed-s3.json", json.dumps(identities, indent=2))
+    if net.tls:
+        # a TLS gateway's gRPC port listens on the address too (weed binds one address per process): mutual TLS
+        # there, with a client certificate nobody is given, so nothing on the network can use it. weed reads
+        # security.toml from its working directory; only the [grpc.s3] server gets TLS from it
+        _write_private(state_dir / "security.toml", "\n".join([
+            "[grpc]", f'ca = "{net.tls.ca}"', "", "[grpc.s3]", f'cert = "{net.tls.cert}"', f'key = "{net.tls.key}"',
+            ""]))
+    else:
+        (state_dir / "security.toml").unlink(missing_ok=True)
     if net.host == HOST:
         return [spawn("s3", argv, state_dir, env=_base_env())]  # the keys are in the 0600 file, in no environment
     store = spawn("s3-store", [*argv, "-s3=false"], state_dir, env=_base_env())
@@ -583,13 +592,6 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
                f"-config={state_dir / 'weed-s3.json'}"]
     if net.tls:
         gateway += [f"-cert.file={net.tls.cert}", f"-key.file={net.tls.key}"]
-        # the gateway's gRPC port listens on the address too (weed binds one address per process): mutual TLS
-        # there, with a client certificate nobody is given, so nothing on the network can use it
-        _write_private(state_dir / "security.toml", "\n".join([
-            "[grpc]", f'ca = "{net.tls.ca}"', "", "[grpc.s3]", f'cert = "{net.tls.cert}"', f'key = "{net.tls.key}"',
-            ""]))
-    else:
-        (state_dir / "security.toml").unlink(missing_ok=True)
     return [store, spawn("s3", gateway, state_dir, env=_base_env())]
 
 
