@@ -39,7 +39,7 @@ import psutil
 import redis
 
 from cluster import objectstore, redisclient
-from cluster.errors import ClusterError, MissingBinaryError, PortInUseError, ServiceError
+from cluster.errors import ClusterError, MissingBinaryError, PortInUseError, ServiceError, UsageError
 from cluster.settings import CONFIG_FILE, Settings, mask, redis_url
 
 HOST = "127.0.0.1"
@@ -211,9 +211,12 @@ def _choose_ports(names: Iterable[str], previous: dict[str, int], requested: dic
         if old and old not in chosen.values() and free(old):
             chosen[name] = old
         else:
-            chosen[name] = free_port(avoid=chosen.values())
-            while not free(chosen[name]):
+            for _ in range(100):
                 chosen[name] = free_port(avoid=chosen.values())
+                if free(chosen[name]):
+                    break
+            else:
+                raise ServiceError(f"could not find a free TCP port on both 127.0.0.1 and {host}")
     return chosen
 
 
@@ -638,6 +641,7 @@ def _network(state_dir: Path, old: dict[str, Any], listen: str | None, insecure:
     if not listen:
         return Network()
     host = tls.check_listen_address(listen)
+    _check_bindable(host)
     if tls.is_loopback(host):
         return Network(host=host, listen=host)
     if insecure:
@@ -645,6 +649,17 @@ def _network(state_dir: Path, old: dict[str, Any], listen: str | None, insecure:
              "in clear text; use this only on a network you fully trust")
         return Network(host=host, listen=host, insecure=True)
     return Network(host=host, listen=host, tls=tls.ensure_certificates(state_dir, tls.server_names(host)))
+
+
+def _check_bindable(host: str) -> None:
+    """--listen must name an address of this host (servers bind it)."""
+    try:
+        family, kind, proto, _name, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.bind(addr)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}: {e.strerror or e}",
+                         hint="give an address of this host's network interfaces (`ip -br addr` lists them)") from e
 
 
 def _base_env() -> dict[str, str]:

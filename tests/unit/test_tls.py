@@ -159,3 +159,12 @@ def test_a_redis_server_without_tls_is_refused_with_the_way_out(monkeypatch: pyt
     with pytest.raises(MissingBinaryError) as info:
         embedded.find_redis_server(tls=True)
     assert "redis-server" in (info.value.hint or "") and "--insecure" in (info.value.hint or "")
+
+
+def test_listen_on_an_address_this_host_does_not_have_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    from cluster import embedded
+
+    with pytest.raises(UsageError, match=r"cannot listen on 198\.51\.100\.77") as info:
+        embedded.up(tmp_path / ".cluster", listen="198.51.100.77", echo=lambda _m: None, controller=False, ui=False)
+    assert "ip -br addr" in (info.value.hint or "")
+    assert not (tmp_path / ".cluster" / "state.json").exists() and not (tmp_path / ".cluster" / "tls").exists()
