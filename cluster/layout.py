@@ -9,11 +9,13 @@ Object store (the system of record; browse it in the MinIO console or with any S
         snapshots/<sha256>.json                  manifest: files, sizes, digests
         experiments/<experiment>/runs/<run_id>/
             spec.json                            what to run (written once, at submit)
-            run.json                             the run record: status, timestamps, attempt, node, error
-            metrics.json                         every logged metric, in order
-            logs/driver.log                      stdout+stderr of the entry script, complete
-            logs/...                             anything the script wrote to ./logs
-            outputs/...                          anything the script wrote to ./outputs
+            run.json                             the run record: status, timestamps, attempt, node, error,
+                                                 and ``committed``: the attempt whose files are the result
+            attempts/<n>/                        everything attempt n wrote, in its own folder:
+                metrics.json                     every logged metric, in order
+                logs/driver.log                  stdout+stderr of the entry script, complete
+                logs/...                         anything the script wrote to ./logs
+                outputs/...                      anything the script wrote to ./outputs
             children/<child_run_id>/...          a sweep's child runs, same shape as a run
         index/runs/<run_id>                      one line: the run's prefix (find a run by id alone)
         models/<name>/<version>/model.json       a registered model version: sha256, tags, source run
@@ -79,6 +81,12 @@ def experiment_runs_prefix(experiment: str) -> str:
 
 def run_index_key(run_id: str) -> str:
     return f"index/runs/{run_id}"
+
+
+def attempt_dir(attempt: int) -> str:
+    """An attempt's own folder inside its run's folder. Only the committed attempt's folder is visible through
+    the SDK; a stale attempt (fenced out) may leave a partial folder that nothing reads."""
+    return f"attempts/{int(attempt)}/"
 
 
 RUN_SPEC = "spec.json"

@@ -119,13 +119,14 @@ class LogWriter:
             self.enabled = False
 
 
-def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, after: str = "0-0",
+def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str | Callable[[], str], *, after: str = "0-0",
            is_final: Callable[[], bool], poll_ms: int = 1000,
            deadline: float | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(entry_id, line)`` from ``after`` on until the run's log ends (or ``time.monotonic()`` passes
     ``deadline``, even while the run prints nothing or has not started).
 
-    Falls back to the archived log when the live stream does not exist and the run is final.
+    Falls back to the archived log when the live stream does not exist and the run is final; ``prefix`` is the
+    folder of the run's files (the committed attempt's), or a function returning it, asked only then.
     """
     key = layout.rk_run_log(run_id)
     last = after
@@ -143,7 +144,8 @@ def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, afte
             continue
         if not r.exists(key) and is_final():
             if last == "0-0":  # never saw the live stream: read the archive
-                yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, prefix)))
+                folder = prefix() if callable(prefix) else prefix
+                yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, folder)))
             return
         if is_final():
             # Final, the stream is there, but no eof. The node writes eof before the final status, so one more

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cluster import layout
 from cluster.errors import PayloadError
 
 
@@ -132,6 +133,15 @@ class RunRecord:
     parent_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     attempts: tuple[dict[str, Any], ...] = ()  # history: attempt, node, outcome
+    #: the attempt whose files (outputs, logs, metrics archive) are the run's result; set by the attempt's final,
+    #: fenced write, so it names exactly one attempt that finished and uploaded everything
+    committed: int | None = None
+
+    @property
+    def files_prefix(self) -> str:
+        """Where readers find the run's files: the committed attempt's folder. Runs stored before attempts had
+        their own folders (and runs with no committed attempt) use the run's folder."""
+        return f"{self.prefix}{layout.attempt_dir(self.committed)}" if self.committed else self.prefix
 
     def with_status(self, status: RunStatus, *, at: float | None = None, **changes: Any) -> RunRecord:
         stamps = dict(self.timestamps)
@@ -144,6 +154,7 @@ class RunRecord:
             "pool": self.pool, "attempt": self.attempt, "node": self.node, "timestamps": dict(self.timestamps),
             "error": self.error.to_dict() if self.error else None, "arguments": list(self.arguments),
             "parent_id": self.parent_id, "tags": dict(self.tags), "attempts": list(self.attempts),
+            "committed": self.committed,
         }
 
     @classmethod

@@ -26,7 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_d
 
 from cluster import layout
 from cluster.datareference import DataReference
-from cluster.errors import ClusterError, ServiceError
+from cluster.errors import ClusterError, CredentialsError, ServiceError
 from cluster.logstream import LogWriter
 from cluster.metrics import aggregate
 from cluster.objectstore import ObjectStore
@@ -343,7 +343,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     retry = _retrying(attempt, cfg.storage_retry_seconds, logs.system)
     try:
         record = retry(lambda: attempt.write(record.with_status(RunStatus.FINALIZING), durable=False))
-        uploaded, over = retry(lambda: _upload_results(node, attempt, spec, run_dir, logs))
+        uploaded, over = retry(lambda: _upload_results(node, attempt, spec.prefix + layout.attempt_dir(attempt_no),
+                                                       run_dir, logs))
         logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
         if over and error is None:
             error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
@@ -360,10 +361,11 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     retry(logs.close)
     attempt.check()
     # the metrics archive and the full log are independent: written concurrently, both before the final record
-    archives = [lambda: node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)]
+    folder = spec.prefix + layout.attempt_dir(attempt_no)
+    archives = [lambda: node.store.put_file(folder + layout.RUN_DRIVER_LOG, logs.path)]
     if metrics_tail.events is not None and not attempt.lost.is_set():
         document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
-        archives.append(lambda: node.store.put_json(spec.prefix + layout.RUN_METRICS, document))
+        archives.append(lambda: node.store.put_json(folder + layout.RUN_METRICS, document))
     try:
         for future in [node.background.submit(retry, write) for write in archives]:
             future.result()
@@ -376,7 +378,9 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     clock.mark("finalize")
     history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value,
                                        "phases": clock.phases})
-    attempt.finish(record.with_status(final, error=error, attempts=history), retry)
+    # The commit: the final record names this attempt's folder as the run's result, in the same fenced write
+    # that ends the lease; readers never see a folder before it is complete, nor a mix of two attempts.
+    attempt.finish(record.with_status(final, error=error, attempts=history, committed=attempt_no), retry)
     return final.value
 
 
@@ -399,7 +403,10 @@ def _describe(e: BaseException) -> str:
 
 
 def _transient(e: BaseException) -> bool:
-    """Worth retrying: the object store or Redis did not answer (not our mistake, not a lost lease)."""
+    """Worth retrying: the object store or Redis did not answer (not our mistake, not a lost lease). A refusal of
+    our credentials is not: waiting does not change a policy, and the run should fail with that cause at once."""
+    if isinstance(e, CredentialsError):
+        return False
     return isinstance(e, ServiceError | redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError)
 
 
@@ -501,9 +508,10 @@ def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], Non
     return json.dumps(value)
 
 
-def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
+def _upload_results(node: Node, attempt: _Attempt, dest: str, run_dir: Path,
                     logs: LogWriter) -> tuple[int, str]:
-    """Upload ./outputs and ./logs, trusting nothing in them (tasks/rundir.py); (files uploaded, cap hit or '')."""
+    """Upload ./outputs and ./logs to the attempt's own folder ``dest``, trusting nothing in them (tasks/rundir.py);
+    (files uploaded, cap hit or '')."""
     count, caps = 0, node.config.output_caps
     used_files = used_bytes = 0
     for folder in (layout.OUTPUTS_DIR, layout.LOGS_DIR):
@@ -511,7 +519,7 @@ def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
                           logs.system)
         for key, fh, size in walk:
             attempt.check()
-            node.store.put_stream(spec.prefix + key, fh, size)
+            node.store.put_stream(dest + key, fh, size)
             count += 1
         used_files += walk.files
         used_bytes += walk.nbytes

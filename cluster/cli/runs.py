@@ -275,7 +275,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
         return 0
     from cluster import logstream
 
-    lines = logstream.archived(run._ws.store, run.prefix)
+    lines = logstream.archived(run._ws.store, run.files_prefix())
     if not lines:  # still running: what the live stream has so far
         entries = run._ws.redis.xrange(f"cluster:run:{run.id}:log")
         lines = [f.get("l", "") for _i, f in entries if "l" in f]

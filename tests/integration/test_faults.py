@@ -169,7 +169,11 @@ def test_partitioned_node_writes_nothing_after_it_comes_back(ws: Workspace, node
 
 def _visible_state(ws: Workspace, run_id: str, run: object) -> tuple[object, ...]:
     prefix = ws.runs.prefix(run_id)
-    files = sorted((o.key, o.etag) for o in ws.store.list(prefix))
+    visible = run.files_prefix()  # type: ignore[attr-defined]
+    # what a reader sees: the record and the committed attempt's files (a stale attempt may only ever write
+    # into its own attempts/<n>/ folder, which nothing reads)
+    files = sorted((o.key, o.etag) for o in ws.store.list(prefix)
+                   if not o.key.startswith(prefix + "attempts/") or o.key.startswith(visible))
     stream = ws.redis.xrange(layout.rk_run_log(run_id)) if ws.redis.exists(layout.rk_run_log(run_id)) else []
     return (json.dumps(run.get_details(), sort_keys=True), files, len(stream),  # type: ignore[attr-defined]
             json.dumps(run.get_metrics(), sort_keys=True))  # type: ignore[attr-defined]
