@@ -18,6 +18,7 @@ Object store (the system of record; browse it in the MinIO console or with any S
                 outputs/...                      anything the script wrote to ./outputs
             children/<child_run_id>/...          a sweep's child runs, same shape as a run
         index/runs/<run_id>                      one line: the run's prefix (find a run by id alone)
+        index/live/<run_id>                      the same, only while the run is not final: what recovery reads
         models/<name>/<version>/model.json       a registered model version: sha256, tags, source run
         models/<name>/<version>/files/...        its files
         pools/<name>.json                        a compute target (node pool) definition
@@ -81,6 +82,21 @@ def experiment_runs_prefix(experiment: str) -> str:
 
 def run_index_key(run_id: str) -> str:
     return f"index/runs/{run_id}"
+
+
+#: runs that are not final (written at submit, removed by the controller once the run's record is final): after a
+#: Redis wipe the controller re-seeds these, not every run ever stored
+LIVE_INDEX = "index/live/"
+#: written once the controller indexed the runs stored before the live index existed (a one-time full scan)
+LIVE_INDEX_COMPLETE = "index/live.complete"
+
+
+#: Redis set of runs that became final; the controller drops them from the live index (then from this set)
+RK_FINISHED = "cluster:runs:finished"
+
+
+def live_index_key(run_id: str) -> str:
+    return f"{LIVE_INDEX}{run_id}"
 
 
 def attempt_dir(attempt: int) -> str:
