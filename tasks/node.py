@@ -34,7 +34,7 @@ from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
 from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
-from tasks import datacache
+from tasks import cachegc, datacache
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
@@ -59,6 +59,8 @@ class NodeConfig:
     stop_grace_seconds: float = 5.0  # after SIGTERM, how long a running script may go on before it is stopped
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
+    max_cache_bytes: int = cachegc.DEFAULT_MAX_BYTES  # the pool's cap on this node's cache (LRU pruned)
+    prune_every_seconds: float = 30.0
 
     @property
     def isolation(self) -> str:
@@ -100,6 +102,23 @@ class Node:
         self.data = ObjectStore(self.settings, self.settings.data_bucket, client=self.store.client)
         self.state = RunState(self.store, self.r)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{self.config.name}")
+        self._last_prune = 0.0
+
+    def prune_cache(self) -> None:
+        """Keep the node cache under the pool's cap (least recently used entries no run holds go first); in the
+        background, at most every ``prune_every_seconds``."""
+        if time.monotonic() - self._last_prune < self.config.prune_every_seconds:
+            return
+        self._last_prune = time.monotonic()
+
+        def prune() -> None:
+            try:
+                cachegc.prune(self.config.cache_dir, self.config.max_cache_bytes,
+                              lambda m: print(f"node {self.config.name}: {m}", flush=True))
+            except OSError as e:
+                print(f"node {self.config.name}: pruning the cache failed: {e}", flush=True)
+
+        self.background.submit(prune)
 
 
 class LeaseLost(Exception):
@@ -130,12 +149,14 @@ class _Attempt:
         self.node_stopped = False  # the node is stopping: the script was stopped, the run goes back to the queue
         self._stop_asked: float | None = None
         self._last_renewal = time.monotonic()
+        self.uses = contextlib.ExitStack()  # node cache entries this attempt holds in use (tasks/cachegc.py)
 
     def __enter__(self) -> _Attempt:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.uses.close()
         self._stop.set()
         self._thread.join()
 
@@ -252,6 +273,9 @@ def execute_run(node: Node, run_id: str) -> str:
         if not cfg.keep_run_dirs:
             remove_tree(run_dir)  # whatever the run did to it (chmod 000 folders, links)
             remove_tree(run_dir.with_suffix(run_dir.suffix + ".channel"))
+            with contextlib.suppress(OSError):  # the local copy of the log (archived with the attempt)
+                (run_dir.parent / f"{run_dir.name}.driver.log").unlink()
+        node.prune_cache()
 
 
 class _Clock:
@@ -291,7 +315,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
                                              "run the node as root; or create the pool with isolation='best-effort'")
         clock.mark("spec")
-        python, argv = _prepare(node, spec, run_dir, logs.system, clock)
+        python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses)
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -305,7 +329,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                          extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-                                  "CLUSTER_EXPERIMENT": spec.experiment})
+                                  "CLUSTER_EXPERIMENT": spec.experiment,
+                                  "CLUSTER_RUN_LEASE": attempt.token})  # tasks/leftovers.py finds it
         readonly = _readonly_paths(cfg, python, argv)
         launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
@@ -454,10 +479,14 @@ def _final_status(attempt: _Attempt, result: ProcessResult | None,
 
 
 def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None],
-             clock: _Clock) -> tuple[str, list[str]]:
+             clock: _Clock, uses: contextlib.ExitStack) -> tuple[str, list[str]]:
+    """The run directory, its Python and its arguments. The cache entries the run needs (environment, mounted
+    data) are held in use in ``uses`` until the attempt ends, so pruning never removes them under it."""
     cfg = node.config
-    template = _snapshot(node, spec.snapshot, log)
-    shutil.copytree(template, run_dir, symlinks=False)
+    snapshots = cfg.cache_dir / "snapshots"
+    with cachegc.using(snapshots / check_digest(spec.snapshot)):  # only while it is copied
+        template = _snapshot(node, spec.snapshot, log)
+        shutil.copytree(template, run_dir, symlinks=False)
     os.chmod(run_dir, 0o755)
     (run_dir / "outputs").mkdir(exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -466,10 +495,12 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
     clock.mark("snapshot")
-    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
-                                 sandbox=cfg.sandbox)
+    env = EnvSpec(spec.pip_packages, spec.conda_packages)
+    if not env.is_empty:
+        uses.enter_context(cachegc.using(cfg.cache_dir / "envs" / env.digest()))
+    python = resolve_environment(env, cfg.cache_dir / "envs", log=log, sandbox=cfg.sandbox)
     clock.mark("environment")
-    argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
+    argv = [_resolve_arg(node, a, run_dir, log, uses) for a in spec.arguments]
     clock.mark("data")
     return python, argv
 
@@ -477,7 +508,9 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
 def _snapshot(node: Node, digest: str, log: Callable[[str], None]) -> Path:
     """The extracted snapshot, cached per node by digest and verified against it (see tasks/snapshots.py)."""
     check_digest(digest)
-    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log)
+    # the extracted size may not exceed what a submit may upload (max_snapshot_bytes)
+    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log,
+                             max_bytes=node.settings.max_snapshot_bytes)
 
 
 def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]:
@@ -495,12 +528,14 @@ def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]
     return out
 
 
-def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None]) -> str:
+def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None],
+                 uses: contextlib.ExitStack) -> str:
     if DataReference.is_reference(value):
         ref = DataReference.from_dict(value)
         if ref.datastore != layout.DEFAULT_DATASTORE:
             raise ClusterError(f"unknown datastore {ref.datastore!r} in {ref}")
         if ref.mode == "mount":
+            uses.enter_context(cachegc.using(node.config.cache_dir / "data" / ref.datastore))
             return str(datacache.sync_mount(node.data, ref, node.config.cache_dir, log).path)
         return str(datacache.download_copy(node.data, ref, run_dir, log))
     if isinstance(value, bool | int | float | str):

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
     p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
     p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
+    p.add_argument("--max-cache-bytes", type=int, default=20 * 1024**3,
+                   help="cap on the node cache (snapshots, environments, mounted data); least recently used "
+                        "entries no run holds are removed (default: 20 GiB)")
     p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
     p.set_defaults(func=cmd_worker)
 
@@ -152,7 +155,7 @@ def _become_node(args: argparse.Namespace) -> None:
     args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
     args.cpus = assignment.get("cpus") or None
     args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files"):  # the pool's run isolation
+    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "max_cache_bytes"):  # the pool's
         if assignment.get(key) is not None:
             setattr(args, key, assignment[key])
     args.managed = True
@@ -192,7 +195,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
                          output_caps=caps, hidden=hidden, remote_control=args.remote_control,
-                         use_bwrap=not args.no_bwrap,
+                         use_bwrap=not args.no_bwrap, max_cache_bytes=args.max_cache_bytes,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0
