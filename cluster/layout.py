@@ -148,6 +148,16 @@ RK_NODES = "cluster:nodes"
 RK_CONTROLLER_WAKE = "cluster:controller:wake"
 
 
+def finished_ttl_seconds() -> int:
+    """How long Redis keeps a finished run's keys (hash, log and metrics streams) after its archive is written:
+    readers then use the object store. ``CLUSTER_FINISHED_TTL_SECONDS`` (read by the node) changes it; the
+    500-run soak (bench/soak.py) sets it short to show Redis memory levelling off."""
+    import os
+
+    raw = os.environ.get("CLUSTER_FINISHED_TTL_SECONDS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 3600
+
+
 def rk_model_version(name: str) -> str:
     return f"cluster:models:{name}:version"
 

@@ -99,7 +99,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure' or 'node-lost'."""
+    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure', 'node-lost', 'storage' (the object
+    store or Redis did not answer for longer than the node retries) or 'disk' (the node's disk ran full)."""
 
     kind: str
     message: str

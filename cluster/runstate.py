@@ -54,7 +54,7 @@ return 1
 
 #: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
 #: store, where everything is archived (Redis stays bounded however many runs finish)
-FINISHED_TTL_MS = 3600 * 1000
+FINISHED_TTL_MS = layout.finished_ttl_seconds() * 1000
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -229,10 +229,16 @@ class RunState:
         return bool(ok)
 
     def _finished(self, run_id: str) -> None:
-        """Tell the controller the run is final (it drops it from the live index once run.json says so). Best
-        effort: an entry left in the index costs the next recovery one read of run.json."""
+        """Tell the controller the run is final (it drops it from the live index once run.json says so), and let
+        its live keys expire (the node's final write sets the same TTL in its Lua; a run failed or canceled
+        by the controller or a user gets it here). Best effort: an entry left in the index costs the next
+        recovery one read of run.json."""
         with contextlib.suppress(redis.RedisError):
-            self.r.sadd(layout.RK_FINISHED, run_id)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(layout.RK_FINISHED, run_id)
+            for key in (layout.rk_run(run_id), layout.rk_run_metrics(run_id), layout.rk_run_log(run_id)):
+                pipe.pexpire(key, FINISHED_TTL_MS)
+            pipe.execute()
 
     def finished_run_ids(self, count: int = 500) -> list[str]:
         ids: Any = self.r.srandmember(layout.RK_FINISHED, count)

@@ -10,6 +10,7 @@ this one stops and writes nothing more.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -315,7 +316,9 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
                                              "run the node as root; or create the pool with isolation='best-effort'")
         clock.mark("spec")
-        python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses)
+        # storage blips while fetching the snapshot or the data cost a delay, not the run (retried, lease held)
+        python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses,
+                                _retrying(attempt, cfg.storage_retry_seconds, logs.system))
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -345,6 +348,10 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
+        if result.exit_code != 0 and not result.canceled and _disk_full(run_dir):
+            error = RunError(kind="disk", message=f"the node's disk ran full while the script ran ({result.describe()}"
+                                                  f"; {_free(run_dir)} bytes left on the run's filesystem)",
+                             exit_code=result.exit_code, signal=result.signal, stderr_tail=result.stderr_tail)
         if attempt.node_stopped:
             _hand_back(node, attempt, record, logs)
     except _Canceled:
@@ -355,11 +362,13 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         raise
     except ClusterError as e:
         attempt.check()
-        error = RunError(kind="infrastructure", message=str(e))
+        # a storage outage that outlasted the retries; anything else is the node's (a pip failure is the user's)
+        error = RunError(kind="storage" if _transient(e) else "infrastructure", message=str(e))
         logs.system(f"preparation failed: {e}")
     except Exception as e:  # anything unexpected is the node's fault, never silently lost
         attempt.check()
-        error = RunError(kind="infrastructure", message=f"{type(e).__name__}: {e}")
+        disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        error = RunError(kind="disk" if disk else "infrastructure", message=f"{type(e).__name__}: {e}")
         logs.system(f"node error: {type(e).__name__}: {e}")
 
     # Finalization: every object-store and Redis write is retried with backoff while the lease is held (the
@@ -478,14 +487,31 @@ def _final_status(attempt: _Attempt, result: ProcessResult | None,
                                       signal=result.signal, stderr_tail=result.stderr_tail)
 
 
+def _disk_full(path: Path) -> bool:
+    return _free(path) < DISK_FULL_BYTES
+
+
+def _free(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return DISK_FULL_BYTES  # unknown: not evidence of a full disk
+    return st.f_bavail * st.f_frsize
+
+
+#: a script that failed while its filesystem had less than this free failed because of the node's disk
+DISK_FULL_BYTES = 1024 * 1024
+
+
 def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None],
-             clock: _Clock, uses: contextlib.ExitStack) -> tuple[str, list[str]]:
+             clock: _Clock, uses: contextlib.ExitStack,
+             retry: Callable[[Callable[[], Any]], Any]) -> tuple[str, list[str]]:
     """The run directory, its Python and its arguments. The cache entries the run needs (environment, mounted
     data) are held in use in ``uses`` until the attempt ends, so pruning never removes them under it."""
     cfg = node.config
     snapshots = cfg.cache_dir / "snapshots"
     with cachegc.using(snapshots / check_digest(spec.snapshot)):  # only while it is copied
-        template = _snapshot(node, spec.snapshot, log)
+        template = retry(lambda: _snapshot(node, spec.snapshot, log))
         shutil.copytree(template, run_dir, symlinks=False)
     os.chmod(run_dir, 0o755)
     (run_dir / "outputs").mkdir(exist_ok=True)
@@ -500,7 +526,10 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
         uses.enter_context(cachegc.using(cfg.cache_dir / "envs" / env.digest()))
     python = resolve_environment(env, cfg.cache_dir / "envs", log=log, sandbox=cfg.sandbox)
     clock.mark("environment")
-    argv = [_resolve_arg(node, a, run_dir, log, uses) for a in spec.arguments]
+    def resolve(value: Any) -> str:
+        return str(retry(lambda: _resolve_arg(node, value, run_dir, log, uses)))
+
+    argv = [resolve(a) for a in spec.arguments]
     clock.mark("data")
     return python, argv
 
