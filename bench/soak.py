@@ -64,7 +64,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ["CLUSTER_FINISHED_TTL_SECONDS"] = str(args.ttl)  # inherited by the nodes and the controller
 
-    from cluster import Estimator, Experiment, Workspace, embedded
+    from cluster import Estimator, Experiment, Workspace, embedded, layout
 
     samples: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
@@ -73,6 +73,9 @@ def main() -> int:
         try:
             embedded.start_workers(state_dir, "soak", 2)
             ws = Workspace(settings)
+            deadline = time.monotonic() + 60
+            while len(ws.redis.smembers(layout.RK_NODES)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)  # both nodes heartbeating before the first submit
             src = Path(tmp) / "src"
             src.mkdir()
             (src / "train.py").write_text(SCRIPT)

@@ -64,6 +64,7 @@ class LogWriter:
         self._pending: list[dict[str, str]] = []
         self._last_flush = time.monotonic()
         self.enabled = True  # turned off when the attempt loses its lease (fencing)
+        self.done = False  # closed: the stream ended (or was fenced off)
         self.file_error: OSError | None = None  # the local file could not be written (a full disk)
         self.lines_not_in_file = 0
         self._lock = threading.Lock()
@@ -126,6 +127,10 @@ class LogWriter:
                     self.enabled = False  # fenced: another attempt holds the run
 
     def close(self) -> None:
+        """Flush, close the file, and end the stream (``eof``, fenced). Safe to call again: after a Redis error
+        it retries what did not happen; once closed it does nothing."""
+        if self.done:
+            return
         self._closed.set()
         self._flusher.join()
         self.flush()
@@ -136,6 +141,7 @@ class LogWriter:
             self.r.expire(self.key, STREAM_TTL_SECONDS)
         else:
             self.enabled = False
+        self.done = True
 
 
 def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str | Callable[[], str], *, after: str = "0-0",

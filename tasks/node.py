@@ -151,12 +151,16 @@ class _Attempt:
         self._stop_asked: float | None = None
         self._last_renewal = time.monotonic()
         self.uses = contextlib.ExitStack()  # node cache entries this attempt holds in use (tasks/cachegc.py)
+        self.logs: LogWriter | None = None
 
     def __enter__(self) -> _Attempt:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.logs is not None and not self.logs.done:  # whatever ended the attempt, its log is closed
+            with contextlib.suppress(Exception):  # (fenced: a lost attempt's close writes nothing)
+                self.logs.close()
         self.uses.close()
         self._stop.set()
         self._thread.join()
@@ -301,7 +305,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                                   "isolation": cfg.isolation})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
                                               attempts=history), durable=False)
-    logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log", token=attempt.token)
+    logs = attempt.logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log",
+                                    token=attempt.token)
     logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool}, "
                 f"isolation {cfg.sandbox.describe() if cfg.sandbox else 'none'})")
     channel = run_dir.with_suffix(run_dir.suffix + ".channel")
