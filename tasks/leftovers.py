@@ -1,16 +1,19 @@
 """Clean up after a previous incarnation of a node on this machine: scripts and run directories it left.
 
 A node killed with SIGKILL (OOM killer, a crash) cannot stop its run's scripts: they were started in their own
-session and live on. Every process of a run carries ``CLUSTER_RUN_LEASE=<node>/<attempt>`` in its environment
-(the attempt's fencing token); a starting node kills every such process whose token no longer holds its run's
-lease in Redis (its attempt is over: another attempt, or none, holds the run now). A live attempt on another node
-of the same machine holds its lease and is left alone. Run directories in the node's work dir whose run no
-longer has a live attempt are removed the same way.
+session and live on. Every process of a run carries ``CLUSTER_RUN_LEASE=<node>/<attempt>`` (the attempt's
+fencing token) and ``CLUSTER_RUN_CLUSTER=<tag>`` (which cluster: :func:`cluster_tag`, from the Redis endpoint)
+in its environment; a starting node kills every such process *of its cluster* whose token no longer holds its
+run's lease in Redis (its attempt is over: another attempt, or none, holds the run now). A live attempt on
+another node of the same machine holds its lease and is left alone; another cluster's runs (a second cluster on
+the machine, a test cluster) are never looked at. Run directories live under ``<work_dir>/runs/<tag>/`` and are
+removed the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +27,12 @@ from tasks.rundir import remove_tree
 
 LEASE_VAR = "CLUSTER_RUN_LEASE"
 RUN_ID_VAR = "CLUSTER_RUN_ID"
+CLUSTER_VAR = "CLUSTER_RUN_CLUSTER"
+
+
+def cluster_tag(redis_endpoint: str) -> str:
+    """A short name for one cluster on this machine: a digest of its Redis endpoint (without the password)."""
+    return hashlib.sha256(redis_endpoint.encode()).hexdigest()[:12]
 
 
 def _marks(pid: int) -> dict[str, str]:
@@ -37,13 +46,13 @@ def _marks(pid: int) -> dict[str, str]:
     out = {}
     for entry in raw.split(b"\0"):
         key, _, value = entry.partition(b"=")
-        if key in (LEASE_VAR.encode(), RUN_ID_VAR.encode()):
+        if key in (LEASE_VAR.encode(), RUN_ID_VAR.encode(), CLUSTER_VAR.encode()):
             out[key.decode()] = value.decode("utf-8", "replace")
     return out
 
 
-def kill_leftover_scripts(r: redis.Redis, log: Callable[[str], None]) -> int:
-    """SIGKILL every run process whose attempt no longer holds its lease; returns how many."""
+def kill_leftover_scripts(r: redis.Redis, tag: str, log: Callable[[str], None]) -> int:
+    """SIGKILL every run process of this cluster (``tag``) whose attempt no longer holds its lease; how many."""
     killed = 0
     me = os.getpid()
     for proc in psutil.process_iter(["pid"]):
@@ -51,8 +60,8 @@ def kill_leftover_scripts(r: redis.Redis, log: Callable[[str], None]) -> int:
             continue
         marks = _marks(proc.pid)
         token, run_id = marks.get(LEASE_VAR), marks.get(RUN_ID_VAR)
-        if not token or not run_id:
-            continue
+        if not token or not run_id or marks.get(CLUSTER_VAR) != tag:
+            continue  # not a run's process, or another cluster's
         if r.get(layout.rk_run_lease(run_id)) == token:
             continue  # a live attempt's script (this machine may run several nodes)
         with contextlib.suppress(psutil.Error):
@@ -63,9 +72,14 @@ def kill_leftover_scripts(r: redis.Redis, log: Callable[[str], None]) -> int:
     return killed
 
 
-def remove_stale_run_dirs(r: redis.Redis, work_dir: Path, log: Callable[[str], None]) -> int:
-    """Remove ``<work_dir>/runs/<run_id>.<attempt>[.channel|.driver.log]`` of attempts that are over."""
-    runs = work_dir / "runs"
+def runs_dir(work_dir: Path, tag: str) -> Path:
+    """Where a node of cluster ``tag`` keeps its run folders (one folder per cluster: never another's)."""
+    return work_dir / "runs" / tag
+
+
+def remove_stale_run_dirs(r: redis.Redis, work_dir: Path, tag: str, log: Callable[[str], None]) -> int:
+    """Remove ``runs/<tag>/<run_id>.<attempt>[.channel|.driver.log]`` of attempts that are over."""
+    runs = runs_dir(work_dir, tag)
     if not runs.is_dir():
         return 0
     removed = 0

@@ -37,6 +37,7 @@ from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
 from tasks import cachegc, datacache
 from tasks.environment import EnvSpec, resolve_environment
+from tasks.leftovers import runs_dir
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
 from tasks.sandbox import Sandbox, prepare_dirs, script_env
@@ -61,6 +62,7 @@ class NodeConfig:
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
     max_cache_bytes: int = cachegc.DEFAULT_MAX_BYTES  # the pool's cap on this node's cache (LRU pruned)
+    cluster_tag: str = "local"  # which cluster (tasks/leftovers.py): run folders and scripts are told apart by it
     prune_every_seconds: float = 30.0
 
     @property
@@ -267,7 +269,7 @@ def execute_run(node: Node, run_id: str) -> str:
     if claim.outcome != "ok":
         return f"skipped:{claim.outcome}:{claim.token}"
     node.current_run = run_id
-    run_dir = cfg.work_dir / "runs" / f"{run_id}.{claim.attempt}"
+    run_dir = runs_dir(cfg.work_dir, cfg.cluster_tag) / f"{run_id}.{claim.attempt}"
     try:
         with _Attempt(node, run_id, claim.token) as attempt:
             return _execute(node, attempt, claim, run_dir, clock)
@@ -338,7 +340,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
                                   "CLUSTER_EXPERIMENT": spec.experiment,
-                                  "CLUSTER_RUN_LEASE": attempt.token})  # tasks/leftovers.py finds it
+                                  # tasks/leftovers.py finds a dead node's scripts by these
+                                  "CLUSTER_RUN_LEASE": attempt.token, "CLUSTER_RUN_CLUSTER": cfg.cluster_tag})
         readonly = _readonly_paths(cfg, python, argv)
         launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)

@@ -22,7 +22,7 @@ from cluster import layout
 from cluster.settings import Settings
 from tasks import app as app_module
 from tasks.cachegc import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
-from tasks.leftovers import kill_leftover_scripts, remove_stale_run_dirs
+from tasks.leftovers import cluster_tag, kill_leftover_scripts, remove_stale_run_dirs
 from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
 from tasks.rundir import OutputCaps
@@ -110,7 +110,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
                                      sandbox=sandbox, output_caps=opts.output_caps,
-                                     max_cache_bytes=opts.max_cache_bytes))
+                                     max_cache_bytes=opts.max_cache_bytes,
+                                     cluster_tag=cluster_tag(settings.redis_url_masked)))
     print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     if sandbox.level == "none":
@@ -127,8 +128,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
         print(f"node {opts.name}: {message}", file=sys.stderr, flush=True)
 
     try:  # what a previous incarnation on this machine left behind (it was killed mid-run)
-        kill_leftover_scripts(node.r, note)
-        remove_stale_run_dirs(node.r, opts.work_dir, note)
+        kill_leftover_scripts(node.r, node.config.cluster_tag, note)
+        remove_stale_run_dirs(node.r, opts.work_dir, node.config.cluster_tag, note)
     except Exception as e:  # never a reason not to start
         note(f"could not clean up after earlier nodes: {type(e).__name__}: {e}")
     heartbeat = Heartbeat(node, opts)
