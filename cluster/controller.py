@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
-from cluster.brokerqueue import queued_run_ids, unacked_run_ids
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError
+from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
@@ -38,7 +38,7 @@ LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING
 class ControllerConfig:
     tick_seconds: float = 0.5
     min_tick_gap: float = 0.1  # woken by submits: never more often than this
-    node_lost_seconds: float = 10.0
+    node_lost_seconds: float = NODE_LOST_SECONDS
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
@@ -81,18 +81,6 @@ def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after
                          f"attempt {record.attempt}; gave up after {lost} infrastructure attempt(s)")
         return record.with_status(RunStatus.FAILED, at=now, error=error, attempts=tuple(history))
     return replace(record, status=RunStatus.QUEUED, node=None, attempts=tuple(history))
-
-
-def node_state(h: dict[str, str], now: float, lost_after: float) -> NodeState:
-    beat = float(h.get("heartbeat", 0) or 0)
-    if now - beat > lost_after:
-        return NodeState.LOST
-    if h.get("drain") == "1":
-        return NodeState.DRAINING
-    try:
-        return NodeState(h.get("state", "idle"))
-    except ValueError:
-        return NodeState.IDLE
 
 
 # ---- the controller -----------------------------------------------------------------------------
@@ -307,13 +295,13 @@ class Controller:
         """Queue again every Queued run that has neither a lease nor a message in the broker, two checks in a
         row (a submit between seeding Redis and enqueueing is never mistaken for one)."""
         self._stranded_checked = now
-        unacked = unacked_run_ids(self.r)
+        unacked = self.ws.broker.unacked_run_ids()
         stranded: set[str] = set()
         for pool in pools:
             queued, _live = self._runs(pool)
             if not queued:
                 continue
-            waiting = queued_run_ids(self.r, layout.queue_name(pool)) | unacked
+            waiting = self.ws.broker.queued_run_ids(pool) | unacked
             pipe = self.r.pipeline(transaction=False)
             candidates = [run_id for run_id in queued if run_id not in waiting]
             for run_id in candidates:

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minio.commonconfig import CopySource
-
 from cluster import layout, validation
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.records import now_iso
@@ -107,7 +105,7 @@ class Model:
         single = len(sources) == 1 and sources[0].key == run.prefix + rel
         for obj in sources:
             name = Path(rel).name if single else obj.key[len(run.prefix + rel) + 1:]
-            ws.store.client.copy_object(ws.store.bucket, f"{base}files/{name}", CopySource(ws.store.bucket, obj.key))
+            ws.store.copy(obj.key, f"{base}files/{name}")
             info = ws.store.stat(f"{base}files/{name}")
             files[name] = (info.sha256 if info and info.sha256 else "")
         record = ModelRecord(name=model_name, version=version, files=files, run_id=run.id,

@@ -342,9 +342,9 @@ def _node_counts(published: dict[str, Any] | None, heartbeats: Mapping[str, Mapp
     starting); for a pool of static nodes only, from their heartbeats."""
     if published is not None and isinstance(published.get("nodes"), dict):
         return {str(k): int(v) for k, v in published["nodes"].items()}
-    from cluster.controller import ControllerConfig, node_state
+    from cluster.nodes import NODE_LOST_SECONDS, node_state
 
-    lost_after = ControllerConfig().node_lost_seconds
+    lost_after = NODE_LOST_SECONDS
     counts: dict[str, int] = {}
     for h in heartbeats.values():
         if h.get("pool") == pool:

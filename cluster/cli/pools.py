@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster import layout, validation
+from cluster import validation
 from cluster.errors import UsageError
+from cluster.nodes import NODE_LOST_SECONDS, list_nodes
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the config file's folder)")
     p.add_argument("--namespace", default=None, help="kubernetes provider: namespace for node pods")
     p.add_argument("--image", default="cluster:latest", help="kubernetes provider: node image")
-    p.add_argument("--node-lost-seconds", type=float, default=10.0, help="heartbeat silence before a node is lost")
+    p.add_argument("--node-lost-seconds", type=float, default=NODE_LOST_SECONDS,
+                   help="heartbeat silence before a node is lost")
     p.add_argument("--max-infra-attempts", type=int, default=3, help="node-lost retries before a run fails")
     p.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
     p.add_argument("--spare-nodes", type=int, default=1, metavar="N",
@@ -218,16 +220,8 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         validation.positive_number("--watch", args.watch)
     ws = Workspace.from_config()
     while True:
-        rows = []
-        now = time.time()
-        for name in sorted(str(n) for n in ws.redis.smembers(layout.RK_NODES)):
-            h: dict[str, str] = ws.redis.hgetall(layout.rk_node(name))  # type: ignore[assignment]
-            if not h:
-                continue
-            age = now - float(h.get("heartbeat", 0) or 0)
-            state = h.get("state", "?") if age <= 10 else "lost"
-            rows.append([name, h.get("pool", ""), state, h.get("run", "") or "-", f"{age:.1f}s ago",
-                         "static" if h.get("static") == "1" else "managed", h.get("isolation", "?")])
+        rows = [[n.name, n.pool, n.state.value, n.run or "-", f"{n.heartbeat_age:.1f}s ago",
+                 "static" if n.static else "managed", n.isolation] for n in list_nodes(ws)]
         if args.watch:
             print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
         if rows:

@@ -1,0 +1,59 @@
+"""The import graph: the SDK imports no Celery and no worker code, and sibling modules import no cycle
+(contracts in .importlinter, checked by import-linter)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from importlinter.cli import lint_imports
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_import_contracts_are_kept(monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.syspath_prepend(str(ROOT))
+    assert lint_imports(config_filename=str(ROOT / ".importlinter"), no_cache=True) == 0
+
+
+def test_a_client_that_submits_and_reads_loads_no_celery() -> None:
+    code = (
+        "import sys, cluster, cluster.workspace, cluster.experiment, cluster.run, cluster.model, cluster.sweep, "
+        "cluster.controller, cluster.cli\n"
+        "from cluster.testing import memory_workspace\n"
+        "ws = memory_workspace()\n"
+        "ws.enqueue('r1', 'cpu')\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('celery', 'kombu', 'tasks'))\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_default_broker_is_the_worker_packages_celery_broker() -> None:
+    from cluster.broker import DEFAULT_BROKER, Broker
+    from cluster.broker import load as load_broker
+    from cluster.testing import fake_redis, fake_settings
+
+    broker = load_broker(DEFAULT_BROKER, fake_settings(), fake_redis())
+    assert isinstance(broker, Broker)
+    assert type(broker).__module__ == "tasks.broker"
+    assert broker.queued_run_ids("cpu") == set() and broker.unacked_run_ids() == set()
+
+
+def test_a_broker_that_cannot_be_loaded_is_a_config_error() -> None:
+    import pytest
+
+    from cluster.broker import load as load_broker
+    from cluster.errors import ConfigError
+    from cluster.testing import fake_redis, fake_settings
+
+    with pytest.raises(ConfigError, match="cannot load the broker"):
+        load_broker("no_such_module:Broker", fake_settings(), fake_redis())
+    with pytest.raises(ConfigError, match="is not a broker"):
+        load_broker("operator:is_", fake_settings(), fake_redis())
+    with pytest.raises(ConfigError, match="is not a broker factory"):
+        load_broker("cluster.settings:Settings", fake_settings(), fake_redis())
