@@ -80,7 +80,7 @@ def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after
         error = RunError(kind="node-lost", message=f"node {node} stopped heartbeating (>{lost_after:g}s) during "
                          f"attempt {record.attempt}; gave up after {lost} infrastructure attempt(s)")
         return record.with_status(RunStatus.FAILED, at=now, error=error, attempts=tuple(history))
-    return replace(record, status=RunStatus.QUEUED, node=None, attempts=tuple(history))
+    return replace(record.with_status(RunStatus.QUEUED, at=now), node=None, attempts=tuple(history))
 
 
 # ---- the controller -----------------------------------------------------------------------------

@@ -260,6 +260,8 @@ class RunState:
     def cancel(self, run_id: str) -> str:
         """'canceled' (was queued: it will never start), 'requested' (the node stops it), or a final status."""
         record = self.record(run_id)
+        if record.status.is_final:  # nothing to cancel (the state machine keeps a finished run finished)
+            return record.status.value
         canceled = record.with_status(RunStatus.CANCELED, error=None)
         keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), rk_active(record.pool)]
         outcome = str(self._cancel(keys=keys, args=[json.dumps(canceled.to_dict()), run_id]))

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import RunRecord, RunSpec, RunStatus, now_iso, parse_iso
+from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ ACTIVE_SWEEPS = "index/sweeps/active/"
 RK_ACTIVE = "cluster:sweeps:active"
 RK_SYNCED = "cluster:sweeps:synced"
 
-KIND_SWEEP = "sweep"
 KIND_CHILD = "sweep-child"
 
 
