@@ -9,6 +9,7 @@ time (a Redis lease); a restarted controller picks up from Redis and the object 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -25,10 +26,13 @@ from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
+from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
 
 if TYPE_CHECKING:
     from cluster.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -100,6 +104,7 @@ class Controller:
     _stranded_checked: float = 0.0
     _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
+    sweeps: SweepDriver = field(default_factory=SweepDriver)  # what the sweep driver remembers between ticks
 
     @property
     def r(self) -> Any:
@@ -116,9 +121,9 @@ class Controller:
                     self.tick(time.time())
                     ok = True
             except ClusterError as e:  # a server blip: report and retry next tick
-                print(f"controller: {e.message}", flush=True)
+                log.warning("controller: %s", e.message)
             except Exception as e:  # never die on one bad tick
-                print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
+                log.exception("controller: unexpected %s: %s", type(e).__name__, e)
             if self.telemetry is not None:
                 if led:
                     self.telemetry.after_tick(time.monotonic() - started, ok=ok)
@@ -169,9 +174,7 @@ class Controller:
         if now - self._stranded_checked >= self.config.stranded_check_seconds:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
-        from cluster.sweep.driver import drive_sweeps
-
-        drive_sweeps(self.ws, now)
+        self.sweeps.drive(self.ws, now)
 
     def _heartbeats(self) -> dict[str, dict[str, str]]:
         names = sorted(self.r.smembers(layout.RK_NODES))
@@ -380,6 +383,6 @@ class Controller:
                     count += 1
         self.r.set(RK_EPOCH, f"{now:.3f}")
         if count:
-            print(f"controller: re-queued {count} run(s) from the object store", flush=True)
+            log.info("controller: re-queued %d run(s) from the object store", count)
         return count
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
     from cluster.run import Run
     from cluster.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 class Experiment:
@@ -137,5 +139,5 @@ def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
             ws.served_pools.add(pool)
             return
-    print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
-          f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)
+    log.warning("note: no node is serving pool %r yet; the run waits in the queue until one starts "
+                "(`cluster worker --pool %s`, or create the pool as a compute target)", pool, pool)

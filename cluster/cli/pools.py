@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import validation
+from cluster.cli.output import table
 from cluster.errors import UsageError
 from cluster.nodes import NODE_LOST_SECONDS, list_nodes
 from cluster.settings import Settings
@@ -155,14 +156,12 @@ def _pool_row(ws: Workspace, name: str) -> list[str]:
 
 
 def cmd_pools_list(args: argparse.Namespace) -> int:
-    from cluster.cli.runs import _table
-
     ws = Workspace.from_config()
     names = sorted(ws.compute_targets)
     if not names:
         print("no pools; create one with `cluster pools create NAME` or ComputeTarget.create(...)")
         return 0
-    _table([_pool_row(ws, n) for n in names], ["POOL", "SIZE", "NODES", "STATES", "QUEUED/RUNNING"])
+    table([_pool_row(ws, n) for n in names], ["POOL", "SIZE", "NODES", "STATES", "QUEUED/RUNNING"])
     return 0
 
 
@@ -214,8 +213,6 @@ def cmd_pools_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from cluster.cli.runs import _table
-
     if args.watch is not None:
         validation.positive_number("--watch", args.watch)
     ws = Workspace.from_config()
@@ -225,7 +222,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         if args.watch:
             print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
         if rows:
-            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION"])
+            table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION"])
         else:
             print("no nodes")
         if not args.watch:

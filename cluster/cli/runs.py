@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import validation
+from cluster.cli.output import table
 from cluster.workspace import Workspace
 
 #: the `cluster worker` command is the worker package's: ``module:function(args) -> exit code``
@@ -112,12 +113,6 @@ def _run(ws: Workspace, run_id: str) -> Any:
     return Run(Experiment(ws, record.experiment), run_id)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 # ---- commands -----------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -162,7 +157,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
         return 0
-    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
+    table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
     return 0
 
 
@@ -227,7 +222,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models registered")
         return 0
-    _table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
+    table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
            ["NAME", "VERSION", "RUN", "CREATED (UTC)"])
     return 0
 
