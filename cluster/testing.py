@@ -3,6 +3,7 @@
 * :class:`MemoryObjectStore`: one bucket in a dict (the :class:`~cluster.objectstore.Storage` protocol);
 * :class:`MemoryBroker`: the pools' queues as lists (the :class:`~cluster.broker.Broker` protocol), with
   :meth:`MemoryBroker.deliver` to play a node taking the next message;
+* :class:`MemoryProvider`: a node provider for the controller that starts nothing;
 * Redis is ``fakeredis`` (with Lua, so the atomic scripts run unchanged);
 * :func:`memory_workspace` wires the three into a :class:`~cluster.workspace.Workspace`.
 
@@ -23,14 +24,17 @@ import json
 import threading
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cluster.errors import NotFoundError, PayloadError
 from cluster.objectstore import ObjectInfo, ObjectStore
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
-__all__ = ["MemoryBroker", "MemoryObjectStore", "fake_redis", "memory_workspace", "fake_settings"]
+if TYPE_CHECKING:
+    from cluster.autoscale import PoolSpec
+
+__all__ = ["MemoryBroker", "MemoryObjectStore", "MemoryProvider", "fake_redis", "memory_workspace", "fake_settings"]
 
 
 class MemoryObjectStore(ObjectStore):
@@ -160,6 +164,34 @@ class MemoryBroker:
         """Lose every waiting message of a pool (a broker that lost its data); returns them."""
         with self._lock:
             return self.queues.pop(pool, [])
+
+
+class MemoryProvider:
+    """A node provider that starts nothing: it remembers the node names it "started" (the
+    :class:`~cluster.providers.base.Provider` protocol); a test plays the nodes through Redis heartbeats."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, list[str]] = {}  # pool -> node names, in start order
+        self.stopped: list[tuple[str, bool]] = []  # (node, force), in order
+        self._count = 0
+
+    def start_nodes(self, pool: PoolSpec, count: int) -> list[str]:
+        names = []
+        for _ in range(count):
+            self._count += 1
+            names.append(f"{pool.name}-m{self._count}")
+        self.nodes.setdefault(pool.name, []).extend(names)
+        return names
+
+    def stop_node(self, pool: PoolSpec, node: str, *, force: bool = False) -> None:
+        if node in self.nodes.get(pool.name, []):
+            self.nodes[pool.name].remove(node)
+        self.stopped.append((node, force))
+
+    def list_nodes(self, pool: PoolSpec) -> list[str]:
+        return sorted(self.nodes.get(pool.name, []))
 
 
 def fake_settings(**overrides: Any) -> Settings:
