@@ -34,7 +34,8 @@ from cluster.workspace import Workspace
 if TYPE_CHECKING:
     from cluster.autoscale import PoolSpec
 
-__all__ = ["MemoryBroker", "MemoryObjectStore", "MemoryProvider", "fake_redis", "memory_workspace", "fake_settings"]
+__all__ = ["MemoryBroker", "MemoryObjectStore", "MemoryProvider", "fake_redis", "fake_settings", "memory_workspace",
+           "play_next_run"]
 
 
 class MemoryObjectStore(ObjectStore):
@@ -192,6 +193,42 @@ class MemoryProvider:
 
     def list_nodes(self, pool: PoolSpec) -> list[str]:
         return sorted(self.nodes.get(pool.name, []))
+
+
+def play_next_run(ws: Workspace, pool: str, *, node: str = "memory-node", outcome: str = "Completed",
+                  metrics: dict[str, list[float]] | None = None, log_lines: Iterable[str] = ()) -> str | None:
+    """Do what a node does with the next message of ``pool``, without a script: claim the run, walk it through
+    Preparing, Running and Finalizing to ``outcome`` (fenced writes), store its metrics and log, acknowledge.
+    Returns the run id (None: nothing queued, or the claim was refused)."""
+    from cluster import layout
+    from cluster.records import RunError, RunStatus
+
+    broker = ws.broker
+    if not isinstance(broker, MemoryBroker):
+        raise TypeError("play_next_run needs a workspace on a MemoryBroker (memory_workspace())")
+    run_id = broker.deliver(pool)
+    if run_id is None:
+        return None
+    try:
+        claim = ws.runs.claim(run_id, node, 60_000)
+        if claim.outcome != "ok" or claim.record is None:
+            return None
+        record = claim.record.with_status(RunStatus.PREPARING, attempt=claim.attempt, node=node)
+        for status in (RunStatus.PREPARING, RunStatus.RUNNING):
+            record = record.with_status(status)
+            ws.runs.write(record, claim.token)
+        events = [{"name": name, "kind": "scalar", "value": value, "t": float(i)}
+                  for name, values in (metrics or {}).items() for i, value in enumerate(values)]
+        ws.store.put_json(record.prefix + layout.RUN_METRICS, {"events": events})
+        ws.store.put_bytes(record.prefix + layout.RUN_DRIVER_LOG, "".join(f"{line}\n" for line in log_lines).encode())
+        final = RunStatus(outcome)
+        if final is RunStatus.COMPLETED:
+            record = record.with_status(RunStatus.FINALIZING)
+        error = RunError(kind="user", message="exit code 1") if final is RunStatus.FAILED else None
+        ws.runs.write(record.with_status(final, error=error), claim.token)
+        return run_id
+    finally:
+        broker.ack(run_id)
 
 
 def fake_settings(**overrides: Any) -> Settings:
