@@ -19,7 +19,7 @@ def test_table_aligns_columns_under_the_header() -> None:
 def test_library_logs_reach_the_current_stderr_once(capsys: pytest.CaptureFixture[str]) -> None:
     configure_logging()
     configure_logging()  # main() may run many times in one process: still one handler
-    logging.getLogger("cluster.controller").info("controller: re-queued 2 run(s) from the object store")
-    logging.getLogger("tasks.app").warning("node: outage; the message goes back to the queue")
+    logging.getLogger("cluster.output_probe").info("controller: re-queued 2 run(s) from the object store")
+    logging.getLogger("tasks.output_probe").warning("node: outage; the message goes back to the queue")
     err = capsys.readouterr().err
     assert err.count("re-queued 2 run(s)") == 1 and "goes back to the queue" in err
