@@ -18,9 +18,7 @@ import redis
 from cluster import layout
 from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
-from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
-
-FINAL = [s.value for s in FINAL_STATUSES]
+from cluster.records import RunRecord, RunSpec, RunStatus
 
 # One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
 # return the live record and the spec (kept in the hash since submit) so the node reads nothing else.

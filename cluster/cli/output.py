@@ -12,6 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+from cluster.tables import format_table
+
 LOGGERS = ("cluster", "tasks")
 
 
@@ -42,9 +44,5 @@ def configure_logging(level: int = logging.INFO) -> None:
 
 
 def table(rows: Sequence[Sequence[Any]], header: Sequence[str], *, file: TextIO | None = None) -> None:
-    """The CLI's tables: left-aligned columns two spaces apart, a header row, no trailing blanks."""
-    text = [[str(c) for c in row] for row in [header, *rows]]
-    widths = [max(len(r[i]) for r in text) for i in range(len(header))]
-    out = file or sys.stdout
-    for row in text:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    """The CLI's tables (:func:`cluster.tables.format_table`)."""
+    print(format_table(rows, header), file=file or sys.stdout)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, tables
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunStatus, now_iso
 from cluster.run import Run
@@ -201,10 +200,5 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
         lines.append([str(row.get("rank") or "-"), row["run_id"], row["status"],
                       _fmt(best) if best is not None else "-", f"{dur:.1f}s" if dur is not None else "-",
                       *(_fmt(row.get("hyperparameters", {}).get(n, "")) for n in names), row.get("note", "")])
-    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *lines])
+    return tables.format_table(lines, header)
 
-
-def print_table(rows: list[dict[str, Any]], metric: str) -> None:
-    print(format_table(rows, metric), file=sys.stdout, flush=True)
