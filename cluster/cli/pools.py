@@ -166,10 +166,10 @@ def cmd_pools_list(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_show(args: argparse.Namespace) -> int:
-    from cluster.compute import _record
+    from cluster.compute import pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     pool = ws.compute_targets[args.name]
     print(json.dumps(pool.status.serialize(), indent=2))
     print("\nrecent scaling events (newest first):")
@@ -192,10 +192,10 @@ def cmd_pools_create(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_update(args: argparse.Namespace) -> int:
-    from cluster.compute import NodePool, _record
+    from cluster.compute import NodePool, pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     pool = ws.compute_targets[args.name]
     assert isinstance(pool, NodePool)
     pool.update(min_nodes=args.min_nodes, max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
@@ -204,10 +204,10 @@ def cmd_pools_update(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_delete(args: argparse.Namespace) -> int:
-    from cluster.compute import _record
+    from cluster.compute import pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     print(ws.compute_targets[args.name].delete())
     return 0
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
+from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
 from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
@@ -72,8 +73,6 @@ def is_sweep(record: RunRecord) -> bool:
 
 def create_parent(ws: Workspace, spec: SweepSpec, rc: RunConfiguration, tags: dict[str, str]) -> RunRecord:
     """Write the parent's spec, sweep spec and record (object store first), then register it in Redis."""
-    from cluster.experiment import _display
-
     prefix = layout.run_prefix(spec.experiment, spec.parent_id)
     tags = {**tags, "kind": KIND_SWEEP}
     run_spec = RunSpec(run_id=spec.parent_id, experiment=spec.experiment, snapshot=spec.snapshot,
@@ -83,7 +82,7 @@ def create_parent(ws: Workspace, spec: SweepSpec, rc: RunConfiguration, tags: di
                        max_run_duration_seconds=rc.max_run_duration_seconds, tags=tags, prefix=prefix,
                        submitted_at=now_iso(spec.created))
     record = (RunRecord(run_id=spec.parent_id, experiment=spec.experiment, status=RunStatus.QUEUED, prefix=prefix,
-                        pool=rc.pool, tags=tags, arguments=tuple(_display(a) for a in rc.arguments))
+                        pool=rc.pool, tags=tags, arguments=tuple(display_argument(a) for a in rc.arguments))
               .with_status(RunStatus.QUEUED, at=spec.created).with_status(RunStatus.RUNNING, at=spec.created))
     ws.store.put_many([  # independent objects: written concurrently, all before Redis knows the sweep
         (prefix + layout.RUN_SPEC, _json(run_spec.to_dict()), "application/json"),

@@ -156,7 +156,7 @@ class Views:
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
             for info in self.ws.store.list(f"{run.prefix}{folder}/"):
                 name = info.key[len(run.prefix):]
-                kind = _kind(name)
+                kind = file_kind(name)
                 out.append({"name": name, "size": info.size, "kind": kind})
         return sorted(out, key=lambda f: f["name"])
 
@@ -271,7 +271,7 @@ def _isolation(ws: Workspace, run_id: str) -> str | None:
     return str(value) if value else None
 
 
-def _kind(name: str) -> str:
+def file_kind(name: str) -> str:
     mime, _ = mimetypes.guess_type(name)
     if mime and mime.startswith("image/"):
         return "image"

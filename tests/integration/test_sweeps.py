@@ -172,7 +172,7 @@ def test_grid_runs_each_combination_once_within_concurrency(ws: Workspace, sourc
     assert again.get_best_run_by_primary_metric().id == best.id  # type: ignore[union-attr]
     assert not controller_errors(cluster_dir, run.id)
 
-    from cluster.cli.sweep import write_plot
+    from cluster.sweep.plot import write_plot
 
     assert write_plot(again.get_summary(live=True), tmp_path / "plot.png").stat().st_size > 1000
 

@@ -57,3 +57,15 @@ def test_a_broker_that_cannot_be_loaded_is_a_config_error() -> None:
         load_broker("operator:is_", fake_settings(), fake_redis())
     with pytest.raises(ConfigError, match="is not a broker factory"):
         load_broker("cluster.settings:Settings", fake_settings(), fake_redis())
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    import ast
+
+    offenders = []
+    for path in sorted([*(ROOT / "cluster").rglob("*.py"), *(ROOT / "tasks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("cluster", "tasks"):
+                offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert offenders == []
