@@ -27,22 +27,17 @@ from cluster.errors import (
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
 
-CONTROLLER_LEADER = "cluster:controller:leader"
-
-
-def rk_pool_status(pool: str) -> str:
-    return f"cluster:pool:{pool}:status"
-
-
-def rk_pool_events(pool: str) -> str:
-    return f"cluster:pool:{pool}:events"
+# the keys are built in cluster/layout.py; these names stay for the modules that import them from here
+CONTROLLER_LEADER = layout.RK_CONTROLLER_LEADER
+rk_pool_status = layout.rk_pool_status
+rk_pool_events = layout.rk_pool_events
 
 
 def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
     """Raw pool records (spec + lifecycle state) by name."""
     out: dict[str, dict[str, Any]] = {}
-    for info in ws.store.list("pools/"):
-        name = info.key.removeprefix("pools/").removesuffix(".json")
+    for info in ws.store.list(layout.POOLS_PREFIX):
+        name = info.key.removeprefix(layout.POOLS_PREFIX).removesuffix(".json")
         try:
             layout.check_name("pool", name)
             out[name] = ws.store.get_json(info.key)

@@ -187,7 +187,8 @@ def cmd_runs_files(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
-    run = _run(_ws(), args.run_id)
+    ws = _ws()
+    run = _run(ws, args.run_id)
     if args.follow:
         last = args.after
         try:
@@ -200,10 +201,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
         return 0
     from cluster import logstream
 
-    lines = logstream.archived(run._ws.store, run.prefix)
-    if not lines:  # still running: what the live stream has so far
-        entries = run._ws.redis.xrange(f"cluster:run:{run.id}:log")
-        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    lines = logstream.lines_so_far(ws.redis, ws.store, run.id, run.prefix)
     print("\n".join(lines))
     return 0
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import ClusterError, NotFoundError, PayloadError, UsageError
 from cluster.records import RunError, RunRecord, RunStatus, now_iso
 from cluster.sweep import state
@@ -139,14 +139,7 @@ def new_token() -> str:
     """Who drives a sweep: host:pid:start time:random (a dead local holder's lock is taken over at once)."""
     return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}:{secrets.token_hex(4)}"
 
-_TAKE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[1] or holder == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+_TAKE_LOCK = luascript.read("cluster.sweep", "take_sweep_lock.lua")
 
 
 @dataclass

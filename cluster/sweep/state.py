@@ -38,27 +38,22 @@ if TYPE_CHECKING:
     from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
-SWEEP_SPEC = "sweep.json"
-SUMMARY = "summary.json"
-CANCEL = "cancel.json"
-STOPPED = "stopped.json"
-INTENTS_DIR = "intents/"
-CHILDREN_DIR = "children/"
-ALL_SWEEPS = "index/sweeps/all/"
-ACTIVE_SWEEPS = "index/sweeps/active/"
+# paths and keys are built in cluster/layout.py (short names here for this package)
+SWEEP_SPEC = layout.SWEEP_SPEC
+SUMMARY = layout.SWEEP_SUMMARY
+CANCEL = layout.SWEEP_CANCEL
+STOPPED = layout.SWEEP_STOPPED
+INTENTS_DIR = layout.SWEEP_INTENTS_DIR
+CHILDREN_DIR = layout.CHILDREN_DIR
+ALL_SWEEPS = layout.ALL_SWEEPS_PREFIX
+ACTIVE_SWEEPS = layout.ACTIVE_SWEEPS_PREFIX
 
-RK_ACTIVE = "cluster:sweeps:active"
-RK_SYNCED = "cluster:sweeps:synced"
+RK_ACTIVE = layout.RK_SWEEPS_ACTIVE
+RK_SYNCED = layout.RK_SWEEPS_SYNCED
+rk_lock = layout.rk_sweep_lock
+intent_key = layout.sweep_intent_key
 
 KIND_CHILD = "sweep-child"
-
-
-def rk_lock(parent_id: str) -> str:
-    return f"cluster:sweep:{parent_id}:lock"
-
-
-def intent_key(prefix: str, index: int) -> str:
-    return f"{prefix}{INTENTS_DIR}{index:06d}.json"
 
 
 def child_prefix(parent_prefix: str, child_id: str) -> str:

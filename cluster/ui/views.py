@@ -194,7 +194,7 @@ class Views:
     def models(self) -> list[dict[str, Any]]:
         """Every model version (records are immutable, so each is read once)."""
         out = []
-        prefix = "models/"
+        prefix = layout.MODELS_PREFIX
         for info in self.ws.store.list(prefix):
             parts = info.key[len(prefix):].split("/")
             if len(parts) != 3 or parts[2] != MODEL_RECORD or not parts[1].isdigit():

@@ -196,7 +196,7 @@ def test_controller_restart_mid_run_loses_nothing(ws: Workspace, cluster_dir: Pa
     embedded.reap(ctl.pid, timeout=10)
     queued_while_down = _submit(ws, source, pool, 0.2)
     time.sleep(1.0)
-    ws.redis.delete("cluster:controller:leader")  # the dead leader's lease would otherwise delay takeover
+    ws.redis.delete(layout.RK_CONTROLLER_LEADER)  # the dead leader's lease would otherwise delay takeover
     assert embedded.ensure_controller(cluster_dir)
     details = run.wait_for_completion(timeout=60)
     assert details["status"] == "Completed" and details["attempt"] == 1

@@ -505,7 +505,7 @@ def test_everything_survives_a_redis_flushall(ws: Workspace, pool: str, make_sou
     assert "hello from before the flush" in [line for _id, line in again.stream_log()]
 
     # the cluster keeps working: the node's heartbeat comes back and a new run completes
-    wait_until(lambda: ws.redis.keys("cluster:node:*"), timeout=30, what="heartbeats after the flush")
+    wait_until(lambda: ws.redis.keys(layout.rk_node("*")), timeout=30, what="heartbeats after the flush")
     after = exp.submit(config)
     assert finish(after)["status"] == "Completed"
     assert [r.id for r in exp.get_runs()] == [after.id, run.id]

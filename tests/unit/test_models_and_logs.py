@@ -141,3 +141,15 @@ def test_submit_leaves_no_temporary_directory_behind(mem_ws: Workspace, train_di
         exp.submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
     assert len(mem_ws.store.list("snapshots/")) >= 3  # packed and uploaded three times ...
     assert list(tmp.iterdir()) == []  # ... with nothing left in the temporary folder
+
+
+def test_lines_so_far_are_the_live_stream_until_the_log_is_archived(mem_ws: Workspace, train_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    run = Experiment(mem_ws, "logs").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
+    claim = mem_ws.runs.claim(run.id, "n1", 60_000)
+    writer = logstream.LogWriter(mem_ws.redis, run.id, tmp_path / "d.log", token=claim.token)
+    writer.line("stdout", "live 1")
+    writer.close()
+    assert logstream.lines_so_far(mem_ws.redis, mem_ws.store, run.id, run.prefix) == ["live 1"]
+    mem_ws.store.put_bytes(run.prefix + layout.RUN_DRIVER_LOG, b"archived 1\narchived 2\n")
+    assert logstream.lines_so_far(mem_ws.redis, mem_ws.store, run.id, run.prefix) == ["archived 1", "archived 2"]

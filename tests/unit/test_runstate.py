@@ -7,7 +7,7 @@ import pytest
 from cluster import layout
 from cluster.errors import NotFoundError
 from cluster.records import RunRecord, RunSpec, RunStatus
-from cluster.runstate import RunState
+from cluster.runstate import RunState, rk_active
 from cluster.workspace import Workspace
 
 LEASE_MS = 60_000
@@ -64,7 +64,7 @@ def test_a_final_write_releases_the_run_and_a_redelivery_is_refused(mem_ws: Work
         rec = rec.with_status(status)
         assert runs.write(rec, claim.token)
     assert not runs.holds(record.run_id, claim.token)
-    assert not mem_ws.redis.sismember("cluster:pool:cpu:active", record.run_id)
+    assert not mem_ws.redis.sismember(rk_active("cpu"), record.run_id)
     assert runs.claim(record.run_id, "node-b", LEASE_MS).outcome == "final"
     assert runs.stored_record(record.run_id).status is RunStatus.COMPLETED
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cluster import Experiment, ScriptRunConfig
+from cluster import Experiment, ScriptRunConfig, layout
 from cluster.records import RunStatus
 from cluster.sweep import GridParameterSampling, HyperDriveConfig, PrimaryMetricGoal, choice
 from cluster.sweep.driver import SweepDriver
@@ -55,7 +55,7 @@ def test_a_new_driver_takes_over_without_duplicating_children(mem_ws: Workspace,
     first = SweepDriver(token="host:1:1.00:aaaa")
     first.drive(mem_ws, T0)
     assert len(broker.sent) == 1
-    mem_ws.redis.delete(f"cluster:sweep:{run.id}:lock")  # the first controller died; its lock expired
+    mem_ws.redis.delete(layout.rk_sweep_lock(run.id))  # the first controller died; its lock expired
     second = SweepDriver(token="host:2:2.00:bbbb")
     second.drive(mem_ws, T0 + 1)
     second.drive(mem_ws, T0 + 2)
