@@ -47,6 +47,8 @@ from __future__ import annotations
 
 import re
 
+from cluster.errors import UsageError
+
 DATA_BUCKET = "datastore"
 CLUSTER_BUCKET = "cluster"
 DEFAULT_DATASTORE = "workspaceblobstore"
@@ -56,8 +58,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 def check_name(kind: str, name: str) -> str:
     """Validate a user-chosen name (experiment, model, pool) so it is safe as a path segment."""
-    from cluster.errors import UsageError
-
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise UsageError(
             f"invalid {kind} name {name!r}",

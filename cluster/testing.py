@@ -26,8 +26,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from cluster import layout
+from cluster.datastore import Datastore
 from cluster.errors import NotFoundError, PayloadError
 from cluster.objectstore import ObjectInfo, ObjectStore
+from cluster.records import RunError, RunStatus
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -200,9 +203,6 @@ def play_next_run(ws: Workspace, pool: str, *, node: str = "memory-node", outcom
     """Do what a node does with the next message of ``pool``, without a script: claim the run, walk it through
     Preparing, Running and Finalizing to ``outcome`` (fenced writes), store its metrics and log, acknowledge.
     Returns the run id (None: nothing queued, or the claim was refused)."""
-    from cluster import layout
-    from cluster.records import RunError, RunStatus
-
     broker = ws.broker
     if not isinstance(broker, MemoryBroker):
         raise TypeError("play_next_run needs a workspace on a MemoryBroker (memory_workspace())")
@@ -252,9 +252,6 @@ def memory_workspace(settings: Settings | None = None, *, redis: Any = None, sto
     ws = Workspace(settings or fake_settings(), broker=broker or MemoryBroker())
     ws.__dict__["store"] = store or MemoryObjectStore(ws.settings.cluster_bucket)
     ws.__dict__["redis"] = redis if redis is not None else fake_redis()
-    from cluster import layout
-    from cluster.datastore import Datastore
-
     data = MemoryObjectStore(ws.settings.data_bucket)
     ws.__dict__["datastores"] = {layout.DEFAULT_DATASTORE: Datastore(layout.DEFAULT_DATASTORE, data)}
     return ws

@@ -32,7 +32,8 @@ import psutil
 
 from cluster import layout, luascript
 from cluster.errors import ClusterError, NotFoundError, PayloadError, UsageError
-from cluster.records import RunError, RunRecord, RunStatus, now_iso
+from cluster.experiment import Experiment, submit_run
+from cluster.records import RunError, RunRecord, RunSpec, RunStatus, now_iso
 from cluster.sweep import state
 from cluster.sweep.config import SweepSpec, argument_name
 from cluster.sweep.policy import EarlyTerminationPolicy, NoTerminationPolicy, StopDecision
@@ -319,8 +320,6 @@ def _fail_unreadable(ws: Workspace, parent_id: str, error: ClusterError) -> None
 
 def _resume(ws: Workspace, sweep: _Sweep, children: Sequence[state.ChildInfo]) -> None:
     """First step of a sweep in this process: finish submissions a dead controller cut short."""
-    from cluster.records import RunSpec
-
     for child in children:
         if child.record is None:  # spec.json written, run.json not: complete the submission
             cp = state.child_prefix(sweep.prefix, child.run_id)
@@ -378,8 +377,6 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
 
 
 def _submit_child(ws: Workspace, sweep: _Sweep, parent: RunRecord, index: int, params: dict[str, Any]) -> None:
-    from cluster.experiment import Experiment, submit_run
-
     spec = sweep.spec
     rc = spec.run_configuration()
     rc = rc.with_arguments(child_arguments((), params))

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout, tables
+from cluster import layout, tables, validation
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
+from cluster.experiment import Experiment
 from cluster.records import RunStatus, now_iso
 from cluster.run import Run
 from cluster.sweep import state
 
 if TYPE_CHECKING:
-    from cluster.experiment import Experiment
     from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
@@ -27,9 +27,6 @@ class HyperDriveRun(Run):
     @classmethod
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
-        from cluster import validation
-        from cluster.experiment import Experiment
-
         record = ws.runs.record(validation.run_id(run_id))
         if not state.is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
@@ -116,8 +113,6 @@ class HyperDriveRun(Run):
         """Block until the sweep has ended; ``show_output`` prints a line as each child starts and ends, then
         a table of the results."""
         if timeout is not None:
-            from cluster import validation
-
             timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}

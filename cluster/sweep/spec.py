@@ -10,12 +10,16 @@ import ast
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from cluster import layout, validation
+from cluster.datareference import DataReference
 from cluster.errors import UsageError
-
-if TYPE_CHECKING:
-    from cluster.sweep import HyperDriveConfig
+from cluster.estimator import Estimator, ScriptRunConfig
+from cluster.sweep.config import HyperDriveConfig
+from cluster.sweep.expressions import choice, expression_from_dict
+from cluster.sweep.policy import policy_from_dict
+from cluster.sweep.sampling import BayesianParameterSampling, GridParameterSampling, RandomParameterSampling
 
 ESTIMATOR_KEYS = ("source_directory", "entry_script", "script_params", "arguments", "compute_target", "pip_packages",
                   "conda_packages", "environment_variables", "max_run_duration_seconds")
@@ -56,8 +60,6 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 def parse_expression(name: str, value: Any) -> Any:
     """A search-space entry: an expression dict (``{"type": "uniform", "low": 0, "high": 1}``, or with
     ``args: [...]``), a list (a choice), or a call such as ``"loguniform(-5, 1)"``."""
-    from cluster.sweep import choice, expression_from_dict
-
     if isinstance(value, list):
         return choice(value)
     if isinstance(value, str):
@@ -95,9 +97,6 @@ def parse_expression(name: str, value: Any) -> Any:
 
 
 def _script_value(name: str, value: Any) -> Any:
-    from cluster import layout
-    from cluster.datareference import DataReference
-
     if isinstance(value, Mapping):
         if DataReference.is_reference(dict(value)):
             return DataReference.from_dict(dict(value))
@@ -114,15 +113,6 @@ def _script_value(name: str, value: Any) -> Any:
 
 def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriveConfig, str | None, dict[str, str]]:
     """Build the HyperDriveConfig a spec file describes; returns (config, experiment name, tags)."""
-    from cluster import validation
-    from cluster.estimator import Estimator, ScriptRunConfig
-    from cluster.sweep import (
-        BayesianParameterSampling,
-        GridParameterSampling,
-        HyperDriveConfig,
-        RandomParameterSampling,
-        policy_from_dict,
-    )
 
     validation.check_kwargs("sweep spec", data, known=sorted(TOP_KEYS), noun="key")
     est_data = data.get("estimator") or {}

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, metrics
 from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
 from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
@@ -272,8 +272,6 @@ class SweepReader:
         return out
 
     def _series(self, child_id: str, record: RunRecord | None) -> tuple[float, ...]:
-        from cluster import metrics
-
         if child_id in self._final_series:
             return self._final_series[child_id]
         if record is None:
