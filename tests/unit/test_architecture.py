@@ -100,3 +100,25 @@ INLINE_LUA_PENDING = {"cluster/runstate.py", "cluster/controller.py", "tasks/nod
 def test_no_lua_inline_in_python_modules() -> None:
     inline = sorted(str(p.relative_to(ROOT)) for p in _files("*.py") if "redis.call(" in p.read_text(encoding="utf-8"))
     assert [p for p in inline if p not in INLINE_LUA_PENDING] == []
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    """No import-order trap: each module imports on its own (the cluster's modules forgotten before each)."""
+    names = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                   for p in _files("*.py") if "__main__" not in p.name)
+    code = (
+        "import importlib, sys\n"
+        f"names = {names!r}\n"
+        "failed = []\n"
+        "for name in names:\n"
+        "    for m in [m for m in sys.modules if m.split('.')[0] in ('cluster', 'tasks')]:\n"
+        "        del sys.modules[m]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        failed.append(f'{name}: {type(e).__name__}: {e}')\n"
+        "assert not failed, failed\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=240,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert proc.returncode == 0, proc.stderr[-3000:]
