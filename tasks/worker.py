@@ -7,10 +7,10 @@ run first.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +25,8 @@ from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
 from tasks.rundir import OutputCaps
 from tasks.sandbox import Sandbox, SandboxPolicy, detect, make_undumpable
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 NODE_KEY_TTL = 3600
@@ -107,12 +109,11 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
                                      sandbox=sandbox, output_caps=opts.output_caps))
-    print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
-          file=sys.stderr, flush=True)
+    log.info("node %s serving pool %s, isolation: %s (Ctrl-C to stop)", opts.name, opts.pool, sandbox.describe())
     if sandbox.level == "none":
-        print(f"WARNING: node {opts.name} runs scripts without isolation: a run can read this node's "
-              "configuration and credentials" + (" -- and the pool requires isolation, so every run will fail"
-                                                 if sandbox.refuses() else ""), file=sys.stderr, flush=True)
+        log.warning("WARNING: node %s runs scripts without isolation: a run can read this node's configuration and "
+                    "credentials%s", opts.name,
+                    " -- and the pool requires isolation, so every run will fail" if sandbox.refuses() else "")
     app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout,
                                 remote_control=opts.remote_control)
     app_module.set_node(node)
