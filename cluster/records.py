@@ -153,7 +153,8 @@ class RunRecord:
         if not can_transition(self.status, status, sweep=sweep):
             raise TransitionError(f"run {self.run_id}: {self.status.value} -> {status.value} is not a valid "
                                   f"{'sweep ' if sweep else ''}run status change",
-                                  hint="a finished run stays finished; see records.TRANSITIONS")
+                                  hint="a finished run stays finished, and a node moves a run Queued -> Preparing -> "
+                                  "Running -> Finalizing -> Completed (records.TRANSITIONS)")
         stamps = dict(self.timestamps)
         stamps.setdefault(status.value, now_iso(at))
         return replace(self, status=status, timestamps=stamps, **changes)
