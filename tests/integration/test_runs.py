@@ -24,7 +24,6 @@ import psutil
 import pytest
 
 from cluster import Estimator, Experiment, Model, Run, RunFailedError, ScriptRunConfig, Workspace, layout
-from cluster.context import OfflineRun, get_context
 from cluster.errors import WaitTimeoutError
 from cluster.estimator import RunConfiguration
 from cluster.experiment import submit_run
@@ -505,16 +504,6 @@ def test_following_the_log_of_a_final_run_ends_without_eof(ws: Workspace, pool: 
     follower.join(30)
     assert not follower.is_alive(), "stream_log() of a final run did not end"
     assert lines == ["partial line of a dead attempt"]
-
-
-def test_get_context_outside_a_node_is_offline_and_prints(capsys: pytest.CaptureFixture[str]) -> None:
-    ctx = get_context(environ={})
-    assert isinstance(ctx, OfflineRun)
-    ctx.log("regularization rate", 0.5)
-    ctx.log("accuracy", 0.9)
-    assert "[offline run] regularization rate: 0.5" in capsys.readouterr().err
-    assert ctx.get_metrics() == {"regularization rate": 0.5, "accuracy": 0.9}
-    assert isinstance(Run.get_context(), OfflineRun)  # this test process is not on a node
 
 
 # ---- secrets ------------------------------------------------------------------------------------
