@@ -43,7 +43,7 @@ __all__ = ["MemoryBroker", "MemoryObjectStore", "MemoryProvider", "fake_redis", 
 
 class MemoryObjectStore(ObjectStore):
     """One bucket held in memory. It is an :class:`ObjectStore` (so a workspace's typed ``store`` accepts it) but
-    talks to no server: every method is overridden; ``client`` does not exist."""
+    talks to no server: every method is overridden, and ``client`` is None."""
 
     def __init__(self, bucket: str = "cluster") -> None:  # no super().__init__: no S3 client
         self.bucket = bucket
@@ -214,9 +214,9 @@ def play_next_run(ws: Workspace, pool: str, *, node: str = "memory-node", outcom
         if claim.outcome != "ok" or claim.record is None:
             return None
         record = claim.record.with_status(RunStatus.PREPARING, attempt=claim.attempt, node=node)
-        for status in (RunStatus.PREPARING, RunStatus.RUNNING):
-            record = record.with_status(status)
-            ws.runs.write(record, claim.token)
+        ws.runs.write(record, claim.token)
+        record = record.with_status(RunStatus.RUNNING)
+        ws.runs.write(record, claim.token)
         events = [{"name": name, "kind": "scalar", "value": value, "t": float(i)}
                   for name, values in (metrics or {}).items() for i, value in enumerate(values)]
         ws.store.put_json(record.prefix + layout.RUN_METRICS, {"events": events})
