@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import mimetypes
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
+from cluster.autoscale import NodeState
 from cluster.compute import load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError, UsageError
 from cluster.experiment import Experiment
 from cluster.model import MODEL_RECORD, Model, ModelRecord
+from cluster.nodes import list_nodes
 from cluster.run import Run
 from cluster.ui.index import RunIndex
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 SORTS = ("submitted", "started", "ended", "duration", "status", "run_id")
 TEXT_PREVIEW_BYTES = 64 * 1024
-NODE_LOST_AFTER = 10.0
 
 
 class Views:
@@ -219,22 +219,9 @@ class Views:
 
     # -- pools and nodes --------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
-        r = self.ws.redis
-        names = sorted(str(n) for n in r.smembers(layout.RK_NODES))
-        pipe = r.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(layout.rk_node(name))
-        now = time.time()
-        out = []
-        for name, h in zip(names, pipe.execute(), strict=True):
-            if not h:
-                continue
-            age = now - float(h.get("heartbeat", 0) or 0)
-            out.append({"name": name, "pool": h.get("pool", ""),
-                        "state": h.get("state", "?") if age <= NODE_LOST_AFTER else "lost",
-                        "run": h.get("run") or None, "heartbeat_age": round(age, 1),
-                        "static": h.get("static") == "1", "draining": h.get("drain") == "1"})
-        return out
+        return [{"name": n.name, "pool": n.pool, "state": n.state.value, "run": n.run,
+                 "heartbeat_age": round(n.heartbeat_age, 1), "static": n.static,
+                 "draining": n.state is NodeState.DRAINING} for n in list_nodes(self.ws)]
 
     def pools(self) -> list[dict[str, Any]]:
         specs = load_specs(self.ws)
