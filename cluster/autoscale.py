@@ -77,6 +77,8 @@ class PoolSpec:
     network: str = "host"
     max_output_bytes: int = 10 * 1024**3
     max_output_files: int = 10_000
+    #: each node's cache (snapshots, environments, mounted data) is pruned, least recently used first, to this
+    max_cache_bytes: int = 20 * 1024**3
 
     def __post_init__(self) -> None:
         check_name("pool", self.name)
@@ -85,7 +87,7 @@ class PoolSpec:
                              f"got {self.isolation!r}", hint="see docs/security.md")
         if self.network not in ("host", "none"):
             raise UsageError(f"pool {self.name!r}: network must be 'host' or 'none', got {self.network!r}")
-        for cap in ("max_output_bytes", "max_output_files"):
+        for cap in ("max_output_bytes", "max_output_files", "max_cache_bytes"):
             if _check_int(cap, getattr(self, cap)) < 1:
                 raise UsageError(f"pool {self.name!r}: {cap} must be at least 1")
         get_size(self.vm_size)
@@ -124,12 +126,14 @@ class PoolSpec:
             "network": self.network,
             "max_output_bytes": self.max_output_bytes,
             "max_output_files": self.max_output_files,
+            "max_cache_bytes": self.max_cache_bytes,
         }
 
     def node_args(self, default_isolation: str) -> list[str]:
         """The `cluster worker` options that carry this pool's isolation and output settings to its nodes."""
         return ["--isolation", self.isolation or default_isolation, "--network", self.network,
-                "--max-output-bytes", str(self.max_output_bytes), "--max-output-files", str(self.max_output_files)]
+                "--max-output-bytes", str(self.max_output_bytes), "--max-output-files", str(self.max_output_files),
+                "--max-cache-bytes", str(self.max_cache_bytes)]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoolSpec:
@@ -140,7 +144,7 @@ class PoolSpec:
                 hint="re-create the pool, or fix its pools/<name>.json in the object store",
             )
         fields = ("name", "vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation",
-                  "network", "max_output_bytes", "max_output_files")
+                  "network", "max_output_bytes", "max_output_files", "max_cache_bytes")
         return cls(**{k: data[k] for k in fields if k in data})
 
 

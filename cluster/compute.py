@@ -148,7 +148,8 @@ class NodePool(ComputeTarget):
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
                                    idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
-                                   max_output_files: int = 10_000, **kwargs: Any) -> PoolSpec:
+                                   max_output_files: int = 10_000, max_cache_bytes: int = 20 * 1024**3,
+                                   **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
         validation.check_kwargs("provisioning_configuration",
                                 {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
@@ -156,7 +157,8 @@ class NodePool(ComputeTarget):
         try:
             return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
                             idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
-                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
+                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files,
+                            max_cache_bytes=max_cache_bytes)
         except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
             raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
                              hint=e.hint) from None
@@ -233,7 +235,7 @@ def pool_record(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 _PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
-                      "max_output_bytes", "max_output_files")
+                      "max_output_bytes", "max_output_files", "max_cache_bytes")
 #: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
 #: accepted and ignored whatever their value, since they never change what a run computes.
 AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",

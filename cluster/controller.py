@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, NotFoundError
 from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
@@ -46,6 +46,7 @@ class ControllerConfig:
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
+    leader_key: str = CONTROLLER_LEADER  # one per cluster (tests use their own)
     # False: start and drain no node (an external scaler such as KEDA does it); node-loss supervision,
     # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
     autoscale: bool = True
@@ -87,6 +88,28 @@ def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after
     return replace(record.with_status(RunStatus.QUEUED, at=now), node=None, attempts=tuple(history))
 
 
+def lost_nodes(heartbeats: dict[str, dict[str, str]], pool: str, *, managed: set[str], known: set[str],
+               now: float, lost_after: float) -> dict[str, str]:
+    """Which of the pool's nodes are lost, and how (pure; the controller acts on it):
+
+    * ``gone``: the provider started it and no longer reports it (its process or pod ended) -- forget it;
+    * ``hung``: the provider still reports it but it stopped heartbeating -- kill it, then forget it;
+    * ``silent``: a node the provider does not manage (a static node) stopped heartbeating -- its runs are
+      re-queued, it is kept in view (it may come back) until it has been silent for long.
+    """
+    out: dict[str, str] = {}
+    for name, h in heartbeats.items():
+        if h.get("pool") != pool:
+            continue
+        lost = node_state(h, now, lost_after) is NodeState.LOST
+        if name in known and name not in managed:
+            out[name] = "gone"
+        elif lost:
+            out[name] = "hung" if name in managed else "silent"
+    return out
+
+
+
 # ---- the controller -----------------------------------------------------------------------------
 
 @dataclass
@@ -103,6 +126,7 @@ class Controller:
     _last_tick: float = 0.0  # time.monotonic() of the last tick's start
     _stranded_checked: float = 0.0
     _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
+    _leading: threading.Event = field(default_factory=threading.Event)  # set while this controller holds the lease
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
     sweeps: SweepDriver = field(default_factory=SweepDriver)  # what the sweep driver remembers between ticks
 
@@ -112,6 +136,7 @@ class Controller:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
+        threading.Thread(target=self._keep_leading, args=(stop,), name="leader-lease", daemon=True).start()
         while not stop.is_set():
             started, led, ok = time.monotonic(), False, False
             try:
@@ -130,8 +155,8 @@ class Controller:
                 else:
                     self.telemetry.standby()
             self._sleep(stop)
-        if self.r.get(CONTROLLER_LEADER) == self.ident:
-            self.r.delete(CONTROLLER_LEADER)
+        if self.r.get(self.config.leader_key) == self.ident:
+            self.r.delete(self.config.leader_key)
 
     def _sleep(self, stop: threading.Event) -> None:
         """Wait for the next tick, or less: a submit pushes to the wake list, so a queued run reaches a cold pool's
@@ -146,7 +171,23 @@ class Controller:
 
     def _lead(self) -> bool:
         """Take or keep the leadership, atomically (one Lua call): two controllers never both lead."""
-        return bool(self.r.eval(_LEAD, 1, CONTROLLER_LEADER, self.ident, self.config.leader_ttl_ms))
+        leading = bool(self.r.eval(_LEAD, 1, self.config.leader_key, self.ident, self.config.leader_ttl_ms))
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+        return leading
+
+    def _keep_leading(self, stop: threading.Event) -> None:
+        """Renew the leader lease every third of its period, however long a tick takes (a recovery after a
+        Redis wipe, a slow object store): the lease never lapses under a live leader."""
+        while not stop.wait(self.config.leader_ttl_ms / 3000):
+            if not self._leading.is_set():
+                continue
+            try:
+                self._lead()
+            except Exception:  # Redis down: the lease lapses, and the next tick's _lead() finds out
+                self._leading.clear()
 
     def autoscales(self, pool: str) -> bool:
         """Does this controller start and drain the pool's nodes? (No: an external scaler does.)"""
@@ -171,6 +212,7 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
+        self._prune_live_index()
         if now - self._stranded_checked >= self.config.stranded_check_seconds:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
@@ -204,10 +246,28 @@ class Controller:
                 self.r.srem(rk_active(pool), run_id)
         return queued, live
 
+    def _prune_live_index(self) -> None:
+        """Drop runs that became final from the live index, once run.json says so (the record decides, not
+        Redis); a run whose run.json is not final yet (its node still writing it) is looked at next tick."""
+        runs = self.ws.runs
+        done = []
+        for run_id in runs.finished_run_ids():
+            try:
+                if runs.stored_record(run_id).status.is_final:
+                    runs.unindex_live(run_id)
+                    done.append(run_id)
+            except NotFoundError:
+                done.append(run_id)  # deleted with its experiment, or never stored: nothing to index
+            except ClusterError:
+                pass  # a store blip: next tick
+        runs.forget_finished(done)
+
     def _observe(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> PoolObservation:
         cfg = self.config
         views: list[NodeView] = []
         managed = set(self.provider.list_nodes(spec))
+        lost = lost_nodes(heartbeats, spec.name, managed=managed, known=self._known, now=now,
+                          lost_after=cfg.node_lost_seconds)
         for name, h in heartbeats.items():
             if h.get("pool") != spec.name:
                 continue
@@ -216,17 +276,17 @@ class Controller:
                 self._idle_since.setdefault(name, now)
             else:
                 self._idle_since.pop(name, None)
-            gone = name in self._known and name not in managed  # its process/pod no longer exists
-            if gone or (state is NodeState.LOST and name in managed):
-                if not gone:
-                    self.provider.stop_node(spec, name, force=True)  # silent but still there (hung): remove it
+            how = lost.get(name)
+            if how in ("gone", "hung"):
+                if how == "hung":
+                    self.provider.stop_node(spec, name, force=True)  # silent but still there: remove it
                 managed.discard(name)
                 self._known.discard(name)
                 self._mark_lost(spec.name, name, now)
                 self.r.delete(layout.rk_node(name))
                 self.r.srem(layout.RK_NODES, name)
                 continue
-            if state is NodeState.LOST:
+            if how == "silent":
                 self._mark_lost(spec.name, name, now)
             views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
@@ -360,27 +420,41 @@ class Controller:
 
     # -- recovery after a Redis wipe ------------------------------------------------------------------
     def recover(self, now: float) -> int:
-        """Re-seed and re-queue every non-final run found in the object store but unknown to Redis."""
+        """Re-seed and re-queue every non-final run found in the object store but unknown to Redis. Reads the
+        live index (runs not final when last seen), not every run ever stored; the first recovery on a store
+        written before the index existed scans once and completes the index."""
         runs = self.ws.runs
+        if self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
+            candidates = runs.list_live_run_ids()
+        else:
+            candidates = [run_id for experiment in runs.list_experiments()
+                          for run_id in runs.list_all_run_ids(experiment)]
         count = 0
-        for experiment in runs.list_experiments():
-            for run_id in runs.list_all_run_ids(experiment):
-                if self.r.exists(layout.rk_run(run_id)):
-                    continue
-                try:
-                    record = runs.stored_record(run_id)
-                except ClusterError:
-                    continue
-                if record.status.is_final or record.tags.get("kind") == "sweep":  # sweeps: cluster.sweep.driver
-                    continue
-                if record.status.value in LIVE:  # its attempt died with Redis' state
-                    record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
-                                                lost_after=self.config.node_lost_seconds, now=now)
-                runs.seed(record)
-                self.ws.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
-                if record.status is RunStatus.QUEUED:
-                    self.ws.enqueue(run_id, record.pool)
-                    count += 1
+        for run_id in candidates:
+            if self.r.exists(layout.rk_run(run_id)):
+                continue
+            try:
+                record = runs.stored_record(run_id)
+            except ClusterError:
+                continue
+            if record.status.is_final:
+                runs.unindex_live(run_id)
+                continue
+            if record.tags.get("kind") == "sweep":  # sweeps: cluster.sweep.driver
+                continue
+            if record.status.value in LIVE:  # its attempt died with Redis' state
+                record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
+                                            lost_after=self.config.node_lost_seconds, now=now)
+            runs.seed(record)
+            self.ws.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+            if record.status is RunStatus.QUEUED:
+                runs.index_live(record)  # a run stored before the live index existed joins it
+                self.ws.enqueue(run_id, record.pool)
+                count += 1
+            else:
+                runs.unindex_live(run_id)  # gave up (node lost too often): final now
+        if not self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
+            self.ws.store.put_json(layout.LIVE_INDEX_COMPLETE, {"at": now})
         self.r.set(RK_EPOCH, f"{now:.3f}")
         if count:
             log.info("controller: re-queued %d run(s) from the object store", count)

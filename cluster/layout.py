@@ -9,13 +9,16 @@ Object store (the system of record; browse it in the MinIO console or with any S
         snapshots/<sha256>.json                  manifest: files, sizes, digests
         experiments/<experiment>/runs/<run_id>/
             spec.json                            what to run (written once, at submit)
-            run.json                             the run record: status, timestamps, attempt, node, error
-            metrics.json                         every logged metric, in order
-            logs/driver.log                      stdout+stderr of the entry script, complete
-            logs/...                             anything the script wrote to ./logs
-            outputs/...                          anything the script wrote to ./outputs
+            run.json                             the run record: status, timestamps, attempt, node, error,
+                                                 and ``committed``: the attempt whose files are the result
+            attempts/<n>/                        everything attempt n wrote, in its own folder:
+                metrics.json                     every logged metric, in order
+                logs/driver.log                  stdout+stderr of the entry script, complete
+                logs/...                         anything the script wrote to ./logs
+                outputs/...                      anything the script wrote to ./outputs
             children/<child_run_id>/...          a sweep's child runs, same shape as a run
         index/runs/<run_id>                      one line: the run's prefix (find a run by id alone)
+        index/live/<run_id>                      the same, only while the run is not final: what recovery reads
         index/ui/experiments/<experiment>.json   the dashboard's run summaries (a cache, rebuilt when missing)
         models/<name>/<version>/model.json       a registered model version: sha256, tags, source run
         models/<name>/<version>/files/...        its files
@@ -91,6 +94,27 @@ def run_index_key(run_id: str) -> str:
     return f"index/runs/{run_id}"
 
 
+#: runs that are not final (written at submit, removed by the controller once the run's record is final): after a
+#: Redis wipe the controller re-seeds these, not every run ever stored
+LIVE_INDEX = "index/live/"
+#: written once the controller indexed the runs stored before the live index existed (a one-time full scan)
+LIVE_INDEX_COMPLETE = "index/live.complete"
+
+
+#: Redis set of runs that became final; the controller drops them from the live index (then from this set)
+RK_FINISHED = "cluster:runs:finished"
+
+
+def live_index_key(run_id: str) -> str:
+    return f"{LIVE_INDEX}{run_id}"
+
+
+def attempt_dir(attempt: int) -> str:
+    """An attempt's own folder inside its run's folder. Only the committed attempt's folder is visible through
+    the SDK; a stale attempt (fenced out) may leave a partial folder that nothing reads."""
+    return f"attempts/{int(attempt)}/"
+
+
 RUN_SPEC = "spec.json"
 RUN_RECORD = "run.json"
 RUN_METRICS = "metrics.json"
@@ -160,6 +184,16 @@ def rk_node(name: str) -> str:
 RK_NODES = "cluster:nodes"
 #: a list the submitter pushes to (trimmed to one entry): the controller's wait for its next tick ends at once
 RK_CONTROLLER_WAKE = "cluster:controller:wake"
+
+
+def finished_ttl_seconds() -> int:
+    """How long Redis keeps a finished run's keys (hash, log and metrics streams) after its archive is written:
+    readers then use the object store. ``CLUSTER_FINISHED_TTL_SECONDS`` (read by the node) changes it; the
+    500-run soak (bench/soak.py) sets it short to show Redis memory levelling off."""
+    import os
+
+    raw = os.environ.get("CLUSTER_FINISHED_TTL_SECONDS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 3600
 
 
 def rk_model_version(name: str) -> str:

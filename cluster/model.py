@@ -94,17 +94,18 @@ class Model:
         rel = model_path.replace("\\", "/").strip("/")
         if not rel or any(p == ".." for p in rel.split("/")):
             raise UsageError(f"model_path {model_path!r} must be a file or folder of the run, e.g. 'outputs/model.pkl'")
-        sources = [o for o in ws.store.list(run.prefix + rel) if o.key == run.prefix + rel
-                   or o.key.startswith(run.prefix + rel + "/")]
+        folder = run.files_prefix()  # the committed attempt's folder
+        sources = [o for o in ws.store.list(folder + rel) if o.key == folder + rel
+                   or o.key.startswith(folder + rel + "/")]
         if not sources:
             raise NotFoundError(f"run {run.id} has no file or folder {model_path!r}",
                                 hint=f"its files: {', '.join(run.get_file_names()) or '(none)'}")
         version = _next_version(ws, model_name)
         base = layout.model_prefix(model_name, version)
         files: dict[str, str] = {}
-        single = len(sources) == 1 and sources[0].key == run.prefix + rel
+        single = len(sources) == 1 and sources[0].key == folder + rel
         for obj in sources:
-            name = Path(rel).name if single else obj.key[len(run.prefix + rel) + 1:]
+            name = Path(rel).name if single else obj.key[len(folder + rel) + 1:]
             ws.store.copy(obj.key, f"{base}{layout.MODEL_FILES_DIR}{name}")
             info = ws.store.stat(f"{base}{layout.MODEL_FILES_DIR}{name}")
             files[name] = (info.sha256 if info and info.sha256 else "")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from cluster import layout
 from cluster.errors import PayloadError, TransitionError
 
 
@@ -111,7 +112,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure' or 'node-lost'."""
+    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure', 'node-lost', 'storage' (the object
+    store or Redis did not answer for longer than the node retries) or 'disk' (the node's disk ran full)."""
 
     kind: str
     message: str
@@ -145,6 +147,15 @@ class RunRecord:
     parent_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     attempts: tuple[dict[str, Any], ...] = ()  # history: attempt, node, outcome
+    #: the attempt whose files (outputs, logs, metrics archive) are the run's result; set by the attempt's final,
+    #: fenced write, so it names exactly one attempt that finished and uploaded everything
+    committed: int | None = None
+
+    @property
+    def files_prefix(self) -> str:
+        """Where readers find the run's files: the committed attempt's folder. Runs stored before attempts had
+        their own folders (and runs with no committed attempt) use the run's folder."""
+        return f"{self.prefix}{layout.attempt_dir(self.committed)}" if self.committed else self.prefix
 
     def with_status(self, status: RunStatus, *, at: float | None = None, **changes: Any) -> RunRecord:
         """The record in ``status`` (entered at ``at``, now by default); raises :class:`TransitionError` unless
@@ -165,6 +176,7 @@ class RunRecord:
             "pool": self.pool, "attempt": self.attempt, "node": self.node, "timestamps": dict(self.timestamps),
             "error": self.error.to_dict() if self.error else None, "arguments": list(self.arguments),
             "parent_id": self.parent_id, "tags": dict(self.tags), "attempts": list(self.attempts),
+            "committed": self.committed,
         }
 
     @classmethod

@@ -49,6 +49,10 @@ class Run:
     def _record(self) -> RunRecord:
         return self._ws.runs.record(self.id)
 
+    def files_prefix(self) -> str:
+        """The committed attempt's folder (see ``RunRecord.files_prefix``): what readers show as the run's files."""
+        return str(_ride_through(lambda: self._record().files_prefix, None))
+
     # -- status and details -----------------------------------------------------------------------
     def get_status(self) -> str:
         return self._ws.runs.status(self.id).value
@@ -118,7 +122,7 @@ class Run:
         runs, last, failing_since = self._ws.runs, after, None
         while True:
             try:
-                for entry_id, line in logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix,
+                for entry_id, line in logstream.follow(self._ws.redis, self._ws.store, self.id, self.files_prefix,
                                                        after=last, poll_ms=poll_ms, deadline=deadline,
                                                        is_final=lambda: runs.status(self.id).is_final):
                     failing_since = None
@@ -144,8 +148,9 @@ class Run:
         from cluster import metrics
 
         def read() -> dict[str, Any]:
-            final = self._ws.runs.status(self.id).is_final
-            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
+            record = self._record()
+            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, record.files_prefix,
+                                                  final=record.status.is_final))
 
         values = _ride_through(read, None)
         if name is not None:
@@ -155,9 +160,10 @@ class Run:
     # -- files ------------------------------------------------------------------------------------
     def get_file_names(self) -> list[str]:
         """outputs/... and logs/... of the run (what the node uploaded)."""
+        prefix = self.files_prefix()
         names = []
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
-            names += [o.key[len(self.prefix):] for o in self._ws.store.list(f"{self.prefix}{folder}/")]
+            names += [o.key[len(prefix):] for o in self._ws.store.list(f"{prefix}{folder}/")]
         return sorted(names)
 
     def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> str:
@@ -168,9 +174,10 @@ class Run:
             else Path(Path(rel).name)
         if target.is_dir():
             target = target / Path(rel).name
-        if not self._ws.store.exists(self.prefix + rel):
+        prefix = self.files_prefix()
+        if not self._ws.store.exists(prefix + rel):
             raise NotFoundError(f"run {self.id} has no file {rel!r}", hint="see run.get_file_names()")
-        self._ws.store.get_file(self.prefix + rel, target)
+        self._ws.store.get_file(prefix + rel, target)
         return str(target)
 
     def download_files(self, prefix: str | None = None,
@@ -185,10 +192,10 @@ class Run:
             raise NotFoundError(f"run {self.id} has no files under {rel!r}",
                                 hint=f"its files: {', '.join(names[:10]) or '(none)'}"
                                 + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
-        paths = []
+        paths, files = [], self.files_prefix()
         for name in chosen:
             target = out / name
-            self._ws.store.get_file(self.prefix + name, target)
+            self._ws.store.get_file(files + name, target)
             paths.append(str(target))
         return paths
 

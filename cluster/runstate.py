@@ -52,7 +52,7 @@ return 1
 
 #: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
 #: store, where everything is archived (Redis stays bounded however many runs finish)
-FINISHED_TTL_MS = 3600 * 1000
+FINISHED_TTL_MS = layout.finished_ttl_seconds() * 1000
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -126,14 +126,15 @@ class RunState:
 
     # -- create / read ----------------------------------------------------------------------------
     def create(self, spec: RunSpec, record: RunRecord) -> None:
-        """Submit-time: spec, record and index in the object store first (the system of record), then Redis.
+        """Submit-time: spec, record and index entries in the object store first (the system of record), then Redis.
 
-        The three objects are independent, so they are written concurrently; Redis is seeded only after all
+        The four objects are independent, so they are written concurrently; Redis is seeded only after all
         of them are stored."""
         self.store.put_many([
             (spec.prefix + layout.RUN_SPEC, _json_bytes(spec.to_dict()), "application/json"),
             (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
             (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
+            (layout.live_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
         ])
         try:
             self.seed(record, spec)
@@ -220,9 +221,30 @@ class RunState:
                                           "1" if final else "0", record.run_id, FINISHED_TTL_MS])
         if ok and final:  # Redis made the transition: count it even if the record's upload below fails
             note_transition(self.r, record, outcome=record.status.value.lower())
+            self._finished(record.run_id)
         if ok and store:
             self.store_record(record)
         return bool(ok)
+
+    def _finished(self, run_id: str) -> None:
+        """Tell the controller the run is final (it drops it from the live index once run.json says so), and let
+        its live keys expire (the node's final write sets the same TTL in its Lua; a run failed or canceled
+        by the controller or a user gets it here). Best effort: an entry left in the index costs the next
+        recovery one read of run.json."""
+        with contextlib.suppress(redis.RedisError):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(layout.RK_FINISHED, run_id)
+            for key in (layout.rk_run(run_id), layout.rk_run_metrics(run_id), layout.rk_run_log(run_id)):
+                pipe.pexpire(key, FINISHED_TTL_MS)
+            pipe.execute()
+
+    def finished_run_ids(self, count: int = 500) -> list[str]:
+        ids: Any = self.r.srandmember(layout.RK_FINISHED, count)
+        return [str(i) for i in ids or []]
+
+    def forget_finished(self, run_ids: list[str]) -> None:
+        if run_ids:
+            self.r.srem(layout.RK_FINISHED, *run_ids)
 
     def live_record_is(self, record: RunRecord) -> bool:
         """Does Redis hold exactly this record (our own write arrived, though its reply did not)?"""
@@ -251,6 +273,8 @@ class RunState:
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
             note_transition(self.r, record, outcome="node-lost")
+            if record.status.is_final:
+                self._finished(record.run_id)
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
@@ -270,6 +294,7 @@ class RunState:
             return self.cancel(run_id)
         if outcome == "canceled":
             note_transition(self.r, canceled, outcome="")  # never started: no attempt
+            self._finished(run_id)
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
@@ -293,6 +318,17 @@ class RunState:
 
     def list_experiments(self) -> list[str]:
         return self.store.list_dirs("experiments/")
+
+    def list_live_run_ids(self) -> list[str]:
+        """Runs that were not final when last seen (the live index): what recovery after a Redis wipe reads."""
+        return [info.key[len(layout.LIVE_INDEX):] for info in self.store.list(layout.LIVE_INDEX)]
+
+    def index_live(self, record: RunRecord) -> None:
+        self.store.put_bytes(layout.live_index_key(record.run_id), record.prefix.encode(), content_type="text/plain")
+
+    def unindex_live(self, run_id: str) -> None:
+        """The run is final: recovery no longer needs to look at it."""
+        self.store.delete(layout.live_index_key(run_id))
 
 
 def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:

@@ -219,13 +219,14 @@ def play_next_run(ws: Workspace, pool: str, *, node: str = "memory-node", outcom
         ws.runs.write(record, claim.token)
         events = [{"name": name, "kind": "scalar", "value": value, "t": float(i)}
                   for name, values in (metrics or {}).items() for i, value in enumerate(values)]
-        ws.store.put_json(record.prefix + layout.RUN_METRICS, {"events": events})
-        ws.store.put_bytes(record.prefix + layout.RUN_DRIVER_LOG, "".join(f"{line}\n" for line in log_lines).encode())
+        folder = record.prefix + layout.attempt_dir(claim.attempt)  # the attempt's own folder, committed below
+        ws.store.put_json(folder + layout.RUN_METRICS, {"events": events})
+        ws.store.put_bytes(folder + layout.RUN_DRIVER_LOG, "".join(f"{line}\n" for line in log_lines).encode())
         final = RunStatus(outcome)
         if final is RunStatus.COMPLETED:
             record = record.with_status(RunStatus.FINALIZING)
         error = RunError(kind="user", message="exit code 1") if final is RunStatus.FAILED else None
-        ws.runs.write(record.with_status(final, error=error), claim.token)
+        ws.runs.write(record.with_status(final, error=error, committed=claim.attempt), claim.token)
         return run_id
     finally:
         broker.ack(run_id)

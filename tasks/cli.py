@@ -49,7 +49,7 @@ def _become_node(args: argparse.Namespace) -> None:
     args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
     args.cpus = assignment.get("cpus") or None
     args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files"):  # the pool's run isolation
+    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "max_cache_bytes"):  # the pool's
         if assignment.get(key) is not None:
             setattr(args, key, assignment[key])
     args.managed = True
@@ -89,7 +89,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
                          output_caps=caps, hidden=hidden, remote_control=args.remote_control,
-                         use_bwrap=not args.no_bwrap,
+                         use_bwrap=not args.no_bwrap, max_cache_bytes=args.max_cache_bytes,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0

@@ -21,6 +21,8 @@ from celery import signals as celery_signals
 from cluster import layout
 from cluster.settings import Settings
 from tasks import app as app_module
+from tasks.cachegc import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from tasks.leftovers import kill_leftover_scripts, remove_stale_run_dirs
 from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
 from tasks.rundir import OutputCaps
@@ -49,6 +51,7 @@ class WorkerOptions:
     output_caps: OutputCaps = field(default_factory=OutputCaps)
     hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
     use_bwrap: bool = True
+    max_cache_bytes: int = DEFAULT_CACHE_BYTES
 
 
 def default_name(pool: str) -> str:
@@ -108,7 +111,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
                             max_processes=opts.policy.max_processes)
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
-                                     sandbox=sandbox, output_caps=opts.output_caps))
+                                     sandbox=sandbox, output_caps=opts.output_caps,
+                                     max_cache_bytes=opts.max_cache_bytes))
     log.info("node %s serving pool %s, isolation: %s (Ctrl-C to stop)", opts.name, opts.pool, sandbox.describe())
     if sandbox.level == "none":
         log.warning("WARNING: node %s runs scripts without isolation: a run can read this node's configuration and "
@@ -120,6 +124,14 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     # Celery's own SIGTERM handler starts a warm shutdown (the task goes on); the run is then given
     # stop_grace_seconds before it is stopped and handed back to the queue (tasks/node.py)
     celery_signals.worker_shutting_down.connect(lambda **_kw: node.stopping.set(), weak=False)
+    def note(message: str) -> None:
+        log.info("node %s: %s", opts.name, message)
+
+    try:  # what a previous incarnation on this machine left behind (it was killed mid-run)
+        kill_leftover_scripts(node.r, note)
+        remove_stale_run_dirs(node.r, opts.work_dir, note)
+    except Exception as e:  # never a reason not to start
+        note(f"could not clean up after earlier nodes: {type(e).__name__}: {e}")
     heartbeat = Heartbeat(node, opts)
     heartbeat.beat("idle")
     heartbeat.start()

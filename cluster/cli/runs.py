@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
     p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
     p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
+    p.add_argument("--max-cache-bytes", type=int, default=20 * 1024**3,
+                   help="cap on the node cache (snapshots, environments, mounted data); least recently used "
+                        "entries no run holds are removed (default: 20 GiB)")
     p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
     p.set_defaults(func=cmd_worker)
 
@@ -201,7 +204,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
         return 0
     from cluster import logstream
 
-    lines = logstream.lines_so_far(ws.redis, ws.store, run.id, run.prefix)
+    lines = logstream.lines_so_far(ws.redis, ws.store, run.id, run.files_prefix())
     print("\n".join(lines))
     return 0
 

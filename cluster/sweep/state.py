@@ -277,7 +277,7 @@ class SweepReader:
         if record is None:
             return ()
         if record.status.is_final:
-            events = metrics.read(self.ws.redis, self.ws.store, child_id, record.prefix, final=True)
+            events = metrics.read(self.ws.redis, self.ws.store, child_id, record.files_prefix, final=True)
             series = tuple(v for e in events for v in primary_values(e, self.metric))
             self._final_series[child_id] = series
             self._live.pop(child_id, None)

@@ -135,7 +135,7 @@ class Views:
         key = layout.rk_run_metrics(run_id)
         # the stream position the page's live feed continues from: exactly after the events returned here
         if final:
-            events = metrics_mod.read(self.ws.redis, self.ws.store, run_id, run.prefix, final=True)
+            events = metrics_mod.read(self.ws.redis, self.ws.store, run_id, run.files_prefix(), final=True)
             last: Any = self.ws.redis.xrevrange(key, count=1)  # a final run's stream no longer grows
             cursor = str(last[0][0]) if last else "0-0"
         else:
@@ -151,11 +151,11 @@ class Views:
         return details
 
     def files(self, run_id: str) -> list[dict[str, Any]]:
-        run = self.run(run_id)
+        prefix = self.run(run_id).files_prefix()
         out = []
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
-            for info in self.ws.store.list(f"{run.prefix}{folder}/"):
-                name = info.key[len(run.prefix):]
+            for info in self.ws.store.list(f"{prefix}{folder}/"):
+                name = info.key[len(prefix):]
                 kind = file_kind(name)
                 out.append({"name": name, "size": info.size, "kind": kind})
         return sorted(out, key=lambda f: f["name"])
@@ -165,7 +165,7 @@ class Views:
         if any(p in ("..", "") for p in rel.split("/")) or rel.split("/")[0] not in (layout.LOGS_DIR,
                                                                                       layout.OUTPUTS_DIR):
             raise UsageError(f"bad file path {path!r}", hint="a run's files are under logs/ and outputs/")
-        key = self.run(run_id).prefix + rel
+        key = self.run(run_id).files_prefix() + rel
         if self.ws.store.stat(key) is None:
             raise NotFoundError(f"run {run_id} has no file {rel!r}")
         return key

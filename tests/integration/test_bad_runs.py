@@ -79,7 +79,7 @@ def _files_are(present: set[str], absent: frozenset[str] | set[str] = frozenset(
 
 def _log_has(*fragments: str) -> Callable[[Workspace, Run], None]:
     def check(ws: Workspace, run: Run) -> None:
-        text = ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8")
+        text = ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8")
         for f in fragments:
             assert f in text, f
     return check
@@ -214,7 +214,7 @@ def test_the_table_covers_every_way_a_script_fails() -> None:
 def test_bad_run(ws: Workspace, runs: dict[str, Run], row: ScriptRow) -> None:
     run = runs[row.input]
     details = run.wait_for_completion(timeout=RUN_TIMEOUT, raise_on_error=False)
-    log = ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8")
+    log = ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8")
     shown = f"{row.input}: {details['status']} {details['error']}\n--- driver log (end) ---\n{log[-3000:]}"
     assert details["status"] == row.status, shown
     assert details["attempt"] == 1, shown  # a script's failure is never retried as if the node had died

@@ -238,12 +238,15 @@ def test_redis_wiped_runs_are_requeued_from_the_object_store(ws: Workspace, sour
     wait_until(lambda: running.get_status() == "Running", 60, "first run started")
     queued = _submit(ws, source, pool, 0.2)
     assert queued.get_status() == "Queued"
+    assert {running.id, queued.id} <= set(ws.runs.list_live_run_ids())  # what recovery will read
     ws.redis.flushall()  # queue, live state, leases, heartbeats: all gone
     for run in (running, queued):
         details = run.wait_for_completion(timeout=120)
         assert details["status"] == "Completed"
     assert running.get_details()["attempt"] == 2  # its interrupted attempt was recorded as node-lost
     assert [a.get("outcome") for a in running.get_details()["attempts"]] == ["node-lost", "Completed"]
+    # final: the controller drops them from the live index (the next wipe's recovery does not read them)
+    wait_until(lambda: not {running.id, queued.id} & set(ws.runs.list_live_run_ids()), 30, "live index pruned")
 
 
 def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster_dir: Path, source: Path,

@@ -64,7 +64,7 @@ def finish(run: Run, timeout: float = RUN_TIMEOUT) -> dict[str, Any]:
 
 
 def driver_log(ws: Workspace, run: Run) -> list[str]:
-    return ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8").splitlines()
+    return ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8").splitlines()
 
 
 def live_log_line(ws: Workspace, run: Run, pattern: str, timeout: float = 60.0) -> re.Match[str]:
@@ -366,7 +366,7 @@ def test_metrics_are_visible_while_the_run_runs(ws: Workspace, pool: str, make_s
     assert finish(run)["status"] == "Completed"
     final = run.get_metrics()
     assert final == {"loss ü": [0.75, 0.25], "curve": [1, 2, 3], "table": {"epoch": 1, "acc": 0.5}}
-    stored = ws.store.get_json(run.prefix + layout.RUN_METRICS)
+    stored = ws.store.get_json(run.files_prefix() + layout.RUN_METRICS)
     assert [e["name"] for e in stored["events"]] == ["loss ü", "curve", "loss ü", "table"]
 
 

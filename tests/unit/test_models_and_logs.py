@@ -19,6 +19,7 @@ from cluster.workspace import Workspace
 def _finished_run(ws: Workspace, train_dir: Path, **play: object) -> Run:
     run = Experiment(ws, "models").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
     assert play_next_run(ws, "cpu", **play) == run.id  # type: ignore[arg-type]
+    assert run.files_prefix() == run.prefix + layout.attempt_dir(1)  # the committed attempt's folder
     return run
 
 
@@ -27,9 +28,9 @@ def _finished_run(ws: Workspace, train_dir: Path, **play: object) -> Run:
 def test_versions_count_up_per_name_and_copy_the_files(mem_ws: Workspace, store: MemoryObjectStore,
                                                        train_dir: Path, tmp_path: Path) -> None:
     run = _finished_run(mem_ws, train_dir)
-    store.put_bytes(run.prefix + "outputs/model.pkl", b"weights-1")
+    store.put_bytes(run.files_prefix() + "outputs/model.pkl", b"weights-1")
     first = run.register_model("net", "outputs/model.pkl", tags={"k": "v"})
-    store.put_bytes(run.prefix + "outputs/model.pkl", b"weights-2")
+    store.put_bytes(run.files_prefix() + "outputs/model.pkl", b"weights-2")
     second = run.register_model("net", "outputs/model.pkl")
     other = run.register_model("other", "outputs/model.pkl")
     assert (first.version, second.version, other.version) == (1, 2, 1)
@@ -42,7 +43,7 @@ def test_versions_count_up_per_name_and_copy_the_files(mem_ws: Workspace, store:
 def test_concurrent_registrations_get_distinct_consecutive_versions(mem_ws: Workspace, store: MemoryObjectStore,
                                                                    train_dir: Path) -> None:
     run = _finished_run(mem_ws, train_dir)
-    store.put_bytes(run.prefix + "outputs/m.bin", b"m")
+    store.put_bytes(run.files_prefix() + "outputs/m.bin", b"m")
     versions: list[int] = []
     lock = threading.Lock()
 
@@ -62,7 +63,7 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(mem_ws: Work
 def test_the_counter_never_falls_below_the_store_after_a_redis_wipe(mem_ws: Workspace, store: MemoryObjectStore,
                                                                    train_dir: Path) -> None:
     run = _finished_run(mem_ws, train_dir)
-    store.put_bytes(run.prefix + "outputs/m.bin", b"m")
+    store.put_bytes(run.files_prefix() + "outputs/m.bin", b"m")
     run.register_model("kept", "outputs/m.bin")
     run.register_model("kept", "outputs/m.bin")
     mem_ws.redis.flushall()
