@@ -27,22 +27,17 @@ from cluster.errors import (
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
 
-CONTROLLER_LEADER = "cluster:controller:leader"
-
-
-def rk_pool_status(pool: str) -> str:
-    return f"cluster:pool:{pool}:status"
-
-
-def rk_pool_events(pool: str) -> str:
-    return f"cluster:pool:{pool}:events"
+# the keys are built in cluster/layout.py; these names stay for the modules that import them from here
+CONTROLLER_LEADER = layout.RK_CONTROLLER_LEADER
+rk_pool_status = layout.rk_pool_status
+rk_pool_events = layout.rk_pool_events
 
 
 def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
     """Raw pool records (spec + lifecycle state) by name."""
     out: dict[str, dict[str, Any]] = {}
-    for info in ws.store.list("pools/"):
-        name = info.key.removeprefix("pools/").removesuffix(".json")
+    for info in ws.store.list(layout.POOLS_PREFIX):
+        name = info.key.removeprefix(layout.POOLS_PREFIX).removesuffix(".json")
         try:
             layout.check_name("pool", name)
             out[name] = ws.store.get_json(info.key)
@@ -113,7 +108,7 @@ class ComputeTarget:
             raise UsageError("ComputeTarget: give the name of an existing compute target",
                              hint="ComputeTarget(workspace=ws, name='cpucluster'); create one with "
                              "ComputeTarget.create(ws, name, NodePool.provisioning_configuration(...))")
-        rec = _record(workspace, name)
+        rec = pool_record(workspace, name)
         if rec.get("state") == "deleting":
             raise ComputeTargetException(f"compute target {name!r} is being deleted",
                                          hint="wait until it is gone, then create it again")
@@ -217,20 +212,20 @@ class NodePool(ComputeTarget):
                idle_seconds_before_scaledown: float | None = None) -> None:
         changes = {k: v for k, v in (("min_nodes", min_nodes), ("max_nodes", max_nodes),
                                      ("idle_seconds_before_scaledown", idle_seconds_before_scaledown)) if v is not None}
-        rec = _record(self.workspace, self.name)
+        rec = pool_record(self.workspace, self.name)
         self.spec = PoolSpec.from_dict({**rec["spec"], **changes})
         self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "spec": self.spec.to_dict()})
 
     def delete(self) -> str:
         """Stop taking work: the controller drains and removes every node, cancels the runs still queued for
         this pool (nothing would ever serve them), then forgets the pool. Runs already running finish."""
-        rec = _record(self.workspace, self.name)
+        rec = pool_record(self.workspace, self.name)
         self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "state": "deleting"})
         return (f"pool {self.name} is being deleted: its nodes drain (running runs finish) and its queued runs "
                 "are canceled")
 
 
-def _record(ws: Workspace, name: str) -> dict[str, Any]:
+def pool_record(ws: Workspace, name: str) -> dict[str, Any]:
     layout.check_name("pool", name)
     try:
         return dict(ws.store.get_json(layout.pool_key(name)))

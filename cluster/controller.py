@@ -9,6 +9,7 @@ time (a Redis lease); a restarted controller picks up from Redis and the object 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -19,16 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
-from cluster.brokerqueue import queued_run_ids, unacked_run_ids
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError
+from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
+from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
 
 if TYPE_CHECKING:
     from cluster.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
 
 RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -38,7 +42,7 @@ LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING
 class ControllerConfig:
     tick_seconds: float = 0.5
     min_tick_gap: float = 0.1  # woken by submits: never more often than this
-    node_lost_seconds: float = 10.0
+    node_lost_seconds: float = NODE_LOST_SECONDS
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
@@ -81,7 +85,7 @@ def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after
         error = RunError(kind="node-lost", message=f"node {node} stopped heartbeating (>{lost_after:g}s) during "
                          f"attempt {record.attempt}; gave up after {lost} infrastructure attempt(s)")
         return record.with_status(RunStatus.FAILED, at=now, error=error, attempts=tuple(history))
-    return replace(record, status=RunStatus.QUEUED, node=None, attempts=tuple(history))
+    return replace(record.with_status(RunStatus.QUEUED, at=now), node=None, attempts=tuple(history))
 
 
 def lost_nodes(heartbeats: dict[str, dict[str, str]], pool: str, *, managed: set[str], known: set[str],
@@ -105,17 +109,6 @@ def lost_nodes(heartbeats: dict[str, dict[str, str]], pool: str, *, managed: set
     return out
 
 
-def node_state(h: dict[str, str], now: float, lost_after: float) -> NodeState:
-    beat = float(h.get("heartbeat", 0) or 0)
-    if now - beat > lost_after:
-        return NodeState.LOST
-    if h.get("drain") == "1":
-        return NodeState.DRAINING
-    try:
-        return NodeState(h.get("state", "idle"))
-    except ValueError:
-        return NodeState.IDLE
-
 
 # ---- the controller -----------------------------------------------------------------------------
 
@@ -135,6 +128,7 @@ class Controller:
     _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
     _leading: threading.Event = field(default_factory=threading.Event)  # set while this controller holds the lease
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
+    sweeps: SweepDriver = field(default_factory=SweepDriver)  # what the sweep driver remembers between ticks
 
     @property
     def r(self) -> Any:
@@ -152,9 +146,9 @@ class Controller:
                     self.tick(time.time())
                     ok = True
             except ClusterError as e:  # a server blip: report and retry next tick
-                print(f"controller: {e.message}", flush=True)
+                log.warning("controller: %s", e.message)
             except Exception as e:  # never die on one bad tick
-                print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
+                log.exception("controller: unexpected %s: %s", type(e).__name__, e)
             if self.telemetry is not None:
                 if led:
                     self.telemetry.after_tick(time.monotonic() - started, ok=ok)
@@ -222,9 +216,7 @@ class Controller:
         if now - self._stranded_checked >= self.config.stranded_check_seconds:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
-        from cluster.sweep.driver import drive_sweeps
-
-        drive_sweeps(self.ws, now)
+        self.sweeps.drive(self.ws, now)
 
     def _heartbeats(self) -> dict[str, dict[str, str]]:
         names = sorted(self.r.smembers(layout.RK_NODES))
@@ -366,13 +358,13 @@ class Controller:
         """Queue again every Queued run that has neither a lease nor a message in the broker, two checks in a
         row (a submit between seeding Redis and enqueueing is never mistaken for one)."""
         self._stranded_checked = now
-        unacked = unacked_run_ids(self.r)
+        unacked = self.ws.broker.unacked_run_ids()
         stranded: set[str] = set()
         for pool in pools:
             queued, _live = self._runs(pool)
             if not queued:
                 continue
-            waiting = queued_run_ids(self.r, layout.queue_name(pool)) | unacked
+            waiting = self.ws.broker.queued_run_ids(pool) | unacked
             pipe = self.r.pipeline(transaction=False)
             candidates = [run_id for run_id in queued if run_id not in waiting]
             for run_id in candidates:
@@ -465,6 +457,6 @@ class Controller:
             self.ws.store.put_json(layout.LIVE_INDEX_COMPLETE, {"at": now})
         self.r.set(RK_EPOCH, f"{now:.3f}")
         if count:
-            print(f"controller: re-queued {count} run(s) from the object store", flush=True)
+            log.info("controller: re-queued %d run(s) from the object store", count)
         return count
 

@@ -92,6 +92,12 @@ class PayloadError(ClusterError):
     exit_code = 9
 
 
+class TransitionError(ClusterError):
+    """A status change the run state machine (``records.TRANSITIONS``) does not allow: a bug, or a stale writer."""
+
+    exit_code = 9
+
+
 class WaitTimeoutError(ClusterError):
     """Waiting for something took longer than the caller allowed."""
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, validation
+from cluster.datareference import display_argument
 from cluster.errors import UsageError
 from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
 from cluster.snapshot import build_snapshot, fingerprint
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
     from cluster.run import Run
     from cluster.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 class Experiment:
@@ -55,7 +58,7 @@ class Experiment:
 
         runs = self.workspace.runs
         ids = runs.list_all_run_ids(self.name) if include_children else runs.list_run_ids(self.name)
-        ids.sort(key=_run_sort_key, reverse=True)
+        ids.sort(key=run_sort_key, reverse=True)
         for run_id in ids:
             yield Run(self, run_id)
 
@@ -70,7 +73,7 @@ def check_data_references(ws: Workspace, arguments: Any) -> None:
             ws.datastore(ref.datastore).check_reference(ref)
 
 
-def _run_sort_key(run_id: str) -> tuple[int, str]:
+def run_sort_key(run_id: str) -> tuple[int, str]:
     parts = run_id.rsplit("_", 2)
     try:
         return int(parts[-2]), run_id
@@ -113,18 +116,12 @@ def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, 
                    parent_id=parent.run_id if parent else None, prefix=prefix, submitted_at=now_iso())
     record = RunRecord(run_id=run_id, experiment=experiment.name, status=RunStatus.QUEUED, prefix=prefix,
                        pool=rc.pool, tags=tags, parent_id=spec.parent_id,
-                       arguments=tuple(_display(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
+                       arguments=tuple(display_argument(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
     ws.runs.create(spec, record)
     ws.enqueue(run_id, rc.pool)
     if parent is None:  # a sweep's children are submitted by the controller: nobody reads a note there
         _warn_if_no_nodes(ws, rc.pool)
     return Run(experiment, run_id)
-
-
-def _display(arg: Any) -> str:
-    from cluster.datareference import DataReference
-
-    return str(DataReference.from_dict(arg)) if DataReference.is_reference(arg) else str(arg)
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
@@ -137,5 +134,5 @@ def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
             ws.served_pools.add(pool)
             return
-    print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
-          f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)
+    log.warning("note: no node is serving pool %r yet; the run waits in the queue until one starts "
+                "(`cluster worker --pool %s`, or create the pool as a compute target)", pool, pool)

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import redis
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import NotFoundError
 from cluster.objectstore import ObjectStore
 
@@ -28,21 +28,8 @@ FLUSH_LINES = 500
 FLUSH_SECONDS = 0.2
 
 
-# Fenced append: the lines (ARGV[3..], pairs of stream and text; "eof" ends the log) are added only while the
-# attempt's lease token (ARGV[1]) is the run's; returns how many were added (-1: the lease is not ours).
-_FENCED_XADD = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local n = 0
-for i = 3, #ARGV, 2 do
-  if ARGV[i] == 'eof' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'eof', '1')
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[i], 'l', ARGV[i + 1])
-  end
-  n = n + 1
-end
-return n
-"""
+# Fenced append (lua/fenced_xadd.lua): the lines are added only while the attempt's lease token is the run's.
+_FENCED_XADD = luascript.read("cluster", "fenced_xadd.lua")
 
 
 class LogWriter:
@@ -186,3 +173,12 @@ def archived(store: ObjectStore, prefix: str) -> list[str]:
         return store.get_bytes(prefix + layout.RUN_DRIVER_LOG).decode("utf-8", "replace").splitlines()
     except NotFoundError:
         return []
+
+
+def lines_so_far(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str) -> list[str]:
+    """The whole log if it is archived (the run ended), else what the live stream holds so far."""
+    lines = archived(store, prefix)
+    if not lines:
+        entries: Any = r.xrange(layout.rk_run_log(run_id))
+        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    return lines

@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # train.py imports this module (through Run.get_context): no 
 
     from cluster.objectstore import ObjectStore
 
-KINDS = ("scalar", "list", "row")
-
 
 def check_value(name: str, value: Any) -> Any:
     """Metric values must be JSON numbers, strings or bools (numpy scalars converted)."""

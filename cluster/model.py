@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minio.commonconfig import CopySource
-
-from cluster import layout, validation
+from cluster import layout, luascript, validation
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.records import now_iso
 
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
     from cluster.run import Run
     from cluster.workspace import Workspace
 
-MODEL_RECORD = "model.json"
+MODEL_RECORD = layout.MODEL_RECORD
 
 
 @dataclass(frozen=True)
@@ -108,8 +106,8 @@ class Model:
         single = len(sources) == 1 and sources[0].key == folder + rel
         for obj in sources:
             name = Path(rel).name if single else obj.key[len(folder + rel) + 1:]
-            ws.store.client.copy_object(ws.store.bucket, f"{base}files/{name}", CopySource(ws.store.bucket, obj.key))
-            info = ws.store.stat(f"{base}files/{name}")
+            ws.store.copy(obj.key, f"{base}{layout.MODEL_FILES_DIR}{name}")
+            info = ws.store.stat(f"{base}{layout.MODEL_FILES_DIR}{name}")
             files[name] = (info.sha256 if info and info.sha256 else "")
         record = ModelRecord(name=model_name, version=version, files=files, run_id=run.id,
                              experiment=run.experiment.name, model_path=model_path, tags=dict(tags or {}),
@@ -121,7 +119,7 @@ class Model:
     def list(workspace: Workspace, name: str | None = None) -> list[Model]:
         if name is not None:
             layout.check_name("model", name)
-        names = [name] if name else workspace.store.list_dirs("models/")
+        names = [name] if name else workspace.store.list_dirs(layout.MODELS_PREFIX)
         out = []
         for n in names:
             for v in _versions(workspace, n):
@@ -131,7 +129,7 @@ class Model:
     def download(self, target_dir: str | os.PathLike[str] = ".", exist_ok: bool = False) -> str:
         """Copy the model's files into ``target_dir``; returns the path (the file if there is only one)."""
         target = validation.local_dir_target("model download target_dir", target_dir)
-        base = layout.model_prefix(self.name, self.version) + "files/"
+        base = layout.model_prefix(self.name, self.version) + layout.MODEL_FILES_DIR
         paths = []
         for rel in self.files:
             dest = target / rel
@@ -162,12 +160,7 @@ def _latest(ws: Workspace, name: str) -> int | None:
     return versions[-1] if versions else None
 
 
-_RESERVE = """
-local stored = tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur < stored then redis.call('SET', KEYS[1], stored) end
-return redis.call('INCR', KEYS[1])
-"""
+_RESERVE = luascript.read("cluster", "reserve_model_version.lua")
 
 
 def _next_version(ws: Workspace, name: str) -> int:

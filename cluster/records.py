@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from cluster import layout
-from cluster.errors import PayloadError
+from cluster.errors import PayloadError, TransitionError
 
 
 class RunStatus(StrEnum):
@@ -33,21 +33,34 @@ class RunStatus(StrEnum):
 FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
 
 # Which status may follow which. The node, not the script, decides; a canceled or finished run stays so.
+# ``-> Queued`` from a live state is a retry (node lost or stopping); ``-> Preparing`` from a live state is a new
+# attempt that took the lease of one whose node died. Every status change goes through
+# :meth:`RunRecord.with_status`, which enforces this table.
+_LIVE_RETRY = frozenset({RunStatus.QUEUED, RunStatus.PREPARING})
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.QUEUED: frozenset({RunStatus.PREPARING, RunStatus.CANCELED, RunStatus.FAILED}),
-    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED,
-                                    RunStatus.QUEUED}),
-    RunStatus.RUNNING: frozenset({RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
-    RunStatus.FINALIZING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
+    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED})
+    | _LIVE_RETRY,
+    RunStatus.RUNNING: frozenset({RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED}) | _LIVE_RETRY,
+    RunStatus.FINALIZING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}) | _LIVE_RETRY,
     RunStatus.COMPLETED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELED: frozenset(),
 }
 
+#: the ``kind`` tag of a sweep's parent run, which no node executes: the controller moves it from Queued to Running
+#: at submit, and to a final status when the sweep ends
+KIND_SWEEP = "sweep"
+SWEEP_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELED, RunStatus.FAILED}),
+    RunStatus.RUNNING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}),
+    **{s: frozenset() for s in (RunStatus.PREPARING, RunStatus.FINALIZING, *FINAL_STATUSES)},
+}
 
-def can_transition(current: RunStatus, new: RunStatus) -> bool:
-    """Pure: is ``current -> new`` allowed? (``-> Queued`` from a live state is a retry after node loss.)"""
-    return new in TRANSITIONS[current]
+
+def can_transition(current: RunStatus, new: RunStatus, *, sweep: bool = False) -> bool:
+    """Pure: is ``current -> new`` allowed (for a sweep's parent run with ``sweep``)? Staying put always is."""
+    return new == current or new in (SWEEP_TRANSITIONS if sweep else TRANSITIONS)[current]
 
 
 def now_iso(t: float | None = None) -> str:
@@ -145,6 +158,14 @@ class RunRecord:
         return f"{self.prefix}{layout.attempt_dir(self.committed)}" if self.committed else self.prefix
 
     def with_status(self, status: RunStatus, *, at: float | None = None, **changes: Any) -> RunRecord:
+        """The record in ``status`` (entered at ``at``, now by default); raises :class:`TransitionError` unless
+        the state machine allows the change."""
+        sweep = self.tags.get("kind") == KIND_SWEEP
+        if not can_transition(self.status, status, sweep=sweep):
+            raise TransitionError(f"run {self.run_id}: {self.status.value} -> {status.value} is not a valid "
+                                  f"{'sweep ' if sweep else ''}run status change",
+                                  hint="a finished run stays finished, and a node moves a run Queued -> Preparing -> "
+                                  "Running -> Finalizing -> Completed (records.TRANSITIONS)")
         stamps = dict(self.timestamps)
         stamps.setdefault(status.value, now_iso(at))
         return replace(self, status=status, timestamps=stamps, **changes)

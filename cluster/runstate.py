@@ -18,9 +18,7 @@ import redis
 from cluster import layout
 from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
-from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
-
-FINAL = [s.value for s in FINAL_STATUSES]
+from cluster.records import RunRecord, RunSpec, RunStatus
 
 # One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
 # return the live record and the spec (kept in the hash since submit) so the node reads nothing else.
@@ -284,6 +282,8 @@ class RunState:
     def cancel(self, run_id: str) -> str:
         """'canceled' (was queued: it will never start), 'requested' (the node stops it), or a final status."""
         record = self.record(run_id)
+        if record.status.is_final:  # nothing to cancel (the state machine keeps a finished run finished)
+            return record.status.value
         canceled = record.with_status(RunStatus.CANCELED, error=None)
         keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), rk_active(record.pool)]
         outcome = str(self._cancel(keys=keys, args=[json.dumps(canceled.to_dict()), run_id]))

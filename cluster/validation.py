@@ -18,7 +18,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cluster.datareference import DataReference
 from cluster.errors import UsageError
+from cluster.layout import check_name
 
 __all__ = [
     "check_kwargs",
@@ -113,8 +115,6 @@ def text(what: str, value: Any, *, empty: bool = False) -> str:
 
 def name(kind: str, value: Any) -> str:
     """A user-chosen name that is safe as a path segment (experiment, model, pool)."""
-    from cluster.layout import check_name
-
     return check_name(kind, value)
 
 
@@ -181,8 +181,6 @@ def string_map(what: str, value: Any, *, keys: str = "name") -> dict[str, str]:
 
 def script_value(what: str, value: Any) -> Any:
     """One script argument: a string, a number (finite), a bool or a data reference (as its dict)."""
-    from cluster.datareference import DataReference
-
     if isinstance(value, DataReference):
         return value.to_dict()
     if DataReference.is_reference(value):  # already in its stored form

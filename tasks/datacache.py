@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +138,3 @@ def _inside(root: Path, rel: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise UsageError(f"refusing path {rel!r}: it leaves {root}")
     return path
-
-
-def clear(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir / "data", ignore_errors=True)

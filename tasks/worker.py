@@ -7,10 +7,10 @@ run first.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
 from tasks.rundir import OutputCaps
 from tasks.sandbox import Sandbox, SandboxPolicy, detect, make_undumpable
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 NODE_KEY_TTL = 3600
@@ -112,12 +114,11 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
                                      sandbox=sandbox, output_caps=opts.output_caps,
                                      max_cache_bytes=opts.max_cache_bytes,
                                      cluster_tag=cluster_tag(settings.redis_url_masked)))
-    print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
-          file=sys.stderr, flush=True)
+    log.info("node %s serving pool %s, isolation: %s (Ctrl-C to stop)", opts.name, opts.pool, sandbox.describe())
     if sandbox.level == "none":
-        print(f"WARNING: node {opts.name} runs scripts without isolation: a run can read this node's "
-              "configuration and credentials" + (" -- and the pool requires isolation, so every run will fail"
-                                                 if sandbox.refuses() else ""), file=sys.stderr, flush=True)
+        log.warning("WARNING: node %s runs scripts without isolation: a run can read this node's configuration and "
+                    "credentials%s", opts.name,
+                    " -- and the pool requires isolation, so every run will fail" if sandbox.refuses() else "")
     app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout,
                                 remote_control=opts.remote_control)
     app_module.set_node(node)
@@ -125,7 +126,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     # stop_grace_seconds before it is stopped and handed back to the queue (tasks/node.py)
     celery_signals.worker_shutting_down.connect(lambda **_kw: node.stopping.set(), weak=False)
     def note(message: str) -> None:
-        print(f"node {opts.name}: {message}", file=sys.stderr, flush=True)
+        log.info("node %s: %s", opts.name, message)
 
     try:  # what a previous incarnation on this machine left behind (it was killed mid-run)
         kill_leftover_scripts(node.r, node.config.cluster_tag, note)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from cluster import validation
-from cluster.errors import UsageError
-from cluster.settings import Settings
+from cluster.cli.output import table
 from cluster.workspace import Workspace
+
+#: the `cluster worker` command is the worker package's: ``module:function(args) -> exit code``
+WORKER_COMMAND = "tasks.cli:cmd_worker"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -115,90 +116,14 @@ def _run(ws: Workspace, run_id: str) -> Any:
     return Run(Experiment(ws, record.experiment), run_id)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 # ---- commands -----------------------------------------------------------------------------------
 
-def _parse_cpus(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        cpus = tuple(sorted({int(part) for part in text.split(",")}))
-    except ValueError:
-        raise UsageError(f"--cpus {text!r} is not a list of CPU numbers", hint="e.g. --cpus 0 or --cpus 2,3") from None
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cpus)
-    if not cpus or not set(cpus) <= allowed:
-        raise UsageError(f"--cpus {text!r}: this process may use CPUs {sorted(allowed)} only",
-                         hint="pick CPUs from that list")
-    return cpus
-
-
-def _become_node(args: argparse.Namespace) -> None:
-    """A warm spare: import what a node needs now, then wait for the provider's assignment (a JSON file with
-    pool, node_name, size, cpus, work_dir) and take it as if given on the command line."""
-    import celery.apps.worker
-    import celery.worker.consumer  # noqa: F401
-    import kombu.transport.redis  # noqa: F401
-
-    import tasks.node
-    import tasks.worker  # noqa: F401
-
-    path: Path = args.spare_file
-    while not path.exists():
-        time.sleep(0.01)
-    assignment = json.loads(path.read_text())
-    path.unlink()
-    args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
-    args.cpus = assignment.get("cpus") or None
-    args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "max_cache_bytes"):  # the pool's
-        if assignment.get(key) is not None:
-            setattr(args, key, assignment[key])
-    args.managed = True
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tasks.process import ResourceLimits
-    from tasks.worker import WorkerOptions, default_name, run_worker
-
-    if args.spare_file:
-        _become_node(args)
-    if not args.pool:
-        raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
-    validation.name("pool", args.pool)
-    if args.node_name is not None:
-        validation.text("--node-name", args.node_name)
-    if args.visibility_timeout is not None:
-        validation.positive_number("--visibility-timeout", args.visibility_timeout)
-    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
-        if folder is not None:
-            validation.local_dir_target(flag, folder)
-    settings = Settings.discover(args.config)
-    home = Path.home() / ".cache" / "cluster"
-    limits = None
-    if args.size:
-        from cluster.sizes import get_size
-
-        size = get_size(args.size)
-        limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
-    from tasks.rundir import OutputCaps
-    from tasks.sandbox import SandboxPolicy
-
-    policy = SandboxPolicy(isolation=args.isolation, network=args.network, max_processes=args.max_processes)
-    caps = OutputCaps(max_bytes=args.max_output_bytes, max_files=args.max_output_files)
-    hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
-    opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
-                         work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
-                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
-                         output_caps=caps, hidden=hidden, remote_control=args.remote_control,
-                         use_bwrap=not args.no_bwrap, max_cache_bytes=args.max_cache_bytes,
-                         **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
-    run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
-    return 0
+    """The worker package's command (``tasks.cli``), loaded by name: the SDK imports no Celery
+    (docs/architecture.md)."""
+    module_name, _, attr = WORKER_COMMAND.partition(":")
+    command = getattr(importlib.import_module(module_name), attr)
+    return int(command(args))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -235,7 +160,7 @@ def cmd_runs_list(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
         return 0
-    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
+    table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
     return 0
 
 
@@ -265,7 +190,8 @@ def cmd_runs_files(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
-    run = _run(_ws(), args.run_id)
+    ws = _ws()
+    run = _run(ws, args.run_id)
     if args.follow:
         last = args.after
         try:
@@ -278,10 +204,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
         return 0
     from cluster import logstream
 
-    lines = logstream.archived(run._ws.store, run.files_prefix())
-    if not lines:  # still running: what the live stream has so far
-        entries = run._ws.redis.xrange(f"cluster:run:{run.id}:log")
-        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    lines = logstream.lines_so_far(ws.redis, ws.store, run.id, run.files_prefix())
     print("\n".join(lines))
     return 0
 
@@ -300,7 +223,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models registered")
         return 0
-    _table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
+    table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
            ["NAME", "VERSION", "RUN", "CREATED (UTC)"])
     return 0
 

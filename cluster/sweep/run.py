@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, tables, validation
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
+from cluster.experiment import Experiment
 from cluster.records import RunStatus, now_iso
 from cluster.run import Run
 from cluster.sweep import state
 
 if TYPE_CHECKING:
-    from cluster.experiment import Experiment
     from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
@@ -28,9 +27,6 @@ class HyperDriveRun(Run):
     @classmethod
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
-        from cluster import validation
-        from cluster.experiment import Experiment
-
         record = ws.runs.record(validation.run_id(run_id))
         if not state.is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
@@ -117,8 +113,6 @@ class HyperDriveRun(Run):
         """Block until the sweep has ended; ``show_output`` prints a line as each child starts and ends, then
         a table of the results."""
         if timeout is not None:
-            from cluster import validation
-
             timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}
@@ -201,10 +195,5 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
         lines.append([str(row.get("rank") or "-"), row["run_id"], row["status"],
                       _fmt(best) if best is not None else "-", f"{dur:.1f}s" if dur is not None else "-",
                       *(_fmt(row.get("hyperparameters", {}).get(n, "")) for n in names), row.get("note", "")])
-    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *lines])
+    return tables.format_table(lines, header)
 
-
-def print_table(rows: list[dict[str, Any]], metric: str) -> None:
-    print(format_table(rows, metric), file=sys.stdout, flush=True)

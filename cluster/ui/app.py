@@ -255,10 +255,10 @@ def _async_redis(app: FastAPI, ws: Workspace) -> Any:
 
 
 def _object_response(ws: Workspace, key: str, path: str, preview: bool) -> Response:
-    from cluster.ui.views import _kind
+    from cluster.ui.views import file_kind
 
     name = path.rsplit("/", 1)[-1]
-    kind = _kind(name)
+    kind = file_kind(name)
     if preview and kind == "text":
         with ws.store._errors(f"read {key}"):
             resp = ws.store.client.get_object(ws.store.bucket, key, length=TEXT_PREVIEW_BYTES)

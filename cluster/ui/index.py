@@ -33,11 +33,8 @@ log = logging.getLogger("cluster.ui.index")
 
 INDEX_VERSION = 1
 READ_THREADS = 8
-CHILDREN = "children/"
-
-
-def index_key(experiment: str) -> str:
-    return f"index/ui/experiments/{experiment}.json"
+CHILDREN = layout.CHILDREN_DIR
+index_key = layout.ui_index_key
 
 
 def _final_json(raw: str) -> bool:

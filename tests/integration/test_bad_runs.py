@@ -40,7 +40,7 @@ from cluster import (
 )
 from cluster.settings import Settings
 from tests.helpers import unique
-from tests.integration.conftest import REPO, NodeProcess, NodeStarter
+from tests.integration.conftest import NodeProcess, NodeStarter
 
 pytestmark = pytest.mark.integration
 
@@ -169,20 +169,10 @@ def bad_pool() -> str:
 def small_node(settings: Settings, cluster_dir: Path, bad_pool: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One `cluster worker --size small` node serving the module's pool; stopped and reaped at the end."""
-    base = tmp_path_factory.mktemp("bad-node")
-    starter = NodeStarter(settings, cluster_dir, base)
-    name = unique("bad-node")
-    log = base / f"{name}.log"
-    argv = [sys.executable, "-m", "cluster.cli", "worker", "--pool", bad_pool, "--node-name", name, "--size", "small",
-            "--config", str(cluster_dir / "config.json"), "--work-dir", str(base / "work"),
-            "--cache-dir", str(base / "cache")]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    node = NodeProcess(name=name, pool=bad_pool, proc=proc, work_dir=base / "work", cache_dir=base / "cache", log=log)
-    starter.nodes.append(node)
+    starter = NodeStarter(settings, cluster_dir, tmp_path_factory.mktemp("bad-node"))
     try:
-        starter.wait_ready(node)
+        node = starter.start(bad_pool, name=unique("bad-node"), extra_args=("--size", "small"),
+                             config=cluster_dir / "config.json")
         yield node
     finally:
         starter.stop_all()
