@@ -155,9 +155,12 @@ class NodePool(ComputeTarget):
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
                                    max_output_files: int = 10_000, **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
-        validation.check_kwargs("provisioning_configuration",
-                                {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
-                                known=(*_PROVISIONING_ARGS, *AZURE_PROVISIONING_ONLY))
+        kwargs = validation.warn_ignored("provisioning_configuration", kwargs, AZURE_PROVISIONING_ONLY)
+        validation.check_kwargs("provisioning_configuration", kwargs, known=_PROVISIONING_ARGS)
+        # Azure code passes os.environ.get(...) straight through: '4' and ' 120 ' mean 4 and 120
+        min_nodes, max_nodes, max_output_bytes, max_output_files = (
+            _integer_like(v) for v in (min_nodes, max_nodes, max_output_bytes, max_output_files))
+        idle_seconds_before_scaledown = _integer_like(idle_seconds_before_scaledown)
         try:
             return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
                             idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
@@ -240,11 +243,19 @@ def _record(ws: Workspace, name: str) -> dict[str, Any]:
 _PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
                       "max_output_bytes", "max_output_files")
 #: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
-#: accepted and ignored whatever their value, since they never change what a run computes.
+#: one warning each, then ignored, since they never change what a run computes.
 AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",
                            "vnet_resourcegroup_name", "vnet_name", "subnet_name", "tags", "description",
                            "remote_login_port_public_access", "identity_type", "identity_id", "location",
                            "enable_node_public_ip")
+
+
+def _integer_like(value: Any) -> Any:
+    """``'4'`` -> 4 (an integer-like string, as read from an environment variable); anything else unchanged (and
+    checked by PoolSpec)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
 
 
 AmlCompute = NodePool

@@ -198,10 +198,8 @@ class Run:
         from cluster import validation
         from cluster.model import Model
 
-        azure_only = ("properties", "model_framework", "model_framework_version", "datasets", "sample_input_dataset",
-                      "sample_output_dataset", "resource_configuration")  # metadata with no effect here
-        validation.check_kwargs("register_model", {k: v for k, v in kwargs.items() if k not in azure_only},
-                                known=("model_name", "model_path", "tags", "description", *azure_only))
+        kwargs = validation.warn_ignored("register_model", kwargs, AZURE_REGISTER_MODEL_IGNORED)
+        validation.check_kwargs("register_model", kwargs, known=("model_name", "model_path", "tags", "description"))
 
         return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
 
@@ -222,6 +220,11 @@ class Run:
         metric_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                               for k, v in self.get_metrics().items())
         return (f"<table>{rows}</table>" + (f"<b>Metrics</b><table>{metric_rows}</table>" if metric_rows else ""))
+
+
+#: Azure's register_model metadata with no effect here: one warning each, then ignored
+AZURE_REGISTER_MODEL_IGNORED = ("properties", "model_framework", "model_framework_version", "datasets",
+                                "sample_input_dataset", "sample_output_dataset", "resource_configuration")
 
 
 def _check_rel(name: str) -> str:
