@@ -153,7 +153,8 @@ class NodePool(ComputeTarget):
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
                                    idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
-                                   max_output_files: int = 10_000, **kwargs: Any) -> PoolSpec:
+                                   max_output_files: int = 10_000, checkpoint_seconds: float = 5.0,
+                                   **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
         kwargs = validation.warn_ignored("provisioning_configuration", kwargs, AZURE_PROVISIONING_ONLY)
         validation.check_kwargs("provisioning_configuration", kwargs, known=_PROVISIONING_ARGS)
@@ -161,10 +162,12 @@ class NodePool(ComputeTarget):
         min_nodes, max_nodes, max_output_bytes, max_output_files = (
             _integer_like(v) for v in (min_nodes, max_nodes, max_output_bytes, max_output_files))
         idle_seconds_before_scaledown = _integer_like(idle_seconds_before_scaledown)
+        checkpoint_seconds = _integer_like(checkpoint_seconds)
         try:
             return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
                             idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
-                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
+                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files,
+                            checkpoint_seconds=checkpoint_seconds)
         except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
             raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
                              hint=e.hint) from None
@@ -241,7 +244,7 @@ def _record(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 _PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
-                      "max_output_bytes", "max_output_files")
+                      "max_output_bytes", "max_output_files", "checkpoint_seconds")
 #: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
 #: one warning each, then ignored, since they never change what a run computes.
 AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",

@@ -28,13 +28,13 @@ from cluster import layout
 from cluster.datareference import DataReference
 from cluster.errors import ClusterError, ServiceError
 from cluster.logstream import LogWriter
-from cluster.metrics import aggregate
+from cluster.metrics import aggregate, declared_failure
 from cluster.objectstore import ObjectStore
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
 from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
-from tasks import datacache
+from tasks import checkpoints, datacache
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
@@ -59,6 +59,7 @@ class NodeConfig:
     stop_grace_seconds: float = 5.0  # after SIGTERM, how long a running script may go on before it is stopped
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
+    checkpoint_seconds: float = checkpoints.DEFAULT_SECONDS  # ./outputs/checkpoints upload period (a pool setting)
 
     @property
     def isolation(self) -> str:
@@ -292,6 +293,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                                              "run the node as root; or create the pool with isolation='best-effort'")
         clock.mark("spec")
         python, argv = _prepare(node, spec, run_dir, logs.system, clock)
+        resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -305,13 +307,17 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                          extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-                                  "CLUSTER_EXPERIMENT": spec.experiment})
+                                  "CLUSTER_EXPERIMENT": spec.experiment, "CLUSTER_RUN_PARENT_ID": spec.parent_id or "",
+                                  **checkpoints.script_env(resumed)})
         readonly = _readonly_paths(cfg, python, argv)
         launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
                   if cfg.sandbox is not None else None)
         clock.mark("start")
-        with metrics_tail:
+        sync = checkpoints.CheckpointSync(node, spec.prefix, run_dir, attempt_no, holds=attempt.check,
+                                          lost=attempt.lost.is_set, interval=cfg.checkpoint_seconds,
+                                          caps=cfg.output_caps, log=logs.system)
+        with metrics_tail, sync:
             result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
                                     cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
                                     cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
@@ -355,6 +361,9 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             error = RunError(kind="storage", message=f"could not store the run's outputs: {_describe(e)}")
         logs.system(f"storage failed while uploading outputs: {_describe(e)}")
     clock.mark("upload")
+    declared = declared_failure(metrics_tail.events or []) if error is None and result is not None else None
+    if declared:  # the script called run.fail(...): Failed even if it exited 0
+        error = RunError(kind="user", message=declared, exit_code=result.exit_code if result else None)
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
     retry(logs.close)

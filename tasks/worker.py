@@ -47,6 +47,7 @@ class WorkerOptions:
     output_caps: OutputCaps = field(default_factory=OutputCaps)
     hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
     use_bwrap: bool = True
+    checkpoint_seconds: float = 5.0  # ./outputs/checkpoints upload period (the pool's setting)
 
 
 def default_name(pool: str) -> str:
@@ -106,7 +107,8 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
                             max_processes=opts.policy.max_processes)
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
-                                     sandbox=sandbox, output_caps=opts.output_caps))
+                                     sandbox=sandbox, output_caps=opts.output_caps,
+                                     checkpoint_seconds=opts.checkpoint_seconds))
     print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
           file=sys.stderr, flush=True)
     if sandbox.level == "none":

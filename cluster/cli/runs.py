@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
     p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
     p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
+    p.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                   help="upload a running script's ./outputs/checkpoints this often (0: only when it ends)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -152,7 +154,8 @@ def _become_node(args: argparse.Namespace) -> None:
     args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
     args.cpus = assignment.get("cpus") or None
     args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files"):  # the pool's run isolation
+    # the pool's run settings
+    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "checkpoint_seconds"):
         if assignment.get(key) is not None:
             setattr(args, key, assignment[key])
     args.managed = True
@@ -171,6 +174,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         validation.text("--node-name", args.node_name)
     if args.visibility_timeout is not None:
         validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    if args.checkpoint_seconds != 0:
+        validation.positive_number("--checkpoint-seconds", args.checkpoint_seconds)
     for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
         if folder is not None:
             validation.local_dir_target(flag, folder)
@@ -192,7 +197,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          work_dir=args.work_dir or home / "work", cache_dir=args.cache_dir or home / "cache",
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
                          output_caps=caps, hidden=hidden, remote_control=args.remote_control,
-                         use_bwrap=not args.no_bwrap,
+                         use_bwrap=not args.no_bwrap, checkpoint_seconds=args.checkpoint_seconds,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0
