@@ -34,7 +34,7 @@ from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
 from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
-from tasks import checkpoints, datacache
+from tasks import checkpoints, datacache, provenance
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
@@ -284,6 +284,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
+    recorded: Future[None] | None = None
     try:
         if attempt.cancel.is_set():
             raise _Canceled()
@@ -294,6 +295,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         clock.mark("spec")
         python, argv = _prepare(node, spec, run_dir, logs.system, clock)
         resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
+        recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python)  # `pip freeze`
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -370,6 +372,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     attempt.check()
     # the metrics archive and the full log are independent: written concurrently, both before the final record
     archives = [lambda: node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)]
+    if recorded is not None:  # best effort, but before the final record: readers of a final run see it
+        archives.append(provenance.waiter(recorded))
     if metrics_tail.events is not None and not attempt.lost.is_set():
         document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
         archives.append(lambda: node.store.put_json(spec.prefix + layout.RUN_METRICS, document))
