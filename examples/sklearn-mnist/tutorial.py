@@ -23,6 +23,7 @@ from sklearn.linear_model import LogisticRegression
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace
 from cluster.mnist import fetch_mnist, load_data
+from cluster.widgets import RunDetails
 
 HERE = Path(__file__).resolve().parent
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,6 +106,9 @@ est = Estimator(source_directory=str(script_folder), script_params=script_params
 # %% 9. Submit: returns at once
 run = exp.submit(config=est)
 print(run)
+
+# %% 10. Jupyter widget: status, metrics and the log's tail, refreshed until the run ends (text outside Jupyter)
+RunDetails(run).show()
 
 # %% 11. Monitor: stream the log until the run ends (the pool scales up from zero first)
 run.wait_for_completion(show_output=True)

@@ -66,6 +66,9 @@ def test_notebook_runs_top_to_bottom(cluster_dir: Path, mnist_dir: Path, example
     except nbclient.exceptions.CellExecutionError as e:
         pytest.fail(f"a notebook cell failed:\n{e}")
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    # step 10's RunDetails is a live widget in a kernel (ipywidgets is in the dev extra)
+    shown = [o for c in nb.cells if "RunDetails(run).show()" in c.source for o in c.get("outputs", [])]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in shown), shown
     assert "local accuracy:" in outputs
     assert "Status: Completed" in outputs
     assert (tmp_path / "tutorial-outputs" / "mnist-samples.png").stat().st_size > 1000

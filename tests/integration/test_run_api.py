@@ -26,7 +26,7 @@ from cluster import (
 )
 from cluster.cli import main
 from cluster.errors import ConflictError, NotFoundError
-from tests.helpers import unique
+from tests.helpers import unique, wait_until
 from tests.integration.conftest import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -256,3 +256,40 @@ def test_compute_target_lookup_as_in_azure(ws: Workspace) -> None:
     found = ComputeTarget(workspace=ws, name=name)
     assert isinstance(found, NodePool) and found.max_nodes == 2
     found.delete()
+
+
+def test_run_details_widget_refreshes_until_the_run_ends(ws: Workspace, pool: str, make_source: Callable[..., Path],
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from cluster.widgets import RunDetails
+
+    src = make_source("""
+        import time
+        from cluster import Run
+        run = Run.get_context()
+        for i in range(4):
+            print(f"step {i}", flush=True)
+            run.log("loss", 1.0 / (i + 1))
+            time.sleep(0.5)
+    """)
+    run = _submit(ws, src, pool)
+    RunDetails(run).show()  # not in Jupyter: a text snapshot
+    assert capsys.readouterr().out.startswith(run.id)
+    shell = InteractiveShell.instance()  # an IPython session: show() displays and refreshes
+    try:
+        view = RunDetails(run)
+        widget = view.show(refresh_seconds=0.2)
+        wait_until(lambda: "Completed" in widget.value, 120, "the widget showing the final status")
+        assert "step 3" in widget.value and "loss" in widget.value
+        # without ipywidgets: an HTML display, the same content
+        monkeypatch.setitem(__import__("sys").modules, "ipywidgets", None)
+        handle = RunDetails(run).show()
+        assert handle is not None and handle.display_id
+        html_text = RunDetails(run).get_html()
+        assert "Completed" in html_text and "step 0" in html_text
+    finally:
+        view.stop()
+        InteractiveShell.clear_instance()
+        del shell
