@@ -59,3 +59,7 @@ def test_porting_snippets_run_as_written(cluster_dir: Path, tmp_path: Path, monk
     assert again.get_metrics()["C"] == 2.0  # type: ignore[attr-defined]
     assert again.get_properties()["resubmitted_from"] == best.id  # type: ignore[attr-defined]
     assert (tmp_path / "azureml-models" / "digits-model").is_dir()
+    from cluster.widgets import RunDetails
+
+    sweep_view = RunDetails(namespace["hd_run"]).get_html()  # a sweep: its children, best first
+    assert "Children" in sweep_view and best.id in sweep_view and "Completed" in sweep_view  # type: ignore[attr-defined]
