@@ -103,3 +103,34 @@ def test_first_attempt_is_not_resumed_and_deleted_files_leave_the_store(ws: Work
     keys = sorted(o.key[len(base):] for o in ws.store.list(base))
     assert keys == ["b.txt"]  # a.txt was deleted by the script; the link was never followed
     assert ws.store.get_json(layout.checkpoint_manifest_key(run.prefix))["files"] == {"b.txt": {"size": 1}}
+
+
+def _logged(ws: Workspace, run_id: str, text: str) -> bool:
+    return any(text in fields.get("l", "") for _id, fields in ws.redis.xrange(layout.rk_run_log(run_id)))
+
+
+def test_a_stopping_node_uploads_the_checkpoint_before_handing_the_run_back(ws: Workspace, nodes: NodeStarter,
+                                                                           tmp_path: Path) -> None:
+    """Periodic uploads off (checkpoint_seconds 0): the only upload is the one when the node is asked to stop
+    (SIGTERM: a pod eviction, `cluster down`), after it stopped the script (the script needs longer than the node's
+    stop grace of 5 s); the next node resumes from it."""
+    pool = unique("ckpt")
+    src = tmp_path / "src"
+    shutil.copytree(EXAMPLE, src)
+    first = nodes.start(pool, extra_args=("--checkpoint-seconds", "0"))
+    run = Experiment(ws, unique("checkpoints")).submit(ScriptRunConfig(
+        source_directory=src, script="train_epochs.py", arguments=["--epochs", 16, "--epoch-seconds", 1.0],
+        compute_target=pool))
+    wait_until(lambda: _logged(ws, run.id, "epoch 2:"), 120, "the script past its second epoch")
+    assert not ws.store.exists(layout.checkpoint_manifest_key(run.prefix))  # nothing uploaded while it ran
+    first.proc.send_signal(signal.SIGTERM)
+    first.proc.wait(60)
+    manifest = ws.store.get_json(layout.checkpoint_manifest_key(run.prefix))
+    assert manifest["attempt"] == 1
+    saved = _checkpointed_epoch(ws, run.prefix)
+    assert saved >= 2
+    nodes.start(pool, extra_args=("--checkpoint-seconds", "0"))
+    details = run.wait_for_completion(timeout=240)
+    assert [a.get("outcome") for a in details["attempts"]] == ["node-stopped", "Completed"]
+    metrics = run.get_metrics()
+    assert metrics["resumed_from_attempt"] == 1 and metrics["start_epoch"] == saved
