@@ -232,3 +232,10 @@ def test_outputs_as_a_link_is_not_followed(tmp_path: Path) -> None:
                                       holds=lambda: None, lost=lambda: False, interval=0, caps=OutputCaps(),
                                       log=lambda _m: None)
     assert sync.sync() == 0 and store.objects == {}
+
+
+def test_a_child_runs_metric_is_not_the_sweeps_primary_metric() -> None:
+    from cluster.sweep.state import primary_values
+
+    assert primary_values({"name": "accuracy", "kind": "scalar", "value": 0.9}, "accuracy") == [0.9]
+    assert primary_values({"name": "accuracy", "kind": "scalar", "value": 0.9, "child": "fold-1"}, "accuracy") == []
