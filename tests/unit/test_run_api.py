@@ -239,3 +239,24 @@ def test_a_child_runs_metric_is_not_the_sweeps_primary_metric() -> None:
 
     assert primary_values({"name": "accuracy", "kind": "scalar", "value": 0.9}, "accuracy") == [0.9]
     assert primary_values({"name": "accuracy", "kind": "scalar", "value": 0.9, "child": "fold-1"}, "accuracy") == []
+
+
+def test_git_properties_of_a_source_directory(tmp_path: Path) -> None:
+    import subprocess
+
+    src = tmp_path / "repo" / "src"
+    src.mkdir(parents=True)
+    (src / "train.py").write_text("print(1)\n")
+    assert runinfo.git_properties(src) == {}  # not in a repository: no git process at all
+    git = ["git", "-C", str(tmp_path / "repo"), "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "remote", "add", "origin", "https://user:secret@example.invalid/x.git"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    props = runinfo.git_properties(src)
+    assert props["git.dirty"] == "false" and props["git.branch"] == "main" and len(props["git.commit"]) == 40
+    assert props["git.repository"] == "https://example.invalid/x.git"  # never the credential
+    (tmp_path / "repo" / "elsewhere.txt").write_text("outside the source directory")
+    assert runinfo.git_properties(src)["git.dirty"] == "false"
+    (src / "train.py").write_text("print(2)\n")
+    assert runinfo.git_properties(src)["git.dirty"] == "true"
