@@ -363,7 +363,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             error = RunError(kind="storage", message=f"could not store the run's outputs: {_describe(e)}")
         logs.system(f"storage failed while uploading outputs: {_describe(e)}")
     clock.mark("upload")
-    declared = declared_failure(metrics_tail.events or []) if error is None and result is not None else None
+    declared = (declared_failure(metrics_tail.events or []) if error is None and result is not None
+                and not result.canceled else None)
     if declared:  # the script called run.fail(...): Failed even if it exited 0
         error = RunError(kind="user", message=declared, exit_code=result.exit_code if result else None)
     final, error = _final_status(attempt, result, error)
