@@ -190,8 +190,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         validation.text("--node-name", args.node_name)
     if args.visibility_timeout is not None:
         validation.positive_number("--visibility-timeout", args.visibility_timeout)
-    if args.checkpoint_seconds != 0:
-        validation.positive_number("--checkpoint-seconds", args.checkpoint_seconds)
+    if validation.finite_number("--checkpoint-seconds", args.checkpoint_seconds) < 0:
+        raise UsageError(f"--checkpoint-seconds must be 0 or more, got {args.checkpoint_seconds:g}",
+                         hint="0 uploads ./outputs/checkpoints only when the script ends")
     for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
         if folder is not None:
             validation.local_dir_target(flag, folder)
