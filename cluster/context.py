@@ -255,6 +255,7 @@ class LiveRunContext(_ContextBase):
         self.experiment_name = experiment
         self.parent_id = parent_id or None
         self.resumed_from_attempt = resumed_from_attempt
+        self._root = Path.cwd()  # the run directory (the script may chdir later)
         self._channel = open(channel, "a", encoding="utf-8")  # noqa: SIM115 -- lives as long as the run
 
     def _emit(self, event: dict[str, Any]) -> None:

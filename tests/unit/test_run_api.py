@@ -34,7 +34,7 @@ def test_live_context_events_and_files(tmp_path: Path, monkeypatch: pytest.Monke
     assert isinstance(ctx, LiveRunContext)
     assert (ctx.id, ctx.experiment.name, ctx.parent.id, ctx.resumed_from_attempt) == ("exp_1_ab", "exp",
                                                                                      "sweep_1_cd", 2)
-    assert ctx.checkpoint_dir == Path("outputs/checkpoints") and ctx.checkpoint_dir.is_dir()
+    assert ctx.checkpoint_dir == tmp_path / "outputs/checkpoints" and ctx.checkpoint_dir.is_dir()
     fig = plt.figure()
     plt.plot([1, 2])
     ctx.log_image("curve", plot=fig)
