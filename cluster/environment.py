@@ -205,7 +205,10 @@ class Environment:
             if {k: v for k, v in latest.items() if k != "version"} == body:
                 self.version = versions[-1]
                 return self
-        self.version = (versions[-1] if versions else 0) + 1
+        from cluster.model import _RESERVE  # the same atomic counter as model versions: never shared, never reused
+
+        self.version = int(workspace.redis.eval(_RESERVE, 1, layout.rk_environment_version(self.name),
+                                                versions[-1] if versions else 0))
         workspace.store.put_json(layout.environment_key(self.name, self.version), {**body, "version": self.version})
         return self
 

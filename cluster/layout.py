@@ -160,3 +160,8 @@ RUN_TAGS = "tags.json"
 RUN_PROPERTIES = "properties.json"
 #: what the node recorded about the run's environment: ``pip freeze`` of the Python it ran with
 RUN_ENVIRONMENT = "environment.json"
+
+
+def rk_environment_version(name: str) -> str:
+    """Counter for environment versions (reconciled with the object store, like models')."""
+    return f"cluster:environments:{name}:version"
