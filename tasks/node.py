@@ -295,7 +295,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         clock.mark("spec")
         python, argv = _prepare(node, spec, run_dir, logs.system, clock)
         resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
-        recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python)  # `pip freeze`
+        recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python,  # pip freeze
+                                          attempt.check)
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)

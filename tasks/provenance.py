@@ -46,9 +46,11 @@ def frozen(python: str) -> tuple[str, list[str]]:
     return version, lines
 
 
-def record_environment(node: Node, run_prefix: str, python: str) -> None:
-    """Store the run's environment (run off the critical path, in the node's background pool)."""
+def record_environment(node: Node, run_prefix: str, python: str, holds: Callable[[], None]) -> None:
+    """Store the run's environment (run off the critical path, in the node's background pool). Fenced like every
+    write of an attempt: ``holds()`` raises once the attempt lost the run's lease, and then nothing is written."""
     version, lines = frozen(python)
+    holds()
     node.store.put_json(run_prefix + layout.RUN_ENVIRONMENT, {"python": version, "packages": lines,
                                                               "recorded": time.time()})
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,12 @@ def ws(cluster_dir: Path) -> Workspace:
 
 
 @pytest.fixture(scope="module")
-def example_pool() -> str:
-    return unique("nbpool")
+def example_pool(ws: Workspace) -> Iterator[str]:
+    """The pool the notebook creates (and the sweep reuses); deleted afterwards, so later tests see no target."""
+    name = unique("nbpool")
+    yield name
+    if name in ws.compute_targets:
+        ws.compute_targets[name].delete()
 
 
 def test_notebook_runs_top_to_bottom(cluster_dir: Path, mnist_dir: Path, example_pool: str, ws: Workspace,

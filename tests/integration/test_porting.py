@@ -36,7 +36,8 @@ def test_porting_snippets_run_as_written(cluster_dir: Path, tmp_path: Path, monk
     for key in [k for k in os.environ if k.startswith("CLUSTER_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("CLUSTER_CONFIG", str(cluster_dir / "config.json"))
-    monkeypatch.setenv("AML_COMPUTE_CLUSTER_NAME", unique("porting"))
+    pool = unique("porting")
+    monkeypatch.setenv("AML_COMPUTE_CLUSTER_NAME", pool)
     monkeypatch.setenv("AML_COMPUTE_CLUSTER_MAX_NODES", "2")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "__porting__"}
@@ -63,3 +64,4 @@ def test_porting_snippets_run_as_written(cluster_dir: Path, tmp_path: Path, monk
 
     sweep_view = RunDetails(namespace["hd_run"]).get_html()  # a sweep: its children, best first
     assert "Children" in sweep_view and best.id in sweep_view and "Completed" in sweep_view  # type: ignore[attr-defined]
+    namespace["compute_target"].delete()  # type: ignore[attr-defined]  # later tests see no stray target
