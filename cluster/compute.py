@@ -149,16 +149,21 @@ class NodePool(ComputeTarget):
                                    idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
                                    max_output_files: int = 10_000, max_cache_bytes: int = 20 * 1024**3,
+                                   checkpoint_seconds: float = 5.0,
                                    **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
-        validation.check_kwargs("provisioning_configuration",
-                                {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
-                                known=(*_PROVISIONING_ARGS, *AZURE_PROVISIONING_ONLY))
+        kwargs = validation.warn_ignored("provisioning_configuration", kwargs, AZURE_PROVISIONING_ONLY)
+        validation.check_kwargs("provisioning_configuration", kwargs, known=_PROVISIONING_ARGS)
+        # Azure code passes os.environ.get(...) straight through: '4' and ' 120 ' mean 4 and 120
+        min_nodes, max_nodes, max_output_bytes, max_output_files, max_cache_bytes = (
+            _integer_like(v) for v in (min_nodes, max_nodes, max_output_bytes, max_output_files, max_cache_bytes))
+        idle_seconds_before_scaledown = _integer_like(idle_seconds_before_scaledown)
+        checkpoint_seconds = _integer_like(checkpoint_seconds)
         try:
             return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
                             idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
                             network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files,
-                            max_cache_bytes=max_cache_bytes)
+                            max_cache_bytes=max_cache_bytes, checkpoint_seconds=checkpoint_seconds)
         except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
             raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
                              hint=e.hint) from None
@@ -235,13 +240,21 @@ def pool_record(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 _PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
-                      "max_output_bytes", "max_output_files", "max_cache_bytes")
+                      "max_output_bytes", "max_output_files", "max_cache_bytes", "checkpoint_seconds")
 #: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
-#: accepted and ignored whatever their value, since they never change what a run computes.
+#: one warning each, then ignored, since they never change what a run computes.
 AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",
                            "vnet_resourcegroup_name", "vnet_name", "subnet_name", "tags", "description",
                            "remote_login_port_public_access", "identity_type", "identity_id", "location",
                            "enable_node_public_ip")
+
+
+def _integer_like(value: Any) -> Any:
+    """``'4'`` -> 4 (an integer-like string, as read from an environment variable); anything else unchanged (and
+    checked by PoolSpec)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
 
 
 AmlCompute = NodePool

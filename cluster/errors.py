@@ -109,3 +109,8 @@ class ComputeTargetException(NotFoundError):
 
     Named as in Azure ML, so ``try: ComputeTarget(workspace=ws, name=n) except ComputeTargetException:`` works.
     """
+
+
+class IgnoredArgumentWarning(UserWarning):
+    """An Azure ML argument with no meaning on this cluster (``use_gpu``, ``vm_priority``, ...) was given and is
+    ignored: one warning per argument. The list per call is in docs/porting.md."""

@@ -51,16 +51,42 @@ class Experiment:
         check_data_references(self.workspace, rc.arguments)
         return submit_run(self, rc, tags=tag_map)
 
-    def get_runs(self, include_children: bool = False) -> Iterator[Run]:
+    def get_runs(self, include_children: bool = False, tags: Any = None, properties: Any = None,
+                 type: str | None = None, status: str | None = None) -> Iterator[Run]:
         """Runs of this experiment, newest first (read from the object store: survives a Redis wipe).
-        With ``include_children`` a sweep's child runs are listed too."""
+        With ``include_children`` a sweep's child runs are listed too. As in Azure, ``tags`` / ``properties``
+        (a name, a list of names, or a dict of name -> value or None), ``type`` ('azureml.scriptrun' or
+        'hyperdrive') and ``status`` ('Completed', ...) keep only the runs that match all of them."""
+        from cluster import runinfo
+        from cluster.records import RunStatus
         from cluster.run import Run
 
+        want_tags, want_props = runinfo.tag_filter(tags), runinfo.tag_filter(properties)
+        want_type = runinfo.check_type(type)
+        if status is not None:
+            try:
+                status = RunStatus(status).value
+            except ValueError:
+                raise UsageError(f"unknown status {status!r}",
+                                 hint=f"one of {', '.join(s.value for s in RunStatus)}") from None
         runs = self.workspace.runs
         ids = runs.list_all_run_ids(self.name) if include_children else runs.list_run_ids(self.name)
         ids.sort(key=run_sort_key, reverse=True)
+        filtered = any(x is not None for x in (tags, properties, type, status))
         for run_id in ids:
-            yield Run(self, run_id)
+            run = Run.get(self.workspace, run_id) if filtered else Run(self, run_id)
+            if filtered:
+                record = runs.record(run_id)
+                if status is not None and record.status.value != status:
+                    continue
+                if want_type is not None and runinfo.run_type(record) != want_type:
+                    continue
+                if tags is not None and not want_tags(runinfo.get_tags(self.workspace.store, record.prefix, record)):
+                    continue
+                if properties is not None and not want_props(runinfo.get_properties(self.workspace.store,
+                                                                                    record.prefix)):
+                    continue
+            yield run
 
 
 def check_data_references(ws: Workspace, arguments: Any) -> None:
@@ -101,10 +127,15 @@ def upload_snapshot(ws: Workspace, rc: RunConfiguration) -> str:
 
 
 def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, str],
-               parent: RunRecord | None = None, snapshot: str | None = None) -> Run:
+               parent: RunRecord | None = None, snapshot: str | None = None,
+               properties: Mapping[str, str] | None = None) -> Run:
     from cluster.run import Run
 
     ws = experiment.workspace
+    if properties is None and parent is None:  # the Git state of the source, recorded as Azure does
+        from cluster import runinfo
+
+        properties = runinfo.git_properties(rc.source_directory)
     layout.check_name("pool", rc.pool)
     digest = snapshot or upload_snapshot(ws, rc)
     run_id = new_run_id(experiment.name)
@@ -117,11 +148,40 @@ def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, 
     record = RunRecord(run_id=run_id, experiment=experiment.name, status=RunStatus.QUEUED, prefix=prefix,
                        pool=rc.pool, tags=tags, parent_id=spec.parent_id,
                        arguments=tuple(display_argument(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
+    if properties:  # before the run is queued: a reader never sees the run without them
+        ws.store.put_json(prefix + layout.RUN_PROPERTIES, dict(properties))
     ws.runs.create(spec, record)
     ws.enqueue(run_id, rc.pool)
     if parent is None:  # a sweep's children are submitted by the controller: nobody reads a note there
         _warn_if_no_nodes(ws, rc.pool)
     return Run(experiment, run_id)
+
+
+def resubmit_run(run: Run, arguments: Any = None, tags: Mapping[str, str] | None = None) -> Run:
+    """A new run from ``run``'s spec: its snapshot, packages, variables, data references and pool; ``arguments``
+    (a list) replace the original ones when given. Linked: the new run's ``resubmitted_from`` property."""
+    from pathlib import Path
+
+    from cluster.estimator import RunConfiguration, script_arguments
+
+    ws = run.experiment.workspace
+    spec = ws.runs.spec(run.id)
+    args = tuple(spec.arguments) if arguments is None else tuple(script_arguments(arguments))
+    rc = RunConfiguration(Path("."), spec.entry_script, args, spec.pool, spec.pip_packages, spec.conda_packages,
+                          dict(spec.environment_variables), spec.max_run_duration_seconds)
+    check_data_references(ws, rc.arguments)
+    tag_map = {**{k: v for k, v in spec.tags.items() if k != "kind"},
+               **validation.string_map("tags", tags, keys="tag name")}
+    new = submit_run(run.experiment, rc, tags=tag_map, snapshot=spec.snapshot,
+                     properties={"resubmitted_from": run.id, **_source_properties(ws, spec.prefix)})
+    return new
+
+
+def _source_properties(ws: Workspace, prefix: str) -> dict[str, str]:
+    """The Git properties recorded for a run's source (a resubmitted run ran the same snapshot)."""
+    from cluster import runinfo
+
+    return {k: v for k, v in runinfo.get_properties(ws.store, prefix).items() if k.startswith("git.")}
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:

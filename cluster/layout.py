@@ -225,3 +225,32 @@ RK_SWEEPS_SYNCED = "cluster:sweeps:synced"
 
 def rk_sweep_lock(parent_id: str) -> str:
     return f"cluster:sweep:{parent_id}:lock"
+
+# ---- environments, run checkpoints, run tags and properties (issue 13) -------------------------------
+
+def environment_key(name: str, version: int | None = None) -> str:
+    """``environments/<name>/<version>.json``: a registered Environment (``environments/<name>/`` lists them)."""
+    return f"environments/{name}/" if version is None else f"environments/{name}/{version}.json"
+
+
+def checkpoint_prefix(run_prefix: str) -> str:
+    """``<run prefix>checkpoints/``: the last uploaded ./outputs/checkpoints of a run, shared by its attempts (a
+    retried attempt starts from it), plus ``checkpoints.json`` beside it: which attempt uploaded what, when."""
+    return f"{run_prefix}checkpoints/"
+
+
+def checkpoint_manifest_key(run_prefix: str) -> str:
+    return f"{run_prefix}checkpoints.json"
+
+
+#: tags and properties set after submit (``run.tag``, ``run.add_properties``): objects of their own beside
+#: run.json, so they never race the node's fenced record writes
+RUN_TAGS = "tags.json"
+RUN_PROPERTIES = "properties.json"
+#: what the node recorded about the run's environment: ``pip freeze`` of the Python it ran with
+RUN_ENVIRONMENT = "environment.json"
+
+
+def rk_environment_version(name: str) -> str:
+    """Counter for environment versions (reconciled with the object store, like models')."""
+    return f"cluster:environments:{name}:version"

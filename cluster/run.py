@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, runinfo
 from cluster.context import get_context as _get_context
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunRecord, RunStatus
@@ -34,6 +34,23 @@ class Run:
     def get_context() -> Any:
         """The live run when launched by a node, else an offline run that prints what it logs."""
         return _get_context()
+
+    @classmethod
+    def get(cls, workspace: Any, run_id: str) -> Run:
+        """Any run by id alone (Azure's ``Run.get(ws, run_id)``); a sweep comes back as a HyperDriveRun."""
+        from cluster import validation
+        from cluster.experiment import Experiment
+        from cluster.sweep.state import is_sweep
+
+        if not hasattr(type(workspace), "runs"):
+            raise UsageError(f"Run.get: workspace must be a Workspace, got {type(workspace).__name__}")
+        record = workspace.runs.record(validation.run_id(run_id))
+        experiment = Experiment(workspace, record.experiment)
+        if is_sweep(record):
+            from cluster.sweep.run import HyperDriveRun
+
+            return HyperDriveRun(experiment, run_id)
+        return cls(experiment, run_id)
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
@@ -72,10 +89,12 @@ class Run:
             "endTimeUtc": next((stamps[s.value] for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
                                 if s.value in stamps), None),
             "timestamps": dict(stamps), "snapshot": spec.snapshot, "script": spec.entry_script,
-            "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
+            "arguments": list(rec.arguments), "tags": runinfo.get_tags(self._ws.store, rec.prefix, rec),
+            "parent": rec.parent_id,
             "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
             "isolation": rec.attempts[-1].get("isolation") if rec.attempts else None,
             "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
+            "properties": runinfo.details_properties(self._ws.store, rec.prefix),
         }
 
     def wait_for_completion(self, show_output: bool = False, timeout: float | None = None,
@@ -199,16 +218,56 @@ class Run:
             paths.append(str(target))
         return paths
 
+    # -- tags and properties ----------------------------------------------------------------------
+    def tag(self, key: str, value: Any = None) -> None:
+        """Set one tag (Azure's ``run.tag``; a tag without a value is the empty string)."""
+        runinfo.set_tags(self._ws.store, self.prefix, {key: "" if value is None else value})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Add or change several tags; a value of None removes that tag."""
+        runinfo.set_tags(self._ws.store, self.prefix, tags)
+
+    def remove_tags(self, tags: list[str]) -> None:
+        runinfo.set_tags(self._ws.store, self.prefix, dict.fromkeys(tags))
+
+    def get_tags(self) -> dict[str, str]:
+        return runinfo.get_tags(self._ws.store, self.prefix, self._record())
+
+    def add_properties(self, properties: dict[str, Any]) -> None:
+        """Add properties: immutable once set (ConflictError), as in Azure."""
+        runinfo.add_properties(self._ws.store, self.prefix, properties)
+
+    def get_properties(self) -> dict[str, str]:
+        """The run's properties (``git.commit``, ``git.dirty``, ... recorded at submit, plus those added)."""
+        return runinfo.get_properties(self._ws.store, self.prefix)
+
+    @property
+    def parent(self) -> Run | None:
+        parent_id = self._record().parent_id
+        return None if parent_id is None else Run.get(self._ws, parent_id)
+
+    def get_children(self) -> list[Any]:
+        """Child runs the script made with ``run.child_run(name)`` (a sweep's children: HyperDriveRun)."""
+        from cluster.childrun import script_children
+
+        return script_children(self)
+
+    # -- re-run -----------------------------------------------------------------------------------
+    def resubmit(self, arguments: Any = None, tags: dict[str, str] | None = None) -> Run:
+        """Run this run again: the same snapshot, environment, data and pool, new ``arguments`` if given. The new
+        run's ``resubmitted_from`` property names this one."""
+        from cluster.experiment import resubmit_run
+
+        return resubmit_run(self, arguments, tags)
+
     # -- models -----------------------------------------------------------------------------------
     def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,
                        description: str | None = None, **kwargs: Any) -> Model:
         from cluster import validation
         from cluster.model import Model
 
-        azure_only = ("properties", "model_framework", "model_framework_version", "datasets", "sample_input_dataset",
-                      "sample_output_dataset", "resource_configuration")  # metadata with no effect here
-        validation.check_kwargs("register_model", {k: v for k, v in kwargs.items() if k not in azure_only},
-                                known=("model_name", "model_path", "tags", "description", *azure_only))
+        kwargs = validation.warn_ignored("register_model", kwargs, AZURE_REGISTER_MODEL_IGNORED)
+        validation.check_kwargs("register_model", kwargs, known=("model_name", "model_path", "tags", "description"))
 
         return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
 
@@ -229,6 +288,11 @@ class Run:
         metric_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                               for k, v in self.get_metrics().items())
         return (f"<table>{rows}</table>" + (f"<b>Metrics</b><table>{metric_rows}</table>" if metric_rows else ""))
+
+
+#: Azure's register_model metadata with no effect here: one warning each, then ignored
+AZURE_REGISTER_MODEL_IGNORED = ("properties", "model_framework", "model_framework_version", "datasets",
+                                "sample_input_dataset", "sample_output_dataset", "resource_configuration")
 
 
 def _check_rel(name: str) -> str:

@@ -49,7 +49,8 @@ def _become_node(args: argparse.Namespace) -> None:
     args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
     args.cpus = assignment.get("cpus") or None
     args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "max_cache_bytes"):  # the pool's
+    for key in ("isolation", "network", "max_output_bytes", "max_output_files", "max_cache_bytes",  # the pool's
+                "checkpoint_seconds"):
         if assignment.get(key) is not None:
             setattr(args, key, assignment[key])
     args.managed = True
@@ -68,6 +69,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         validation.text("--node-name", args.node_name)
     if args.visibility_timeout is not None:
         validation.positive_number("--visibility-timeout", args.visibility_timeout)
+    if validation.finite_number("--checkpoint-seconds", args.checkpoint_seconds) < 0:
+        raise UsageError(f"--checkpoint-seconds must be 0 or more, got {args.checkpoint_seconds:g}",
+                         hint="0 uploads ./outputs/checkpoints only when the script ends")
     for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
         if folder is not None:
             validation.local_dir_target(flag, folder)
@@ -90,6 +94,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                          static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
                          output_caps=caps, hidden=hidden, remote_control=args.remote_control,
                          use_bwrap=not args.no_bwrap, max_cache_bytes=args.max_cache_bytes,
+                         checkpoint_seconds=args.checkpoint_seconds,
                          **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
     run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
     return 0

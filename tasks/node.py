@@ -29,13 +29,13 @@ from cluster import layout
 from cluster.datareference import DataReference
 from cluster.errors import ClusterError, CredentialsError, ServiceError
 from cluster.logstream import LogWriter
-from cluster.metrics import aggregate
+from cluster.metrics import aggregate, declared_failure
 from cluster.objectstore import ObjectStore
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
 from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
-from tasks import cachegc, datacache
+from tasks import cachegc, checkpoints, datacache, provenance
 from tasks.environment import EnvSpec, resolve_environment
 from tasks.leftovers import runs_dir
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
@@ -64,6 +64,7 @@ class NodeConfig:
     max_cache_bytes: int = cachegc.DEFAULT_MAX_BYTES  # the pool's cap on this node's cache (LRU pruned)
     cluster_tag: str = "local"  # which cluster (tasks/leftovers.py): run folders and scripts are told apart by it
     prune_every_seconds: float = 30.0
+    checkpoint_seconds: float = checkpoints.DEFAULT_SECONDS  # ./outputs/checkpoints upload period (a pool setting)
 
     @property
     def isolation(self) -> str:
@@ -315,6 +316,7 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
+    recorded: Future[None] | None = None
     try:
         if attempt.cancel.is_set():
             raise _Canceled()
@@ -326,6 +328,9 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         # storage blips while fetching the snapshot or the data cost a delay, not the run (retried, lease held)
         python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses,
                                 _retrying(attempt, cfg.storage_retry_seconds, logs.system))
+        resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
+        recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python,  # pip freeze
+                                          attempt.check)
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -339,7 +344,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                          extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-                                  "CLUSTER_EXPERIMENT": spec.experiment,
+                                  "CLUSTER_EXPERIMENT": spec.experiment, "CLUSTER_RUN_PARENT_ID": spec.parent_id or "",
+                                  **checkpoints.script_env(resumed),
                                   # tasks/leftovers.py finds a dead node's scripts by these
                                   "CLUSTER_RUN_LEASE": attempt.token, "CLUSTER_RUN_CLUSTER": cfg.cluster_tag})
         readonly = _readonly_paths(cfg, python, argv)
@@ -347,7 +353,10 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
                   if cfg.sandbox is not None else None)
         clock.mark("start")
-        with metrics_tail:
+        sync = checkpoints.CheckpointSync(node, spec.prefix, run_dir, attempt_no, holds=attempt.check,
+                                          lost=attempt.lost.is_set, interval=cfg.checkpoint_seconds,
+                                          caps=cfg.output_caps, log=logs.system)
+        with metrics_tail, sync:
             result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
                                     cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
                                     cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
@@ -398,6 +407,10 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             error = RunError(kind="storage", message=f"could not store the run's outputs: {_describe(e)}")
         logs.system(f"storage failed while uploading outputs: {_describe(e)}")
     clock.mark("upload")
+    declared = (declared_failure(metrics_tail.events or []) if error is None and result is not None
+                and not result.canceled else None)
+    if declared:  # the script called run.fail(...): Failed even if it exited 0
+        error = RunError(kind="user", message=declared, exit_code=result.exit_code if result else None)
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
     retry(logs.close)
@@ -405,6 +418,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     # the metrics archive and the full log are independent: written concurrently, both before the final record
     folder = spec.prefix + layout.attempt_dir(attempt_no)
     archives = [lambda: node.store.put_file(folder + layout.RUN_DRIVER_LOG, logs.path)]
+    if recorded is not None:  # best effort, but before the final record: readers of a final run see it
+        archives.append(provenance.waiter(recorded))
     if metrics_tail.events is not None and not attempt.lost.is_set():
         document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
         archives.append(lambda: node.store.put_json(folder + layout.RUN_METRICS, document))

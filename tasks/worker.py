@@ -52,6 +52,7 @@ class WorkerOptions:
     hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
     use_bwrap: bool = True
     max_cache_bytes: int = DEFAULT_CACHE_BYTES
+    checkpoint_seconds: float = 5.0  # ./outputs/checkpoints upload period (the pool's setting)
 
 
 def default_name(pool: str) -> str:
@@ -112,7 +113,7 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
                                      sandbox=sandbox, output_caps=opts.output_caps,
-                                     max_cache_bytes=opts.max_cache_bytes,
+                                     max_cache_bytes=opts.max_cache_bytes, checkpoint_seconds=opts.checkpoint_seconds,
                                      cluster_tag=cluster_tag(settings.redis_url_masked)))
     log.info("node %s serving pool %s, isolation: %s (Ctrl-C to stop)", opts.name, opts.pool, sandbox.describe())
     if sandbox.level == "none":

@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cap on the node cache (snapshots, environments, mounted data); least recently used "
                         "entries no run holds are removed (default: 20 GiB)")
     p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
+    p.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                   help="upload a running script's ./outputs/checkpoints this often (0: only when it ends)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -67,7 +69,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = runs.add_parser("list", help="runs, newest first")
     p.add_argument("--experiment", "-e", help="default: every experiment")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--sort-by", metavar="METRIC", help="best first by this metric's last value (loss-like names "
+                   "-- loss, error, rmse, mae -- lowest first; --ascending/--descending to choose)")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="ascending", action="store_const", const=True, default=None)
+    order.add_argument("--descending", dest="ascending", action="store_const", const=False)
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="keep runs whose metric matches, e.g. 'accuracy>0.9' (repeatable: all must match)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="keep runs with this tag (K alone: "
+                   "the tag is set; repeatable)")
+    p.add_argument("--status", help="keep runs with this status, e.g. Completed")
     p.set_defaults(func=cmd_runs_list)
+    p = runs.add_parser("resubmit", help="run a run again: same snapshot, environment, data; new arguments "
+                        "optional: cluster runs resubmit [--wait] ID [-- ARGS]")
+    p.add_argument("run_id")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="new arguments for the script (after --)")
+    p.add_argument("--wait", action="store_true", help="wait for completion, streaming the log")
+    p.set_defaults(func=cmd_runs_resubmit)
     for name, func, text in (("show", cmd_runs_show, "details of a run (JSON)"),
                              ("metrics", cmd_runs_metrics, "metrics of a run (JSON)"),
                              ("cancel", cmd_runs_cancel, "cancel a queued or running run"),
@@ -143,24 +161,56 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from cluster import Experiment
+    from cluster import Experiment, runinfo
 
     validation.whole_number("--limit", args.limit, minimum=1)
     if args.experiment is not None:
         validation.name("experiment", args.experiment)
+    wheres = [runinfo.parse_where(w) for w in args.where]
+    tags = runinfo.tag_filter({k: (v if sep else None) for k, sep, v in (t.partition("=") for t in args.tag)})
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
-    rows = []
+    rows, keys = [], []
     for name in experiments:
-        for run in Experiment(ws, name).get_runs(include_children=True):
+        for run in Experiment(ws, name).get_runs(include_children=True, status=args.status):
             rec = ws.runs.record(run.id)
+            if args.tag and not tags(runinfo.get_tags(ws.store, rec.prefix, rec)):
+                continue
+            metrics = run.get_metrics() if (wheres or args.sort_by) else {}
+            if not all(w(metrics) for w in wheres):
+                continue
             started = rec.timestamps.get("Queued", "")[:19].replace("T", " ")
-            rows.append([run.id, rec.status.value, rec.pool, str(rec.attempt), started, rec.parent_id or "-"])
-    rows.sort(key=lambda r: r[4], reverse=True)
+            row = [run.id, rec.status.value, rec.pool, str(rec.attempt), started, rec.parent_id or "-"]
+            if args.sort_by:
+                value = runinfo.last_value(metrics.get(args.sort_by))
+                row.append("-" if value is None else f"{value:g}" if isinstance(value, float) else str(value))
+                keys.append(value if isinstance(value, int | float) and not isinstance(value, bool) else None)
+            rows.append(row)
+    header = ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"]
+    if args.sort_by:
+        ascending = args.ascending if args.ascending is not None else _lower_is_better(args.sort_by)
+        with_value = sorted((k if ascending else -k, r) for k, r in zip(keys, rows, strict=True) if k is not None)
+        rows = [r for _k, r in with_value] + [r for k, r in zip(keys, rows, strict=True) if k is None]
+        header.append(args.sort_by.upper())
+    else:
+        rows.sort(key=lambda r: r[4], reverse=True)
     if not rows:
-        print("no runs yet")
+        print("no runs match" if (args.where or args.tag or args.status) else "no runs yet")
         return 0
-    table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
+    table(rows[: args.limit], header)
+    return 0
+
+
+def _lower_is_better(metric: str) -> bool:
+    return any(word in metric.lower() for word in ("loss", "error", "rmse", "mae", "mse"))
+
+
+def cmd_runs_resubmit(args: argparse.Namespace) -> int:
+    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    run = _run(_ws(), args.run_id).resubmit(arguments=script_args or None)
+    print(run.id)
+    if args.wait:
+        run.wait_for_completion(show_output=True)
     return 0
 
 

@@ -114,7 +114,8 @@ class LocalProvider:
                               "cpus": cpus[1] if cpus else "", "work_dir": str(work_dir),
                               "isolation": pool.isolation or "best-effort", "network": pool.network,
                               "max_output_bytes": pool.max_output_bytes, "max_output_files": pool.max_output_files,
-                              "max_cache_bytes": pool.max_cache_bytes}
+                              "max_cache_bytes": pool.max_cache_bytes,
+                              "checkpoint_seconds": pool.checkpoint_seconds}
                 target = self._spare_file(spare.name)
                 tmp = target.with_suffix(".tmp")
                 tmp.write_text(json.dumps(assignment))

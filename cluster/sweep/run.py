@@ -11,6 +11,7 @@ from cluster.experiment import Experiment
 from cluster.records import RunStatus, now_iso
 from cluster.run import Run
 from cluster.sweep import state
+from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
     from cluster.sweep.config import SweepSpec
@@ -67,12 +68,24 @@ class HyperDriveRun(Run):
         rows = ranked + rest
         return rows[:top] if top else rows
 
-    def get_best_run_by_primary_metric(self) -> Run | None:
-        """The completed child with the best primary metric, or None if none reported it."""
+    def get_best_run_by_primary_metric(self, include_failed: bool = True, include_canceled: bool = True,
+                                       include_resume_from_runs: bool = True) -> Run | None:
+        """The child with the best primary metric, or None if none reported it. As in Azure, children that failed
+        or were canceled (stopped early by the policy) count too if they logged the metric; pass
+        ``include_failed=False`` / ``include_canceled=False`` to rank only those that completed."""
+        for flag, value in (("include_failed", include_failed), ("include_canceled", include_canceled),
+                            ("include_resume_from_runs", include_resume_from_runs)):
+            if not isinstance(value, bool):
+                raise UsageError(f"{flag} must be True or False, got {value!r}")
+        allowed = {RunStatus.COMPLETED.value, *((RunStatus.FAILED.value,) if include_failed else ()),
+                   *((RunStatus.CANCELED.value,) if include_canceled else ())}
         rows = state.child_rows(self._children(), self.spec.goal, self.spec.primary_metric_name)
-        if not rows or not rows[0]["ranked"]:
+        candidates = [r for r in rows if r["status"] in allowed and r["best_primary_metric"] is not None]
+        if not candidates:
             return None
-        return Run(self.experiment, rows[0]["run_id"])
+        sign = -1.0 if coerce_goal(self.spec.goal) is PrimaryMetricGoal.MAXIMIZE else 1.0
+        best = min(candidates, key=lambda r: (sign * r["best_primary_metric"], r["index"]))
+        return Run(self.experiment, best["run_id"])
 
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         """Every child's metrics: ``{child run id: {metric name: value}}``."""

@@ -138,7 +138,7 @@ def _number(value: Any) -> float | None:
 
 def primary_values(event: dict[str, Any], name: str) -> list[float]:
     """The primary metric values one logged event carries (scalars and lists; rows are not a metric series)."""
-    if event.get("name") != name:
+    if event.get("name") != name or event.get("child"):  # a script's child run logs its own metrics
         return []
     kind, value = event.get("kind"), event.get("value")
     raw = value if kind == "list" and isinstance(value, list) else [value] if kind == "scalar" else []
