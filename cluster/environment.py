@@ -205,9 +205,9 @@ class Environment:
             if {k: v for k, v in latest.items() if k != "version"} == body:
                 self.version = versions[-1]
                 return self
-        from cluster.model import _RESERVE  # the same atomic counter as model versions: never shared, never reused
+        from cluster.model import RESERVE_VERSION  # the models' atomic counter: never shared, never reused
 
-        self.version = int(workspace.redis.eval(_RESERVE, 1, layout.rk_environment_version(self.name),
+        self.version = int(workspace.redis.eval(RESERVE_VERSION, 1, layout.rk_environment_version(self.name),
                                                 versions[-1] if versions else 0))
         workspace.store.put_json(layout.environment_key(self.name, self.version), {**body, "version": self.version})
         return self

@@ -37,6 +37,10 @@ class Experiment:
     def _repr_html_(self) -> str:
         return f"<b>Experiment</b> {self.name} in workspace {self.workspace.name}"
 
+    def resubmit(self, run: Run, arguments: Any = None, tags: Mapping[str, str] | None = None) -> Run:
+        """``run.resubmit(...)``: see :func:`resubmit_run`."""
+        return resubmit_run(run, arguments, tags)
+
     def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
         """Queue a run (Estimator / ScriptRunConfig) or a sweep (HyperDriveConfig); returns at once."""
         validation.check_kwargs("Experiment.submit", kwargs, known=("config", "tags"))

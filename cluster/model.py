@@ -251,10 +251,11 @@ def _latest(ws: Workspace, name: str) -> int | None:
     return versions[-1] if versions else None
 
 
-_RESERVE = luascript.read("cluster", "reserve_model_version.lua")
+#: reserve the next version of a model (or an environment): an atomic counter reconciled with the store
+RESERVE_VERSION = luascript.read("cluster", "reserve_model_version.lua")
 
 
 def _next_version(ws: Workspace, name: str) -> int:
     """Atomic: the counter never falls below what the object store already holds."""
     stored = max(_versions(ws, name, complete=False), default=0)
-    return int(ws.redis.eval(_RESERVE, 1, layout.rk_model_version(name), stored))
+    return int(ws.redis.eval(RESERVE_VERSION, 1, layout.rk_model_version(name), stored))

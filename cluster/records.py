@@ -200,3 +200,8 @@ def _from_dict(cls: Any, data: Any) -> Any:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as e:
         raise PayloadError(f"bad {cls.__name__} payload: {e}") from e
+
+
+def is_sweep(record: RunRecord) -> bool:
+    """A sweep's parent run (tag ``kind=sweep``, no parent): it is driven by the controller, not run by a node."""
+    return record.tags.get("kind") == KIND_SWEEP and record.parent_id is None

@@ -39,18 +39,11 @@ class Run:
     def get(cls, workspace: Any, run_id: str) -> Run:
         """Any run by id alone (Azure's ``Run.get(ws, run_id)``); a sweep comes back as a HyperDriveRun."""
         from cluster import validation
-        from cluster.experiment import Experiment
-        from cluster.sweep.state import is_sweep
 
-        if not hasattr(type(workspace), "runs"):
+        if not hasattr(type(workspace), "get_run"):
             raise UsageError(f"Run.get: workspace must be a Workspace, got {type(workspace).__name__}")
-        record = workspace.runs.record(validation.run_id(run_id))
-        experiment = Experiment(workspace, record.experiment)
-        if is_sweep(record):
-            from cluster.sweep.run import HyperDriveRun
-
-            return HyperDriveRun(experiment, run_id)
-        return cls(experiment, run_id)
+        run: Run = workspace.get_run(validation.run_id(run_id))
+        return run
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
@@ -256,9 +249,8 @@ class Run:
     def resubmit(self, arguments: Any = None, tags: dict[str, str] | None = None) -> Run:
         """Run this run again: the same snapshot, environment, data and pool, new ``arguments`` if given. The new
         run's ``resubmitted_from`` property names this one."""
-        from cluster.experiment import resubmit_run
-
-        return resubmit_run(self, arguments, tags)
+        run: Run = self.experiment.resubmit(self, arguments, tags)
+        return run
 
     # -- models -----------------------------------------------------------------------------------
     def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,

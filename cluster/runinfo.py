@@ -133,7 +133,7 @@ def tag_filter(tags: Any) -> Callable[[Mapping[str, str]], bool]:
 
 
 def run_type(record: RunRecord) -> str:
-    from cluster.sweep.state import is_sweep
+    from cluster.records import is_sweep
 
     return "sweep" if is_sweep(record) else "run"
 

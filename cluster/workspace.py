@@ -105,6 +105,17 @@ class Workspace:
 
         return RunState(self.store, self.redis)
 
+    def get_run(self, run_id: str) -> Any:
+        """Any run by id alone (``Run.get(ws, run_id)``): a ``Run``, or a ``HyperDriveRun`` for a sweep."""
+        from cluster.experiment import Experiment
+        from cluster.records import is_sweep
+        from cluster.run import Run
+        from cluster.sweep.run import HyperDriveRun
+
+        record = self.runs.record(run_id)
+        experiment = Experiment(self, record.experiment)
+        return HyperDriveRun(experiment, run_id) if is_sweep(record) else Run(experiment, run_id)
+
     @cached_property
     def broker(self) -> Broker:
         """The pools' queues (:mod:`cluster.broker`): Celery's unless the workspace was given another."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import layout, metrics
 from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
+from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
@@ -58,10 +58,6 @@ KIND_CHILD = "sweep-child"
 
 def child_prefix(parent_prefix: str, child_id: str) -> str:
     return layout.run_prefix("", child_id, parent_prefix)
-
-
-def is_sweep(record: RunRecord) -> bool:
-    return record.tags.get("kind") == KIND_SWEEP and record.parent_id is None
 
 
 # ---- the parent run -----------------------------------------------------------------------------
