@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
+RK_EPOCH = layout.RK_EPOCH  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
 
 
@@ -56,18 +56,7 @@ class ControllerConfig:
 
 
 # take the leader key if free, or extend it if it is ours; 1 = we lead
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+_LEAD = luascript.read("cluster", "lead.lua")
 
 
 # ---- pure decisions -----------------------------------------------------------------------------

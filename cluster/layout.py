@@ -87,7 +87,7 @@ def run_prefix(experiment: str, run_id: str, parent_prefix: str | None = None) -
 
 
 def experiment_runs_prefix(experiment: str) -> str:
-    return f"experiments/{experiment}/runs/"
+    return f"{EXPERIMENTS}{experiment}/runs/"
 
 
 def run_index_key(run_id: str) -> str:
@@ -103,6 +103,16 @@ LIVE_INDEX_COMPLETE = "index/live.complete"
 
 #: Redis set of runs that became final; the controller drops them from the live index (then from this set)
 RK_FINISHED = "cluster:runs:finished"
+
+
+def rk_active(pool: str) -> str:
+    """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
+    return f"cluster:pool:{pool}:active"
+
+
+#: absent after a Redis wipe: the controller then recovers queued and running runs from the object store
+RK_EPOCH = "cluster:epoch"
+EXPERIMENTS = "experiments/"
 
 
 def live_index_key(run_id: str) -> str:

@@ -15,89 +15,35 @@ from typing import Any
 
 import redis
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
 from cluster.records import RunRecord, RunSpec, RunStatus
 
 # One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
 # return the live record and the spec (kept in the hash since submit) so the node reads nothing else.
-_CLAIM = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing', ''} end
-redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return {'final', st} end
-local holder = redis.call('GET', KEYS[2])
-if holder then return {'held', holder} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-local token = ARGV[1] .. '/' .. attempt
-redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-redis.call('DEL', KEYS[3])
-return {'ok', token, redis.call('HGET', KEYS[1], 'record') or '', redis.call('HGET', KEYS[1], 'spec') or ''}
-"""
+_CLAIM = luascript.read("cluster", "claim.lua")
 
-_FENCED_WRITE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
-  redis.call('LPUSH', KEYS[5], '1')  -- wake the controller: a sweep may sample its next child now
-  redis.call('LTRIM', KEYS[5], 0, 0)
-end
-return 1
-"""
+_FENCED_WRITE = luascript.read("cluster", "fenced_write.lua")
 
 #: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
 #: store, where everything is archived (Redis stays bounded however many runs finish)
 FINISHED_TTL_MS = layout.finished_ttl_seconds() * 1000
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_RELEASE = luascript.read("cluster", "release_lease.lua")
 
-_RENEW = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end
-return 0
-"""
+_RENEW = luascript.read("cluster", "renew_lease.lua")
 
-_CANCEL_QUEUED = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return st end
-if st == 'Queued' and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'Canceled', 'cancel', '1')
-  redis.call('SREM', KEYS[3], ARGV[2])
-  return 'canceled'
-end
-redis.call('HSET', KEYS[1], 'cancel', '1')
-return 'requested'
-"""
+_CANCEL_QUEUED = luascript.read("cluster", "cancel_queued.lua")
 
-_REQUEUE = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st or st == 'Completed' or st == 'Failed' or st == 'Canceled' then return 0 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[5]) end
-return 1
-"""
+_REQUEUE = luascript.read("cluster", "requeue.lua")
 
 
 def _json_bytes(obj: object) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
 
 
-def rk_active(pool: str) -> str:
-    """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
-    return f"cluster:pool:{pool}:active"
+rk_active = layout.rk_active  # (built in cluster/layout.py; the name other modules import from here)
 
 
 @dataclass(frozen=True)
@@ -317,7 +263,7 @@ class RunState:
         return ids
 
     def list_experiments(self) -> list[str]:
-        return self.store.list_dirs("experiments/")
+        return self.store.list_dirs(layout.EXPERIMENTS)
 
     def list_live_run_ids(self) -> list[str]:
         """Runs that were not final when last seen (the live index): what recovery after a Redis wipe reads."""

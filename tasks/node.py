@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.datareference import DataReference
 from cluster.errors import ClusterError, CredentialsError, ServiceError
 from cluster.logstream import LogWriter
@@ -616,11 +616,7 @@ def _upload_results(node: Node, attempt: _Attempt, dest: str, run_dir: Path,
 
 
 # the live metrics stream: appended only while the attempt holds the lease (one Lua call per batch)
-_FENCED_METRICS = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-for i = 3, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i]) end
-return #ARGV - 2
-"""
+_FENCED_METRICS = luascript.read("tasks", "fenced_metrics.lua")
 METRICS_READ_BYTES = 1024 * 1024  # per poll
 METRICS_STREAM_MAX = 100_000  # live events kept in Redis (XADD MAXLEN ~); metrics.json keeps them all
 METRICS_MAX_BYTES = 256 * 1024 * 1024  # per run

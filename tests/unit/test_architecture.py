@@ -93,13 +93,9 @@ def test_every_lua_script_is_package_data_and_runs_on_redis() -> None:
         r.script_load(luascript.read(package, path.name))  # compiles
 
 
-#: modules whose Lua is still inline (being reworked for issue 10 at the time of writing: move it to lua/ then)
-INLINE_LUA_PENDING = {"cluster/runstate.py", "cluster/controller.py", "tasks/node.py"}
-
-
 def test_no_lua_inline_in_python_modules() -> None:
     inline = sorted(str(p.relative_to(ROOT)) for p in _files("*.py") if "redis.call(" in p.read_text(encoding="utf-8"))
-    assert [p for p in inline if p not in INLINE_LUA_PENDING] == []
+    assert inline == []
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
