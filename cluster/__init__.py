@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from cluster.compute import AmlCompute, ComputeTarget, NodePool
     from cluster.datareference import DataReference
     from cluster.datastore import Datastore
+    from cluster.environment import CondaDependencies, Environment
     from cluster.errors import (
         ClusterError,
         ComputeTargetException,
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
         ConflictError,
         CredentialsError,
         DataError,
+        IgnoredArgumentWarning,
         NotFoundError,
         RunFailedError,
         ServiceError,
@@ -54,6 +56,9 @@ __all__ = [
     "RunConfiguration",
     "RunStatus",
     "ScriptRunConfig",
+    # environments
+    "CondaDependencies",
+    "Environment",
     # models
     "Model",
     # errors
@@ -68,6 +73,10 @@ __all__ = [
     "ServiceError",
     "SnapshotError",
     "UsageError",
+    "IgnoredArgumentWarning",
+    # version
+    "VERSION",
+    "__version__",
 ]
 
 #: public name -> the module that defines it
@@ -81,10 +90,25 @@ _HOMES = {
     "Estimator": "estimator", "RunConfiguration": "estimator", "ScriptRunConfig": "estimator",
     "Experiment": "experiment", "Model": "model", "RunStatus": "records", "Run": "run", "Settings": "settings",
     "Workspace": "workspace",
+    "Environment": "environment", "CondaDependencies": "environment", "IgnoredArgumentWarning": "errors",
 }
 
 
+def _version() -> str:
+    """The SDK's version (``cluster.__version__``, also ``cluster.VERSION`` as in ``azureml.core``): the installed
+    distribution's; read on first use, so importing ``cluster`` stays cheap."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cluster")
+    except PackageNotFoundError:  # a checkout on sys.path that was never installed
+        return "0+unknown"
+
+
 def __getattr__(name: str) -> Any:
+    if name in ("__version__", "VERSION"):
+        globals()["__version__"] = globals()["VERSION"] = value = _version()
+        return value
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'cluster' has no attribute {name!r}")

@@ -77,6 +77,10 @@ class PoolSpec:
     network: str = "host"
     max_output_bytes: int = 10 * 1024**3
     max_output_files: int = 10_000
+    #: each node's cache (snapshots, environments, mounted data) is pruned, least recently used first, to this
+    max_cache_bytes: int = 20 * 1024**3
+    #: how often a node uploads a running script's ./outputs/checkpoints (seconds; 0: only when the script ends)
+    checkpoint_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         check_name("pool", self.name)
@@ -85,7 +89,7 @@ class PoolSpec:
                              f"got {self.isolation!r}", hint="see docs/security.md")
         if self.network not in ("host", "none"):
             raise UsageError(f"pool {self.name!r}: network must be 'host' or 'none', got {self.network!r}")
-        for cap in ("max_output_bytes", "max_output_files"):
+        for cap in ("max_output_bytes", "max_output_files", "max_cache_bytes"):
             if _check_int(cap, getattr(self, cap)) < 1:
                 raise UsageError(f"pool {self.name!r}: {cap} must be at least 1")
         get_size(self.vm_size)
@@ -111,6 +115,10 @@ class PoolSpec:
                 f"pool {self.name!r}: idle_seconds_before_scaledown must be a number >= 0, got {idle!r}",
             )
         object.__setattr__(self, "idle_seconds_before_scaledown", float(idle))
+        every = self.checkpoint_seconds
+        if isinstance(every, bool) or not isinstance(every, int | float) or not math.isfinite(every) or every < 0:
+            raise UsageError(f"pool {self.name!r}: checkpoint_seconds must be a number >= 0, got {every!r}")
+        object.__setattr__(self, "checkpoint_seconds", float(every))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the shape of ``pools/<name>.json``)."""
@@ -124,12 +132,15 @@ class PoolSpec:
             "network": self.network,
             "max_output_bytes": self.max_output_bytes,
             "max_output_files": self.max_output_files,
+            "max_cache_bytes": self.max_cache_bytes,
+            "checkpoint_seconds": self.checkpoint_seconds,
         }
 
     def node_args(self, default_isolation: str) -> list[str]:
         """The `cluster worker` options that carry this pool's isolation and output settings to its nodes."""
         return ["--isolation", self.isolation or default_isolation, "--network", self.network,
-                "--max-output-bytes", str(self.max_output_bytes), "--max-output-files", str(self.max_output_files)]
+                "--max-output-bytes", str(self.max_output_bytes), "--max-output-files", str(self.max_output_files),
+                "--max-cache-bytes", str(self.max_cache_bytes), "--checkpoint-seconds", f"{self.checkpoint_seconds:g}"]
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PoolSpec:
@@ -140,7 +151,7 @@ class PoolSpec:
                 hint="re-create the pool, or fix its pools/<name>.json in the object store",
             )
         fields = ("name", "vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation",
-                  "network", "max_output_bytes", "max_output_files")
+                  "network", "max_output_bytes", "max_output_files", "max_cache_bytes", "checkpoint_seconds")
         return cls(**{k: data[k] for k in fields if k in data})
 
 

@@ -27,22 +27,17 @@ from cluster.errors import (
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
 
-CONTROLLER_LEADER = "cluster:controller:leader"
-
-
-def rk_pool_status(pool: str) -> str:
-    return f"cluster:pool:{pool}:status"
-
-
-def rk_pool_events(pool: str) -> str:
-    return f"cluster:pool:{pool}:events"
+# the keys are built in cluster/layout.py; these names stay for the modules that import them from here
+CONTROLLER_LEADER = layout.RK_CONTROLLER_LEADER
+rk_pool_status = layout.rk_pool_status
+rk_pool_events = layout.rk_pool_events
 
 
 def load_specs(ws: Workspace) -> dict[str, dict[str, Any]]:
     """Raw pool records (spec + lifecycle state) by name."""
     out: dict[str, dict[str, Any]] = {}
-    for info in ws.store.list("pools/"):
-        name = info.key.removeprefix("pools/").removesuffix(".json")
+    for info in ws.store.list(layout.POOLS_PREFIX):
+        name = info.key.removeprefix(layout.POOLS_PREFIX).removesuffix(".json")
         try:
             layout.check_name("pool", name)
             out[name] = ws.store.get_json(info.key)
@@ -113,7 +108,7 @@ class ComputeTarget:
             raise UsageError("ComputeTarget: give the name of an existing compute target",
                              hint="ComputeTarget(workspace=ws, name='cpucluster'); create one with "
                              "ComputeTarget.create(ws, name, NodePool.provisioning_configuration(...))")
-        rec = _record(workspace, name)
+        rec = pool_record(workspace, name)
         if rec.get("state") == "deleting":
             raise ComputeTargetException(f"compute target {name!r} is being deleted",
                                          hint="wait until it is gone, then create it again")
@@ -153,15 +148,22 @@ class NodePool(ComputeTarget):
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
                                    idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
                                    network: str = "host", max_output_bytes: int = 10 * 1024**3,
-                                   max_output_files: int = 10_000, **kwargs: Any) -> PoolSpec:
+                                   max_output_files: int = 10_000, max_cache_bytes: int = 20 * 1024**3,
+                                   checkpoint_seconds: float = 5.0,
+                                   **kwargs: Any) -> PoolSpec:
         # the name is set by ComputeTarget.create; PoolSpec validates sizes, bounds and isolation now
-        validation.check_kwargs("provisioning_configuration",
-                                {k: v for k, v in kwargs.items() if k not in AZURE_PROVISIONING_ONLY},
-                                known=(*_PROVISIONING_ARGS, *AZURE_PROVISIONING_ONLY))
+        kwargs = validation.warn_ignored("provisioning_configuration", kwargs, AZURE_PROVISIONING_ONLY)
+        validation.check_kwargs("provisioning_configuration", kwargs, known=_PROVISIONING_ARGS)
+        # Azure code passes os.environ.get(...) straight through: '4' and ' 120 ' mean 4 and 120
+        min_nodes, max_nodes, max_output_bytes, max_output_files, max_cache_bytes = (
+            _integer_like(v) for v in (min_nodes, max_nodes, max_output_bytes, max_output_files, max_cache_bytes))
+        idle_seconds_before_scaledown = _integer_like(idle_seconds_before_scaledown)
+        checkpoint_seconds = _integer_like(checkpoint_seconds)
         try:
             return PoolSpec(name="unnamed", vm_size=vm_size, min_nodes=min_nodes, max_nodes=max_nodes,
                             idle_seconds_before_scaledown=idle_seconds_before_scaledown, isolation=isolation,
-                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files)
+                            network=network, max_output_bytes=max_output_bytes, max_output_files=max_output_files,
+                            max_cache_bytes=max_cache_bytes, checkpoint_seconds=checkpoint_seconds)
         except UsageError as e:  # the pool has no name yet: do not call it 'unnamed'
             raise UsageError(e.message.replace("pool 'unnamed': ", "provisioning_configuration: "),
                              hint=e.hint) from None
@@ -215,20 +217,20 @@ class NodePool(ComputeTarget):
                idle_seconds_before_scaledown: float | None = None) -> None:
         changes = {k: v for k, v in (("min_nodes", min_nodes), ("max_nodes", max_nodes),
                                      ("idle_seconds_before_scaledown", idle_seconds_before_scaledown)) if v is not None}
-        rec = _record(self.workspace, self.name)
+        rec = pool_record(self.workspace, self.name)
         self.spec = PoolSpec.from_dict({**rec["spec"], **changes})
         self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "spec": self.spec.to_dict()})
 
     def delete(self) -> str:
         """Stop taking work: the controller drains and removes every node, cancels the runs still queued for
         this pool (nothing would ever serve them), then forgets the pool. Runs already running finish."""
-        rec = _record(self.workspace, self.name)
+        rec = pool_record(self.workspace, self.name)
         self.workspace.store.put_json(layout.pool_key(self.name), {**rec, "state": "deleting"})
         return (f"pool {self.name} is being deleted: its nodes drain (running runs finish) and its queued runs "
                 "are canceled")
 
 
-def _record(ws: Workspace, name: str) -> dict[str, Any]:
+def pool_record(ws: Workspace, name: str) -> dict[str, Any]:
     layout.check_name("pool", name)
     try:
         return dict(ws.store.get_json(layout.pool_key(name)))
@@ -238,13 +240,21 @@ def _record(ws: Workspace, name: str) -> dict[str, Any]:
 
 
 _PROVISIONING_ARGS = ("vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation", "network",
-                      "max_output_bytes", "max_output_files")
+                      "max_output_bytes", "max_output_files", "max_cache_bytes", "checkpoint_seconds")
 #: Azure's provisioning_configuration arguments that mean nothing here (networking, login, identity, ...):
-#: accepted and ignored whatever their value, since they never change what a run computes.
+#: one warning each, then ignored, since they never change what a run computes.
 AZURE_PROVISIONING_ONLY = ("vm_priority", "admin_username", "admin_user_password", "admin_user_ssh_key",
                            "vnet_resourcegroup_name", "vnet_name", "subnet_name", "tags", "description",
                            "remote_login_port_public_access", "identity_type", "identity_id", "location",
                            "enable_node_public_ip")
+
+
+def _integer_like(value: Any) -> Any:
+    """``'4'`` -> 4 (an integer-like string, as read from an environment variable); anything else unchanged (and
+    checked by PoolSpec)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return value
 
 
 AmlCompute = NodePool

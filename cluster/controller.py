@@ -9,6 +9,7 @@ time (a Redis lease); a restarted controller picks up from Redis and the object 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -17,20 +18,23 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, ScalingDecision, decide
-from cluster.brokerqueue import queued_run_ids, unacked_run_ids
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, NotFoundError
+from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus
 from cluster.runstate import rk_active
+from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
 
 if TYPE_CHECKING:
     from cluster.telemetry import Telemetry
 
-RK_EPOCH = "cluster:epoch"  # absent after a Redis wipe: triggers recovery from the object store
+log = logging.getLogger(__name__)
+
+RK_EPOCH = layout.RK_EPOCH  # absent after a Redis wipe: triggers recovery from the object store
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
 
 
@@ -38,10 +42,11 @@ LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING
 class ControllerConfig:
     tick_seconds: float = 0.5
     min_tick_gap: float = 0.1  # woken by submits: never more often than this
-    node_lost_seconds: float = 10.0
+    node_lost_seconds: float = NODE_LOST_SECONDS
     max_infra_attempts: int = 3
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
+    leader_key: str = CONTROLLER_LEADER  # one per cluster (tests use their own)
     # False: start and drain no node (an external scaler such as KEDA does it); node-loss supervision,
     # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
     autoscale: bool = True
@@ -51,18 +56,7 @@ class ControllerConfig:
 
 
 # take the leader key if free, or extend it if it is ours; 1 = we lead
-_LEAD = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
+_LEAD = luascript.read("cluster", "lead.lua")
 
 
 # ---- pure decisions -----------------------------------------------------------------------------
@@ -80,19 +74,29 @@ def node_lost_decision(record: RunRecord, *, max_infra_attempts: int, lost_after
         error = RunError(kind="node-lost", message=f"node {node} stopped heartbeating (>{lost_after:g}s) during "
                          f"attempt {record.attempt}; gave up after {lost} infrastructure attempt(s)")
         return record.with_status(RunStatus.FAILED, at=now, error=error, attempts=tuple(history))
-    return replace(record, status=RunStatus.QUEUED, node=None, attempts=tuple(history))
+    return replace(record.with_status(RunStatus.QUEUED, at=now), node=None, attempts=tuple(history))
 
 
-def node_state(h: dict[str, str], now: float, lost_after: float) -> NodeState:
-    beat = float(h.get("heartbeat", 0) or 0)
-    if now - beat > lost_after:
-        return NodeState.LOST
-    if h.get("drain") == "1":
-        return NodeState.DRAINING
-    try:
-        return NodeState(h.get("state", "idle"))
-    except ValueError:
-        return NodeState.IDLE
+def lost_nodes(heartbeats: dict[str, dict[str, str]], pool: str, *, managed: set[str], known: set[str],
+               now: float, lost_after: float) -> dict[str, str]:
+    """Which of the pool's nodes are lost, and how (pure; the controller acts on it):
+
+    * ``gone``: the provider started it and no longer reports it (its process or pod ended) -- forget it;
+    * ``hung``: the provider still reports it but it stopped heartbeating -- kill it, then forget it;
+    * ``silent``: a node the provider does not manage (a static node) stopped heartbeating -- its runs are
+      re-queued, it is kept in view (it may come back) until it has been silent for long.
+    """
+    out: dict[str, str] = {}
+    for name, h in heartbeats.items():
+        if h.get("pool") != pool:
+            continue
+        lost = node_state(h, now, lost_after) is NodeState.LOST
+        if name in known and name not in managed:
+            out[name] = "gone"
+        elif lost:
+            out[name] = "hung" if name in managed else "silent"
+    return out
+
 
 
 # ---- the controller -----------------------------------------------------------------------------
@@ -111,7 +115,9 @@ class Controller:
     _last_tick: float = 0.0  # time.monotonic() of the last tick's start
     _stranded_checked: float = 0.0
     _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
+    _leading: threading.Event = field(default_factory=threading.Event)  # set while this controller holds the lease
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
+    sweeps: SweepDriver = field(default_factory=SweepDriver)  # what the sweep driver remembers between ticks
 
     @property
     def r(self) -> Any:
@@ -119,6 +125,7 @@ class Controller:
 
     def run_forever(self, stop: threading.Event | None = None) -> None:
         stop = stop or threading.Event()
+        threading.Thread(target=self._keep_leading, args=(stop,), name="leader-lease", daemon=True).start()
         while not stop.is_set():
             started, led, ok = time.monotonic(), False, False
             try:
@@ -128,17 +135,17 @@ class Controller:
                     self.tick(time.time())
                     ok = True
             except ClusterError as e:  # a server blip: report and retry next tick
-                print(f"controller: {e.message}", flush=True)
+                log.warning("controller: %s", e.message)
             except Exception as e:  # never die on one bad tick
-                print(f"controller: unexpected {type(e).__name__}: {e}", flush=True)
+                log.exception("controller: unexpected %s: %s", type(e).__name__, e)
             if self.telemetry is not None:
                 if led:
                     self.telemetry.after_tick(time.monotonic() - started, ok=ok)
                 else:
                     self.telemetry.standby()
             self._sleep(stop)
-        if self.r.get(CONTROLLER_LEADER) == self.ident:
-            self.r.delete(CONTROLLER_LEADER)
+        if self.r.get(self.config.leader_key) == self.ident:
+            self.r.delete(self.config.leader_key)
 
     def _sleep(self, stop: threading.Event) -> None:
         """Wait for the next tick, or less: a submit pushes to the wake list, so a queued run reaches a cold pool's
@@ -153,7 +160,23 @@ class Controller:
 
     def _lead(self) -> bool:
         """Take or keep the leadership, atomically (one Lua call): two controllers never both lead."""
-        return bool(self.r.eval(_LEAD, 1, CONTROLLER_LEADER, self.ident, self.config.leader_ttl_ms))
+        leading = bool(self.r.eval(_LEAD, 1, self.config.leader_key, self.ident, self.config.leader_ttl_ms))
+        if leading:
+            self._leading.set()
+        else:
+            self._leading.clear()
+        return leading
+
+    def _keep_leading(self, stop: threading.Event) -> None:
+        """Renew the leader lease every third of its period, however long a tick takes (a recovery after a
+        Redis wipe, a slow object store): the lease never lapses under a live leader."""
+        while not stop.wait(self.config.leader_ttl_ms / 3000):
+            if not self._leading.is_set():
+                continue
+            try:
+                self._lead()
+            except Exception:  # Redis down: the lease lapses, and the next tick's _lead() finds out
+                self._leading.clear()
 
     def autoscales(self, pool: str) -> bool:
         """Does this controller start and drain the pool's nodes? (No: an external scaler does.)"""
@@ -178,12 +201,11 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
+        self._prune_live_index()
         if now - self._stranded_checked >= self.config.stranded_check_seconds:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
-        from cluster.sweep.driver import drive_sweeps
-
-        drive_sweeps(self.ws, now)
+        self.sweeps.drive(self.ws, now)
 
     def _heartbeats(self) -> dict[str, dict[str, str]]:
         names = sorted(self.r.smembers(layout.RK_NODES))
@@ -213,10 +235,28 @@ class Controller:
                 self.r.srem(rk_active(pool), run_id)
         return queued, live
 
+    def _prune_live_index(self) -> None:
+        """Drop runs that became final from the live index, once run.json says so (the record decides, not
+        Redis); a run whose run.json is not final yet (its node still writing it) is looked at next tick."""
+        runs = self.ws.runs
+        done = []
+        for run_id in runs.finished_run_ids():
+            try:
+                if runs.stored_record(run_id).status.is_final:
+                    runs.unindex_live(run_id)
+                    done.append(run_id)
+            except NotFoundError:
+                done.append(run_id)  # deleted with its experiment, or never stored: nothing to index
+            except ClusterError:
+                pass  # a store blip: next tick
+        runs.forget_finished(done)
+
     def _observe(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> PoolObservation:
         cfg = self.config
         views: list[NodeView] = []
         managed = set(self.provider.list_nodes(spec))
+        lost = lost_nodes(heartbeats, spec.name, managed=managed, known=self._known, now=now,
+                          lost_after=cfg.node_lost_seconds)
         for name, h in heartbeats.items():
             if h.get("pool") != spec.name:
                 continue
@@ -225,17 +265,17 @@ class Controller:
                 self._idle_since.setdefault(name, now)
             else:
                 self._idle_since.pop(name, None)
-            gone = name in self._known and name not in managed  # its process/pod no longer exists
-            if gone or (state is NodeState.LOST and name in managed):
-                if not gone:
-                    self.provider.stop_node(spec, name, force=True)  # silent but still there (hung): remove it
+            how = lost.get(name)
+            if how in ("gone", "hung"):
+                if how == "hung":
+                    self.provider.stop_node(spec, name, force=True)  # silent but still there: remove it
                 managed.discard(name)
                 self._known.discard(name)
                 self._mark_lost(spec.name, name, now)
                 self.r.delete(layout.rk_node(name))
                 self.r.srem(layout.RK_NODES, name)
                 continue
-            if state is NodeState.LOST:
+            if how == "silent":
                 self._mark_lost(spec.name, name, now)
             views.append(NodeView(name=name, state=state, static=h.get("static") == "1" and name not in managed,
                                   idle_since=self._idle_since.get(name), started_at=float(h.get("started", 0) or 0)))
@@ -307,13 +347,13 @@ class Controller:
         """Queue again every Queued run that has neither a lease nor a message in the broker, two checks in a
         row (a submit between seeding Redis and enqueueing is never mistaken for one)."""
         self._stranded_checked = now
-        unacked = unacked_run_ids(self.r)
+        unacked = self.ws.broker.unacked_run_ids()
         stranded: set[str] = set()
         for pool in pools:
             queued, _live = self._runs(pool)
             if not queued:
                 continue
-            waiting = queued_run_ids(self.r, layout.queue_name(pool)) | unacked
+            waiting = self.ws.broker.queued_run_ids(pool) | unacked
             pipe = self.r.pipeline(transaction=False)
             candidates = [run_id for run_id in queued if run_id not in waiting]
             for run_id in candidates:
@@ -369,29 +409,43 @@ class Controller:
 
     # -- recovery after a Redis wipe ------------------------------------------------------------------
     def recover(self, now: float) -> int:
-        """Re-seed and re-queue every non-final run found in the object store but unknown to Redis."""
+        """Re-seed and re-queue every non-final run found in the object store but unknown to Redis. Reads the
+        live index (runs not final when last seen), not every run ever stored; the first recovery on a store
+        written before the index existed scans once and completes the index."""
         runs = self.ws.runs
+        if self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
+            candidates = runs.list_live_run_ids()
+        else:
+            candidates = [run_id for experiment in runs.list_experiments()
+                          for run_id in runs.list_all_run_ids(experiment)]
         count = 0
-        for experiment in runs.list_experiments():
-            for run_id in runs.list_all_run_ids(experiment):
-                if self.r.exists(layout.rk_run(run_id)):
-                    continue
-                try:
-                    record = runs.stored_record(run_id)
-                except ClusterError:
-                    continue
-                if record.status.is_final or record.tags.get("kind") == "sweep":  # sweeps: cluster.sweep.driver
-                    continue
-                if record.status.value in LIVE:  # its attempt died with Redis' state
-                    record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
-                                                lost_after=self.config.node_lost_seconds, now=now)
-                runs.seed(record)
-                self.ws.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
-                if record.status is RunStatus.QUEUED:
-                    self.ws.enqueue(run_id, record.pool)
-                    count += 1
+        for run_id in candidates:
+            if self.r.exists(layout.rk_run(run_id)):
+                continue
+            try:
+                record = runs.stored_record(run_id)
+            except ClusterError:
+                continue
+            if record.status.is_final:
+                runs.unindex_live(run_id)
+                continue
+            if record.tags.get("kind") == "sweep":  # sweeps: cluster.sweep.driver
+                continue
+            if record.status.value in LIVE:  # its attempt died with Redis' state
+                record = node_lost_decision(record, max_infra_attempts=self.config.max_infra_attempts,
+                                            lost_after=self.config.node_lost_seconds, now=now)
+            runs.seed(record)
+            self.ws.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
+            if record.status is RunStatus.QUEUED:
+                runs.index_live(record)  # a run stored before the live index existed joins it
+                self.ws.enqueue(run_id, record.pool)
+                count += 1
+            else:
+                runs.unindex_live(run_id)  # gave up (node lost too often): final now
+        if not self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
+            self.ws.store.put_json(layout.LIVE_INDEX_COMPLETE, {"at": now})
         self.r.set(RK_EPOCH, f"{now:.3f}")
         if count:
-            print(f"controller: re-queued {count} run(s) from the object store", flush=True)
+            log.info("controller: re-queued %d run(s) from the object store", count)
         return count
 

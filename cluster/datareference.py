@@ -74,3 +74,8 @@ class DataReference:
     def __repr__(self) -> str:
         return (f"DataReference(datastore={self.datastore!r}, path={self.path_on_datastore!r}, mode={self.mode!r}"
                 + (f", path_on_compute={self.path_on_compute!r})" if self.path_on_compute else ")"))
+
+
+def display_argument(arg: Any) -> str:
+    """A run argument as a record shows it: a data reference as its text form, anything else as ``str``."""
+    return str(DataReference.from_dict(arg)) if DataReference.is_reference(arg) else str(arg)

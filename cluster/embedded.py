@@ -172,7 +172,10 @@ def find_object_store() -> tuple[str, str]:
 # ---- ports --------------------------------------------------------------------------------------
 
 def port_free(port: int, host: str = HOST) -> bool:
+    """Could a server listen on it? (SO_REUSEADDR, as Redis and Go servers set it: connections of a server that
+    just died, in TIME_WAIT, do not make its port busy; another listener does.)"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -249,7 +252,9 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         if ui:
             _ensure_ui(state_dir, echo)
         return settings
-    if running:  # half-up: stop the survivors so we start from a clean, known set
+    if running and old and state.object_store:  # one server died: restart only it, nodes keep their endpoints
+        return _repair(state_dir, state, old, running, echo=echo, timeout=timeout, controller=controller, ui=ui)
+    if running:  # half-up without a config (a first `up` that never finished): start from a clean, known set
         down(state_dir, echo=echo)
         state = State.load(state_dir)
 
@@ -300,6 +305,67 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
         ensure_controller(state_dir)
         _wait_metrics(settings, state_dir, echo)
     echo(f"cluster up in {state_dir} (object store: {kind})")
+    _print_endpoints(settings, echo)
+    if ui:
+        _ensure_ui(state_dir, echo)
+    return settings
+
+
+def _repair(state_dir: Path, state: State, old: dict[str, Any], running: set[str], *, echo: Echo,
+            timeout: float, controller: bool, ui: bool) -> Settings:
+    """Restart the servers that died (Redis, the S3 server) on the same ports and address, with the same
+    credentials, certificates and data, leaving everything that still runs alone: nodes, clients and the
+    controller reconnect by themselves."""
+    settings = Settings.from_file(state_dir / CONFIG_FILE)
+    creds: dict[str, str] = {k: str(old[k]) for k in ("node_redis_password", "controller_redis_password",
+                                                      "node_s3_secret_key", "node_s3_access_key") if k in old}
+    net = _network(state_dir, old, None, None, lambda _m: None)  # as configured by the first `up`
+    s3_family = {p.name for p in state.processes if p.name in ("s3", "s3-store")} or {"s3"}
+    dead = [name for name in ("redis", "s3") if name not in running or (name == "s3" and s3_family - running)]
+    ports = dict(state.ports)
+    for name in dead:
+        wanted = [ports["redis"]] if name == "redis" else [ports[k] for k in ports if k not in ("redis", "metrics")]
+        taken = [port for port in wanted if not port_free(port) or not port_free(port, net.host)]
+        if name == "s3":  # a surviving half of the S3 server (the gateway or its store) goes with the dead one
+            for mp in state.processes:
+                if mp.name in s3_family and mp.alive and (proc := mp.process()) is not None:
+                    proc.kill()
+                    proc.wait(10)
+            taken = [port for port in wanted if not port_free(port) or not port_free(port, net.host)]
+        if taken:
+            raise PortInUseError(f"cannot restart {name}: its port(s) {', '.join(map(str, taken))} are "
+                                 "taken by another process",
+                                 hint="stop that process, or `cluster down` and `cluster up` to start on new ports "
+                                 "(running nodes then need restarting)")
+    with _state_lock(state_dir):
+        state = State.load(state_dir)
+        state.processes = [p for p in state.processes if not (p.name == "redis" and "redis" in dead)
+                           and not (p.name in s3_family and "s3" in dead)]
+        for name in dead:
+            if name == "redis":
+                state.processes.append(_start_redis(find_redis_server(tls=net.tls is not None), state_dir,
+                                                    ports["redis"], old["redis_password"], creds, net))
+                continue
+            kind, store_bin = find_object_store()
+            if kind != state.object_store:
+                raise ServiceError(f"the S3 server was {state.object_store}, but now {kind} would start",
+                                   hint="install the same object store again, or `cluster down` first")
+            if kind == "minio":
+                state.processes.append(_start_minio(store_bin, state_dir, ports, settings.s3_access_key,
+                                                    settings.s3_secret_key, creds, net))
+            else:
+                state.processes.extend(_start_weed(store_bin, state_dir, ports, settings.s3_access_key,
+                                                   settings.s3_secret_key, creds, net))
+        state.save(state_dir)
+    _wait_ready(settings, state, timeout=timeout)
+    for bucket in (settings.data_bucket, settings.cluster_bucket):
+        objectstore.ObjectStore(settings, bucket).ensure_bucket()
+    for name in dead:
+        port = ports["redis"] if name == "redis" else ports["s3"]
+        echo(f"{name} was down: restarted it on the same port ({port}), with the same credentials and data")
+    if controller and ensure_controller(state_dir):
+        echo("controller was not running: started it")
+        _wait_metrics(settings, state_dir, echo)
     _print_endpoints(settings, echo)
     if ui:
         _ensure_ui(state_dir, echo)

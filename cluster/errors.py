@@ -96,6 +96,12 @@ class PayloadError(ClusterError):
     exit_code = 9
 
 
+class TransitionError(ClusterError):
+    """A status change the run state machine (``records.TRANSITIONS``) does not allow: a bug, or a stale writer."""
+
+    exit_code = 9
+
+
 class WaitTimeoutError(ClusterError):
     """Waiting for something took longer than the caller allowed."""
 
@@ -107,3 +113,8 @@ class ComputeTargetException(NotFoundError):
 
     Named as in Azure ML, so ``try: ComputeTarget(workspace=ws, name=n) except ComputeTargetException:`` works.
     """
+
+
+class IgnoredArgumentWarning(UserWarning):
+    """An Azure ML argument with no meaning on this cluster (``use_gpu``, ``vm_priority``, ...) was given and is
+    ignored: one warning per argument. The list per call is in docs/porting.md."""

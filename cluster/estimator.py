@@ -16,20 +16,21 @@ from cluster.errors import UsageError
 
 DEFAULT_POOL = "default"
 
-#: Azure ML Estimator arguments this cluster does not implement, with the value that means "not used".
+#: Azure ML Estimator arguments this cluster cannot honour, with the value that means "not used": that value is
+#: accepted, any other is an error (the run would compute something else than asked: several nodes, ...).
 AZURE_ESTIMATOR_ONLY: dict[str, Any] = {
-    "vm_size": None, "vm_priority": None, "node_count": 1, "process_count_per_node": 1, "distributed_backend": None,
-    "distributed_training": None, "use_gpu": False, "custom_docker_base_image": None, "custom_docker_image": None,
-    "image_registry_details": None, "user_managed": False, "conda_dependencies_file_path": None,
-    "pip_requirements_file_path": None, "conda_dependencies_file": None, "pip_requirements_file": None,
-    "environment_definition": None, "inputs": None, "source_directory_data_store": None, "shm_size": None,
-    "resume_from": None, "framework_version": None,
+    "node_count": 1, "process_count_per_node": 1, "distributed_backend": None, "distributed_training": None,
+    "inputs": None, "resume_from": None,
 }
+#: Azure ML Estimator arguments with no meaning here (the VM, Docker, the Azure image): one warning each, ignored.
+AZURE_ESTIMATOR_IGNORED = ("vm_size", "vm_priority", "use_gpu", "custom_docker_base_image", "custom_docker_image",
+                           "image_registry_details", "user_managed", "shm_size", "framework_version",
+                           "source_directory_data_store")
 #: The same for ScriptRunConfig.
 AZURE_SCRIPT_RUN_ONLY: dict[str, Any] = {
     "run_config": None, "distributed_job_config": None, "resume_from": None, "command": None,
-    "docker_runtime_config": None, "_telemetry_values": None,
 }
+AZURE_SCRIPT_RUN_IGNORED = ("docker_runtime_config", "_telemetry_values")
 ENVIRONMENT_FIELDS = ("pip_packages", "conda_packages", "environment_variables")
 
 
@@ -120,7 +121,7 @@ def _script_params(value: Any) -> dict[str, Any]:
     return out
 
 
-def _arguments(value: Any) -> list[Any]:
+def script_arguments(value: Any) -> list[Any]:
     if value is None:
         return []
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Sequence):
@@ -132,15 +133,15 @@ def _arguments(value: Any) -> list[Any]:
     return items
 
 
-def _environment(value: Any) -> dict[str, Any]:
-    """``environment`` is a dict or an Environment-like object with pip_packages / conda_packages /
-    environment_variables; anything else (a registered environment's name, say) is refused."""
+def _environment(value: Any, what: str = "environment") -> dict[str, Any]:
+    """``environment`` is an :class:`~cluster.environment.Environment`, a dict or an Environment-like object with
+    pip_packages / conda_packages / environment_variables; anything else (a bare name, say) is refused."""
     if value is None:
         value = {}
     if isinstance(value, str | bytes):
-        raise UsageError(f"environment must be a dict or an Environment-like object, not the string {value!r:.60}",
-                         hint="named environments are not registered here: give the packages, e.g. "
-                         "environment={'pip_packages': ['numpy'], 'environment_variables': {'SEED': '1'}}")
+        raise UsageError(f"{what} must be an Environment or a dict, not the string {value!r:.60}",
+                         hint=f"look a registered one up by name: {what}=Environment.get(ws, {value!r:.40}); or "
+                         "give the packages, e.g. {'pip_packages': ['numpy'], 'environment_variables': {'SEED': '1'}}")
     if isinstance(value, Mapping):
         validation.check_kwargs("environment", value, known=ENVIRONMENT_FIELDS, noun="key")
         fields = dict(value)
@@ -157,6 +158,27 @@ def _environment(value: Any) -> dict[str, Any]:
     }
 
 
+def _package_files(source_directory: Path, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Azure's ``pip_requirements_file`` / ``conda_dependencies_file`` (and their ``*_path`` spellings): read now,
+    relative to source_directory as in Azure (else to the current folder)."""
+    from cluster.environment import Environment
+
+    pip: list[str] = []
+    conda: list[str] = []
+    for key in _ESTIMATOR_FILES:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        path = validation.path_like(key, value)
+        if not path.is_absolute() and (source_directory / path).is_file():
+            path = source_directory / path
+        env = (Environment.from_pip_requirements("estimator", path) if key.startswith("pip")
+               else Environment.from_conda_specification("estimator", path))
+        pip += env.pip_packages
+        conda += env.conda_packages
+    return {"pip_packages": tuple(pip), "conda_packages": tuple(conda), "environment_variables": {}}
+
+
 class Estimator:
     """Azure ML's Estimator: a source directory, an entry script and ``script_params``."""
 
@@ -165,15 +187,23 @@ class Estimator:
                  pip_packages: Sequence[str] | None = None, conda_packages: Sequence[str] | None = None,
                  environment_variables: Mapping[str, str] | None = None,
                  max_run_duration_seconds: float | None = None, use_docker: bool = True, **kwargs: Any) -> None:
-        validation.check_kwargs("Estimator", kwargs, known=_ESTIMATOR_ARGS, ignored=AZURE_ESTIMATOR_ONLY)
+        kwargs = validation.warn_ignored("Estimator", kwargs, AZURE_ESTIMATOR_IGNORED)
+        validation.check_kwargs("Estimator", kwargs, known=(*_ESTIMATOR_ARGS, *_ESTIMATOR_FILES),
+                                ignored=AZURE_ESTIMATOR_ONLY)
         self.source_directory, self.entry_script = _check_source(source_directory, entry_script)
         self.script_params = _script_params(script_params)
         pool_name(compute_target)
         self.compute_target = compute_target
-        self.pip_packages = validation.package_list("pip_packages", pip_packages)
-        self.conda_packages = validation.package_list("conda_packages", conda_packages)
-        self.environment_variables = validation.string_map("environment_variables", environment_variables,
-                                                           keys="variable name")
+        env = _environment(kwargs.get("environment_definition"), what="environment_definition")
+        files = _package_files(self.source_directory, kwargs)
+        self.pip_packages = (*env["pip_packages"], *files["pip_packages"],
+                             *validation.package_list("pip_packages", pip_packages))
+        self.conda_packages = (*env["conda_packages"], *files["conda_packages"],
+                               *validation.package_list("conda_packages", conda_packages))
+        self.environment_variables = {**env["environment_variables"], **files["environment_variables"],
+                                      **validation.string_map("environment_variables", environment_variables,
+                                                              keys="variable name")}
+        self.environment_definition = kwargs.get("environment_definition")
         self.max_run_duration_seconds = _max_seconds(max_run_duration_seconds)
 
     def run_config(self) -> RunConfiguration:
@@ -198,9 +228,10 @@ class ScriptRunConfig:
                  arguments: Sequence[Any] | None = None,
                  compute_target: Any = None, environment: Any = None,
                  max_run_duration_seconds: float | None = None, **kwargs: Any) -> None:
+        kwargs = validation.warn_ignored("ScriptRunConfig", kwargs, AZURE_SCRIPT_RUN_IGNORED)
         validation.check_kwargs("ScriptRunConfig", kwargs, known=_SCRIPT_RUN_ARGS, ignored=AZURE_SCRIPT_RUN_ONLY)
         self.source_directory, self.script = _check_source(source_directory, script, "script")
-        self.arguments = _arguments(arguments)
+        self.arguments = script_arguments(arguments)
         pool_name(compute_target)
         self.compute_target = compute_target
         self._env = _environment(environment)
@@ -214,6 +245,9 @@ class ScriptRunConfig:
 
 
 _ESTIMATOR_ARGS = ("source_directory", "entry_script", "script_params", "compute_target", "pip_packages",
-                   "conda_packages", "environment_variables", "max_run_duration_seconds", "use_docker")
+                   "conda_packages", "environment_variables", "max_run_duration_seconds", "use_docker",
+                  "environment_definition")
+_ESTIMATOR_FILES = ("pip_requirements_file", "pip_requirements_file_path", "conda_dependencies_file",
+                    "conda_dependencies_file_path")
 _SCRIPT_RUN_ARGS = ("source_directory", "script", "arguments", "compute_target", "environment",
                     "max_run_duration_seconds")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, validation
+from cluster.datareference import display_argument
 from cluster.errors import UsageError
 from cluster.records import RunRecord, RunSpec, RunStatus, now_iso
 from cluster.snapshot import build_snapshot, fingerprint
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
     from cluster.run import Run
     from cluster.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 class Experiment:
@@ -34,6 +37,10 @@ class Experiment:
     def _repr_html_(self) -> str:
         return f"<b>Experiment</b> {self.name} in workspace {self.workspace.name}"
 
+    def resubmit(self, run: Run, arguments: Any = None, tags: Mapping[str, str] | None = None) -> Run:
+        """``run.resubmit(...)``: see :func:`resubmit_run`."""
+        return resubmit_run(run, arguments, tags)
+
     def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
         """Queue a run (Estimator / ScriptRunConfig) or a sweep (HyperDriveConfig); returns at once."""
         validation.check_kwargs("Experiment.submit", kwargs, known=("config", "tags"))
@@ -48,16 +55,42 @@ class Experiment:
         check_data_references(self.workspace, rc.arguments)
         return submit_run(self, rc, tags=tag_map)
 
-    def get_runs(self, include_children: bool = False) -> Iterator[Run]:
+    def get_runs(self, include_children: bool = False, tags: Any = None, properties: Any = None,
+                 type: str | None = None, status: str | None = None) -> Iterator[Run]:
         """Runs of this experiment, newest first (read from the object store: survives a Redis wipe).
-        With ``include_children`` a sweep's child runs are listed too."""
+        With ``include_children`` a sweep's child runs are listed too. As in Azure, ``tags`` / ``properties``
+        (a name, a list of names, or a dict of name -> value or None), ``type`` ('azureml.scriptrun' or
+        'hyperdrive') and ``status`` ('Completed', ...) keep only the runs that match all of them."""
+        from cluster import runinfo
+        from cluster.records import RunStatus
         from cluster.run import Run
 
+        want_tags, want_props = runinfo.tag_filter(tags), runinfo.tag_filter(properties)
+        want_type = runinfo.check_type(type)
+        if status is not None:
+            try:
+                status = RunStatus(status).value
+            except ValueError:
+                raise UsageError(f"unknown status {status!r}",
+                                 hint=f"one of {', '.join(s.value for s in RunStatus)}") from None
         runs = self.workspace.runs
         ids = runs.list_all_run_ids(self.name) if include_children else runs.list_run_ids(self.name)
-        ids.sort(key=_run_sort_key, reverse=True)
+        ids.sort(key=run_sort_key, reverse=True)
+        filtered = any(x is not None for x in (tags, properties, type, status))
         for run_id in ids:
-            yield Run(self, run_id)
+            run = Run.get(self.workspace, run_id) if filtered else Run(self, run_id)
+            if filtered:
+                record = runs.record(run_id)
+                if status is not None and record.status.value != status:
+                    continue
+                if want_type is not None and runinfo.run_type(record) != want_type:
+                    continue
+                if tags is not None and not want_tags(runinfo.get_tags(self.workspace.store, record.prefix, record)):
+                    continue
+                if properties is not None and not want_props(runinfo.get_properties(self.workspace.store,
+                                                                                    record.prefix)):
+                    continue
+            yield run
 
 
 def check_data_references(ws: Workspace, arguments: Any) -> None:
@@ -70,7 +103,7 @@ def check_data_references(ws: Workspace, arguments: Any) -> None:
             ws.datastore(ref.datastore).check_reference(ref)
 
 
-def _run_sort_key(run_id: str) -> tuple[int, str]:
+def run_sort_key(run_id: str) -> tuple[int, str]:
     parts = run_id.rsplit("_", 2)
     try:
         return int(parts[-2]), run_id
@@ -98,10 +131,15 @@ def upload_snapshot(ws: Workspace, rc: RunConfiguration) -> str:
 
 
 def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, str],
-               parent: RunRecord | None = None, snapshot: str | None = None) -> Run:
+               parent: RunRecord | None = None, snapshot: str | None = None,
+               properties: Mapping[str, str] | None = None) -> Run:
     from cluster.run import Run
 
     ws = experiment.workspace
+    if properties is None and parent is None:  # the Git state of the source, recorded as Azure does
+        from cluster import runinfo
+
+        properties = runinfo.git_properties(rc.source_directory)
     layout.check_name("pool", rc.pool)
     digest = snapshot or upload_snapshot(ws, rc)
     run_id = new_run_id(experiment.name)
@@ -113,7 +151,9 @@ def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, 
                    parent_id=parent.run_id if parent else None, prefix=prefix, submitted_at=now_iso())
     record = RunRecord(run_id=run_id, experiment=experiment.name, status=RunStatus.QUEUED, prefix=prefix,
                        pool=rc.pool, tags=tags, parent_id=spec.parent_id,
-                       arguments=tuple(_display(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
+                       arguments=tuple(display_argument(a) for a in rc.arguments)).with_status(RunStatus.QUEUED)
+    if properties:  # before the run is queued: a reader never sees the run without them
+        ws.store.put_json(prefix + layout.RUN_PROPERTIES, dict(properties))
     ws.runs.create(spec, record)
     ws.enqueue(run_id, rc.pool)
     if parent is None:  # a sweep's children are submitted by the controller: nobody reads a note there
@@ -121,10 +161,31 @@ def submit_run(experiment: Experiment, rc: RunConfiguration, *, tags: dict[str, 
     return Run(experiment, run_id)
 
 
-def _display(arg: Any) -> str:
-    from cluster.datareference import DataReference
+def resubmit_run(run: Run, arguments: Any = None, tags: Mapping[str, str] | None = None) -> Run:
+    """A new run from ``run``'s spec: its snapshot, packages, variables, data references and pool; ``arguments``
+    (a list) replace the original ones when given. Linked: the new run's ``resubmitted_from`` property."""
+    from pathlib import Path
 
-    return str(DataReference.from_dict(arg)) if DataReference.is_reference(arg) else str(arg)
+    from cluster.estimator import RunConfiguration, script_arguments
+
+    ws = run.experiment.workspace
+    spec = ws.runs.spec(run.id)
+    args = tuple(spec.arguments) if arguments is None else tuple(script_arguments(arguments))
+    rc = RunConfiguration(Path("."), spec.entry_script, args, spec.pool, spec.pip_packages, spec.conda_packages,
+                          dict(spec.environment_variables), spec.max_run_duration_seconds)
+    check_data_references(ws, rc.arguments)
+    tag_map = {**{k: v for k, v in spec.tags.items() if k != "kind"},
+               **validation.string_map("tags", tags, keys="tag name")}
+    new = submit_run(run.experiment, rc, tags=tag_map, snapshot=spec.snapshot,
+                     properties={"resubmitted_from": run.id, **_source_properties(ws, spec.prefix)})
+    return new
+
+
+def _source_properties(ws: Workspace, prefix: str) -> dict[str, str]:
+    """The Git properties recorded for a run's source (a resubmitted run ran the same snapshot)."""
+    from cluster import runinfo
+
+    return {k: v for k, v in runinfo.get_properties(ws.store, prefix).items() if k.startswith("git.")}
 
 
 def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
@@ -137,5 +198,5 @@ def _warn_if_no_nodes(ws: Workspace, pool: str) -> None:
         if ws.redis.hget(layout.rk_node(str(name)), "pool") == pool:
             ws.served_pools.add(pool)
             return
-    print(f"note: no node is serving pool {pool!r} yet; the run waits in the queue until one starts "
-          f"(`cluster worker --pool {pool}`, or create the pool as a compute target)", file=sys.stderr)
+    log.warning("note: no node is serving pool %r yet; the run waits in the queue until one starts "
+                "(`cluster worker --pool %s`, or create the pool as a compute target)", pool, pool)

@@ -8,6 +8,7 @@ or Redis wiped) the archived ``logs/driver.log`` is read instead.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,32 +17,19 @@ from typing import IO, Any
 
 import redis
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import NotFoundError
 from cluster.objectstore import ObjectStore
 
-STREAM_TTL_SECONDS = 24 * 3600
+STREAM_TTL_SECONDS = layout.finished_ttl_seconds()  # the log is archived before: as long as the run's hash
 #: the live stream keeps about this many lines (XADD MAXLEN ~); the archived driver.log keeps every line
 STREAM_MAX_LINES = 100_000
 FLUSH_LINES = 500
 FLUSH_SECONDS = 0.2
 
 
-# Fenced append: the lines (ARGV[3..], pairs of stream and text; "eof" ends the log) are added only while the
-# attempt's lease token (ARGV[1]) is the run's; returns how many were added (-1: the lease is not ours).
-_FENCED_XADD = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-local n = 0
-for i = 3, #ARGV, 2 do
-  if ARGV[i] == 'eof' then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'eof', '1')
-  else
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[i], 'l', ARGV[i + 1])
-  end
-  n = n + 1
-end
-return n
-"""
+# Fenced append (lua/fenced_xadd.lua): the lines are added only while the attempt's lease token is the run's.
+_FENCED_XADD = luascript.read("cluster", "fenced_xadd.lua")
 
 
 class LogWriter:
@@ -63,6 +51,9 @@ class LogWriter:
         self._pending: list[dict[str, str]] = []
         self._last_flush = time.monotonic()
         self.enabled = True  # turned off when the attempt loses its lease (fencing)
+        self.done = False  # closed: the stream ended (or was fenced off)
+        self.file_error: OSError | None = None  # the local file could not be written (a full disk)
+        self.lines_not_in_file = 0
         self._lock = threading.Lock()
         self._closed = threading.Event()
         # a quiet script's last line must not wait for the next one: flush on a timer too
@@ -77,9 +68,21 @@ class LogWriter:
                 except Exception:  # Redis blip: lines stay pending and go with the next flush
                     continue
 
+    def _to_file(self, text: str) -> None:
+        """The local copy (archived at the end). A full disk must not stop the run's log: the stream goes on,
+        and the archive says how many lines it misses."""
+        if self.file_error is not None:
+            self.lines_not_in_file += 1
+            return
+        try:
+            self._file.write(text + "\n")
+        except OSError as e:
+            self.file_error = e
+            self.lines_not_in_file += 1
+
     def line(self, stream: str, text: str) -> None:
         with self._lock:
-            self._file.write(text + "\n")
+            self._to_file(text)
             # o: stdout, e: stderr, x: the node's own lines (a reader may colour them apart)
             self._pending.append({"s": {"stdout": "o", "stderr": "e"}.get(stream, stream[:1]), "l": text})
             due = len(self._pending) >= FLUSH_LINES or time.monotonic() - self._last_flush > FLUSH_SECONDS
@@ -91,8 +94,11 @@ class LogWriter:
 
     def flush(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
+            if not self._file.closed and self.file_error is None:
+                try:
+                    self._file.flush()
+                except OSError as e:
+                    self.file_error = e
             pending, self._pending = self._pending, []
             self._last_flush = time.monotonic()
             if pending and self.enabled:
@@ -108,24 +114,31 @@ class LogWriter:
                     self.enabled = False  # fenced: another attempt holds the run
 
     def close(self) -> None:
+        """Flush, close the file, and end the stream (``eof``, fenced). Safe to call again: after a Redis error
+        it retries what did not happen; once closed it does nothing."""
+        if self.done:
+            return
         self._closed.set()
         self._flusher.join()
         self.flush()
-        self._file.close()  # closing twice is fine: close() is retried when Redis does not answer
+        with contextlib.suppress(OSError):  # a full disk: file_error already says so
+            self._file.close()  # closing twice is fine: close() is retried when Redis does not answer
         if self.enabled and self._append(keys=[self.key, self._lease_key], args=[self.token, STREAM_MAX_LINES,
                                                                                  "eof", ""]) != -1:
             self.r.expire(self.key, STREAM_TTL_SECONDS)
         else:
             self.enabled = False
+        self.done = True
 
 
-def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, after: str = "0-0",
+def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str | Callable[[], str], *, after: str = "0-0",
            is_final: Callable[[], bool], poll_ms: int = 1000,
            deadline: float | None = None) -> Iterator[tuple[str, str]]:
     """Yield ``(entry_id, line)`` from ``after`` on until the run's log ends (or ``time.monotonic()`` passes
     ``deadline``, even while the run prints nothing or has not started).
 
-    Falls back to the archived log when the live stream does not exist and the run is final.
+    Falls back to the archived log when the live stream does not exist and the run is final; ``prefix`` is the
+    folder of the run's files (the committed attempt's), or a function returning it, asked only then.
     """
     key = layout.rk_run_log(run_id)
     last = after
@@ -143,7 +156,8 @@ def follow(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, afte
             continue
         if not r.exists(key) and is_final():
             if last == "0-0":  # never saw the live stream: read the archive
-                yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, prefix)))
+                folder = prefix() if callable(prefix) else prefix
+                yield from ((f"archive-{i}", line) for i, line in enumerate(archived(store, folder)))
             return
         if is_final():
             # Final, the stream is there, but no eof. The node writes eof before the final status, so one more
@@ -159,3 +173,12 @@ def archived(store: ObjectStore, prefix: str) -> list[str]:
         return store.get_bytes(prefix + layout.RUN_DRIVER_LOG).decode("utf-8", "replace").splitlines()
     except NotFoundError:
         return []
+
+
+def lines_so_far(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str) -> list[str]:
+    """The whole log if it is archived (the run ended), else what the live stream holds so far."""
+    lines = archived(store, prefix)
+    if not lines:
+        entries: Any = r.xrange(layout.rk_run_log(run_id))
+        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    return lines

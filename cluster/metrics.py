@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # train.py imports this module (through Run.get_context): no 
 
     from cluster.objectstore import ObjectStore
 
-KINDS = ("scalar", "list", "row")
-
 
 def check_value(name: str, value: Any) -> Any:
     """Metric values must be JSON numbers, strings or bools (numpy scalars converted)."""
@@ -39,8 +37,12 @@ def check_value(name: str, value: Any) -> Any:
 
 
 def aggregate(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The run's own metrics: control events (``run.fail``, ``run.child_run``) and a child run's events are not
+    among them (see :func:`children`)."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for e in events:
+        if e.get("kind") == "control" or e.get("child"):
+            continue
         grouped.setdefault(e["name"], []).append(e)
     out: dict[str, Any] = {}
     for name, evs in grouped.items():
@@ -81,3 +83,36 @@ def read(r: redis.Redis, store: ObjectStore, run_id: str, prefix: str, *, final:
             return events
     live = live_events(r, run_id)
     return live if live is not None else stored_events(store, prefix)
+
+
+def declared_failure(events: Iterable[dict[str, Any]]) -> str | None:
+    """The message of the script's ``run.fail(...)`` (the last one), or None if it never called it."""
+    message = None
+    for e in events:
+        if e.get("kind") == "control" and e.get("name") == "status" and not e.get("child"):
+            message = str(e.get("message") or "the script marked the run as failed") if e.get("value") == "Failed" \
+                else None
+    return message
+
+
+def children(events: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The child runs a script made with ``run.child_run(name)``, in order: name -> ``{"status", "error",
+    "metrics"}``. A child is Completed unless it called ``fail``."""
+    out: dict[str, dict[str, Any]] = {}
+    own: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        child = e.get("child")
+        if e.get("kind") == "control" and e.get("name") == "child" and not child:
+            out.setdefault(str(e.get("value")), {"status": "Completed", "error": None})
+            continue
+        if not child:
+            continue
+        entry = out.setdefault(str(child), {"status": "Completed", "error": None})
+        if e.get("kind") == "control" and e.get("name") == "status":
+            entry["status"] = "Failed" if e.get("value") == "Failed" else "Completed"
+            entry["error"] = e.get("message") if e.get("value") == "Failed" else None
+        else:
+            own.setdefault(str(child), []).append({k: v for k, v in e.items() if k != "child"})
+    for name, entry in out.items():
+        entry["metrics"] = aggregate(own.get(name, []))
+    return out

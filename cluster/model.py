@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from minio.commonconfig import CopySource
-
-from cluster import layout, validation
+from cluster import layout, luascript, validation
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.records import now_iso
 
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
     from cluster.run import Run
     from cluster.workspace import Workspace
 
-MODEL_RECORD = "model.json"
+MODEL_RECORD = layout.MODEL_RECORD
 
 
 @dataclass(frozen=True)
@@ -96,19 +94,20 @@ class Model:
         rel = model_path.replace("\\", "/").strip("/")
         if not rel or any(p == ".." for p in rel.split("/")):
             raise UsageError(f"model_path {model_path!r} must be a file or folder of the run, e.g. 'outputs/model.pkl'")
-        sources = [o for o in ws.store.list(run.prefix + rel) if o.key == run.prefix + rel
-                   or o.key.startswith(run.prefix + rel + "/")]
+        folder = run.files_prefix()  # the committed attempt's folder
+        sources = [o for o in ws.store.list(folder + rel) if o.key == folder + rel
+                   or o.key.startswith(folder + rel + "/")]
         if not sources:
             raise NotFoundError(f"run {run.id} has no file or folder {model_path!r}",
                                 hint=f"its files: {', '.join(run.get_file_names()) or '(none)'}")
         version = _next_version(ws, model_name)
         base = layout.model_prefix(model_name, version)
         files: dict[str, str] = {}
-        single = len(sources) == 1 and sources[0].key == run.prefix + rel
+        single = len(sources) == 1 and sources[0].key == folder + rel
         for obj in sources:
-            name = Path(rel).name if single else obj.key[len(run.prefix + rel) + 1:]
-            ws.store.client.copy_object(ws.store.bucket, f"{base}files/{name}", CopySource(ws.store.bucket, obj.key))
-            info = ws.store.stat(f"{base}files/{name}")
+            name = Path(rel).name if single else obj.key[len(folder + rel) + 1:]
+            ws.store.copy(obj.key, f"{base}{layout.MODEL_FILES_DIR}{name}")
+            info = ws.store.stat(f"{base}{layout.MODEL_FILES_DIR}{name}")
             files[name] = (info.sha256 if info and info.sha256 else "")
         record = ModelRecord(name=model_name, version=version, files=files, run_id=run.id,
                              experiment=run.experiment.name, model_path=model_path, tags=dict(tags or {}),
@@ -116,11 +115,96 @@ class Model:
         ws.store.put_json(base + MODEL_RECORD, record.to_dict())
         return cls(ws, model_name, version)
 
+    @classmethod
+    def register(cls, workspace: Workspace, model_path: str | os.PathLike[str], model_name: str,
+                 tags: dict[str, str] | None = None, description: str | None = None, **kwargs: Any) -> Model:
+        """Register a local file or folder as the next version of ``model_name`` (Azure's ``Model.register``)."""
+        from cluster.objectstore import file_sha256
+
+        if not hasattr(type(workspace), "store"):
+            raise UsageError(f"Model.register: workspace must be a Workspace, got {type(workspace).__name__}")
+        kwargs = validation.warn_ignored("Model.register", kwargs, AZURE_REGISTER_IGNORED)
+        validation.check_kwargs("Model.register", kwargs, known=("workspace", "model_path", "model_name", "tags",
+                                                                 "description"))
+        layout.check_name("model", model_name)
+        source = validation.path_like("model_path", model_path)
+        tags = validation.string_map("tags", tags, keys="tag name")
+        if description is not None and not isinstance(description, str):
+            raise UsageError(f"description must be a string, got {type(description).__name__}")
+        if source.is_file():
+            files = {source.name: source}
+        elif source.is_dir():
+            files = {f.relative_to(source).as_posix(): f for f in sorted(source.rglob("*"))
+                     if f.is_file() and not f.is_symlink()}
+            if not files:
+                raise UsageError(f"model_path {source} is an empty folder")
+        else:
+            raise NotFoundError(f"model_path {source} is neither a file nor a folder",
+                                hint="give a local file or folder (a run's file: run.register_model(...))")
+        version = _next_version(workspace, model_name)
+        base = layout.model_prefix(model_name, version)
+        digests = {}
+        for rel, path in files.items():
+            digests[rel] = file_sha256(path)
+            workspace.store.put_file(f"{base}files/{rel}", path, sha256=digests[rel])
+        record = ModelRecord(name=model_name, version=version, files=digests, run_id=None, experiment=None,
+                             model_path=str(model_path), tags=dict(tags or {}), description=description,
+                             created_time=now_iso())
+        workspace.store.put_json(base + MODEL_RECORD, record.to_dict())
+        return cls(workspace, model_name, version)
+
+    @staticmethod
+    def get_model_path(model_name: str, version: int | None = None, _workspace: Workspace | None = None) -> str:
+        """A local path of the model's files: downloaded once into ``./azureml-models/<name>/<version>/`` (as Azure
+        does outside a deployment). The file itself when the model is one file."""
+        if _workspace is None:
+            from cluster.workspace import Workspace
+
+            _workspace = Workspace.from_config()
+        model = Model(_workspace, model_name, version)
+        target = Path("azureml-models") / model.name / str(model.version)
+        paths = [target / rel for rel in model.files]
+        if not all(p.is_file() for p in paths):
+            model.download(target, exist_ok=True)
+        return str(paths[0]) if len(paths) == 1 else str(target)
+
+    def add_tags(self, tags: dict[str, str]) -> None:
+        """Add or change tags of this version."""
+        self._update(tags={**self._record.tags, **validation.string_map("tags", tags, keys="tag name")})
+
+    def remove_tags(self, tags: list[str]) -> None:
+        self._update(tags={k: v for k, v in self._record.tags.items() if k not in set(tags)})
+
+    def add_properties(self, properties: dict[str, str]) -> None:
+        self.add_tags(properties)  # a model's properties are its tags here (docs/porting.md)
+
+    def update(self, description: str | None = None, tags: dict[str, str] | None = None) -> None:
+        changes: dict[str, Any] = {}
+        if description is not None:
+            changes["description"] = validation.text("description", description, empty=True)
+        if tags is not None:
+            changes["tags"] = validation.string_map("tags", tags, keys="tag name")
+        self._update(**changes)
+
+    def _update(self, **changes: Any) -> None:
+        from dataclasses import replace
+
+        self._record = replace(self._record, **changes)
+        self.workspace.store.put_json(layout.model_prefix(self.name, self.version) + MODEL_RECORD,
+                                      self._record.to_dict())
+
+    def delete(self) -> None:
+        """Delete this version (its record first, so it is gone for readers at once, then its files)."""
+        base = layout.model_prefix(self.name, self.version)
+        self.workspace.store.delete(base + MODEL_RECORD)
+        for obj in self.workspace.store.list(base):
+            self.workspace.store.delete(obj.key)
+
     @staticmethod
     def list(workspace: Workspace, name: str | None = None) -> list[Model]:
         if name is not None:
             layout.check_name("model", name)
-        names = [name] if name else workspace.store.list_dirs("models/")
+        names = [name] if name else workspace.store.list_dirs(layout.MODELS_PREFIX)
         out = []
         for n in names:
             for v in _versions(workspace, n):
@@ -130,7 +214,7 @@ class Model:
     def download(self, target_dir: str | os.PathLike[str] = ".", exist_ok: bool = False) -> str:
         """Copy the model's files into ``target_dir``; returns the path (the file if there is only one)."""
         target = validation.local_dir_target("model download target_dir", target_dir)
-        base = layout.model_prefix(self.name, self.version) + "files/"
+        base = layout.model_prefix(self.name, self.version) + layout.MODEL_FILES_DIR
         paths = []
         for rel in self.files:
             dest = target / rel
@@ -139,6 +223,12 @@ class Model:
             self.workspace.store.get_file(base + rel, dest)
             paths.append(dest)
         return str(paths[0]) if len(paths) == 1 else str(target)
+
+
+#: Azure's Model.register arguments with no effect here: one warning each, then ignored
+AZURE_REGISTER_IGNORED = ("properties", "model_framework", "model_framework_version", "datasets",
+                          "sample_input_dataset", "sample_output_dataset", "resource_configuration",
+                          "child_paths", "description_extended", "upload_pinned", "asset_id")
 
 
 def _versions(ws: Workspace, name: str, *, complete: bool = True) -> list[int]:
@@ -161,15 +251,11 @@ def _latest(ws: Workspace, name: str) -> int | None:
     return versions[-1] if versions else None
 
 
-_RESERVE = """
-local stored = tonumber(ARGV[1])
-local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
-if cur < stored then redis.call('SET', KEYS[1], stored) end
-return redis.call('INCR', KEYS[1])
-"""
+#: reserve the next version of a model (or an environment): an atomic counter reconciled with the store
+RESERVE_VERSION = luascript.read("cluster", "reserve_model_version.lua")
 
 
 def _next_version(ws: Workspace, name: str) -> int:
     """Atomic: the counter never falls below what the object store already holds."""
     stored = max(_versions(ws, name, complete=False), default=0)
-    return int(ws.redis.eval(_RESERVE, 1, layout.rk_model_version(name), stored))
+    return int(ws.redis.eval(RESERVE_VERSION, 1, layout.rk_model_version(name), stored))

@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from cluster.errors import PayloadError
+from cluster import layout
+from cluster.errors import PayloadError, TransitionError
 
 
 class RunStatus(StrEnum):
@@ -32,21 +33,34 @@ class RunStatus(StrEnum):
 FINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED})
 
 # Which status may follow which. The node, not the script, decides; a canceled or finished run stays so.
+# ``-> Queued`` from a live state is a retry (node lost or stopping); ``-> Preparing`` from a live state is a new
+# attempt that took the lease of one whose node died. Every status change goes through
+# :meth:`RunRecord.with_status`, which enforces this table.
+_LIVE_RETRY = frozenset({RunStatus.QUEUED, RunStatus.PREPARING})
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.QUEUED: frozenset({RunStatus.PREPARING, RunStatus.CANCELED, RunStatus.FAILED}),
-    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED,
-                                    RunStatus.QUEUED}),
-    RunStatus.RUNNING: frozenset({RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
-    RunStatus.FINALIZING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.QUEUED}),
+    RunStatus.PREPARING: frozenset({RunStatus.RUNNING, RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED})
+    | _LIVE_RETRY,
+    RunStatus.RUNNING: frozenset({RunStatus.FINALIZING, RunStatus.FAILED, RunStatus.CANCELED}) | _LIVE_RETRY,
+    RunStatus.FINALIZING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}) | _LIVE_RETRY,
     RunStatus.COMPLETED: frozenset(),
     RunStatus.FAILED: frozenset(),
     RunStatus.CANCELED: frozenset(),
 }
 
+#: the ``kind`` tag of a sweep's parent run, which no node executes: the controller moves it from Queued to Running
+#: at submit, and to a final status when the sweep ends
+KIND_SWEEP = "sweep"
+SWEEP_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.QUEUED: frozenset({RunStatus.RUNNING, RunStatus.CANCELED, RunStatus.FAILED}),
+    RunStatus.RUNNING: frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED}),
+    **{s: frozenset() for s in (RunStatus.PREPARING, RunStatus.FINALIZING, *FINAL_STATUSES)},
+}
 
-def can_transition(current: RunStatus, new: RunStatus) -> bool:
-    """Pure: is ``current -> new`` allowed? (``-> Queued`` from a live state is a retry after node loss.)"""
-    return new in TRANSITIONS[current]
+
+def can_transition(current: RunStatus, new: RunStatus, *, sweep: bool = False) -> bool:
+    """Pure: is ``current -> new`` allowed (for a sweep's parent run with ``sweep``)? Staying put always is."""
+    return new == current or new in (SWEEP_TRANSITIONS if sweep else TRANSITIONS)[current]
 
 
 def now_iso(t: float | None = None) -> str:
@@ -98,7 +112,8 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunError:
-    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure' or 'node-lost'."""
+    """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure', 'node-lost', 'storage' (the object
+    store or Redis did not answer for longer than the node retries) or 'disk' (the node's disk ran full)."""
 
     kind: str
     message: str
@@ -132,8 +147,25 @@ class RunRecord:
     parent_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     attempts: tuple[dict[str, Any], ...] = ()  # history: attempt, node, outcome
+    #: the attempt whose files (outputs, logs, metrics archive) are the run's result; set by the attempt's final,
+    #: fenced write, so it names exactly one attempt that finished and uploaded everything
+    committed: int | None = None
+
+    @property
+    def files_prefix(self) -> str:
+        """Where readers find the run's files: the committed attempt's folder. Runs stored before attempts had
+        their own folders (and runs with no committed attempt) use the run's folder."""
+        return f"{self.prefix}{layout.attempt_dir(self.committed)}" if self.committed else self.prefix
 
     def with_status(self, status: RunStatus, *, at: float | None = None, **changes: Any) -> RunRecord:
+        """The record in ``status`` (entered at ``at``, now by default); raises :class:`TransitionError` unless
+        the state machine allows the change."""
+        sweep = self.tags.get("kind") == KIND_SWEEP
+        if not can_transition(self.status, status, sweep=sweep):
+            raise TransitionError(f"run {self.run_id}: {self.status.value} -> {status.value} is not a valid "
+                                  f"{'sweep ' if sweep else ''}run status change",
+                                  hint="a finished run stays finished, and a node moves a run Queued -> Preparing -> "
+                                  "Running -> Finalizing -> Completed (records.TRANSITIONS)")
         stamps = dict(self.timestamps)
         stamps.setdefault(status.value, now_iso(at))
         return replace(self, status=status, timestamps=stamps, **changes)
@@ -144,6 +176,7 @@ class RunRecord:
             "pool": self.pool, "attempt": self.attempt, "node": self.node, "timestamps": dict(self.timestamps),
             "error": self.error.to_dict() if self.error else None, "arguments": list(self.arguments),
             "parent_id": self.parent_id, "tags": dict(self.tags), "attempts": list(self.attempts),
+            "committed": self.committed,
         }
 
     @classmethod
@@ -167,3 +200,8 @@ def _from_dict(cls: Any, data: Any) -> Any:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as e:
         raise PayloadError(f"bad {cls.__name__} payload: {e}") from e
+
+
+def is_sweep(record: RunRecord) -> bool:
+    """A sweep's parent run (tag ``kind=sweep``, no parent): it is driven by the controller, not run by a node."""
+    return record.tags.get("kind") == KIND_SWEEP and record.parent_id is None

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, runinfo
 from cluster.context import get_context as _get_context
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunRecord, RunStatus
@@ -35,6 +35,16 @@ class Run:
         """The live run when launched by a node, else an offline run that prints what it logs."""
         return _get_context()
 
+    @classmethod
+    def get(cls, workspace: Any, run_id: str) -> Run:
+        """Any run by id alone (Azure's ``Run.get(ws, run_id)``); a sweep comes back as a HyperDriveRun."""
+        from cluster import validation
+
+        if not hasattr(type(workspace), "get_run"):
+            raise UsageError(f"Run.get: workspace must be a Workspace, got {type(workspace).__name__}")
+        run: Run = workspace.get_run(validation.run_id(run_id))
+        return run
+
     # -- plumbing ---------------------------------------------------------------------------------
     @property
     def _ws(self) -> Any:
@@ -48,6 +58,10 @@ class Run:
 
     def _record(self) -> RunRecord:
         return self._ws.runs.record(self.id)
+
+    def files_prefix(self) -> str:
+        """The committed attempt's folder (see ``RunRecord.files_prefix``): what readers show as the run's files."""
+        return str(_ride_through(lambda: self._record().files_prefix, None))
 
     # -- status and details -----------------------------------------------------------------------
     def get_status(self) -> str:
@@ -68,11 +82,13 @@ class Run:
             "endTimeUtc": next((stamps[s.value] for s in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED)
                                 if s.value in stamps), None),
             "timestamps": dict(stamps), "snapshot": spec.snapshot, "script": spec.entry_script,
-            "arguments": list(rec.arguments), "tags": dict(rec.tags), "parent": rec.parent_id,
+            "arguments": list(rec.arguments), "tags": runinfo.get_tags(self._ws.store, rec.prefix, rec),
+            "parent": rec.parent_id,
             "error": rec.error.to_dict() if rec.error else None, "attempts": list(rec.attempts),
             "isolation": rec.attempts[-1].get("isolation") if rec.attempts else None,
             "host": rec.attempts[-1].get("host") if rec.attempts else None,  # the node's host name
             "prefix": f"{self._ws.settings.cluster_bucket}/{rec.prefix}",
+            "properties": runinfo.details_properties(self._ws.store, rec.prefix),
         }
 
     def wait_for_completion(self, show_output: bool = False, timeout: float | None = None,
@@ -119,7 +135,7 @@ class Run:
         runs, last, failing_since = self._ws.runs, after, None
         while True:
             try:
-                for entry_id, line in logstream.follow(self._ws.redis, self._ws.store, self.id, self.prefix,
+                for entry_id, line in logstream.follow(self._ws.redis, self._ws.store, self.id, self.files_prefix,
                                                        after=last, poll_ms=poll_ms, deadline=deadline,
                                                        is_final=lambda: runs.status(self.id).is_final):
                     failing_since = None
@@ -145,8 +161,9 @@ class Run:
         from cluster import metrics
 
         def read() -> dict[str, Any]:
-            final = self._ws.runs.status(self.id).is_final
-            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, self.prefix, final=final))
+            record = self._record()
+            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, record.files_prefix,
+                                                  final=record.status.is_final))
 
         values = _ride_through(read, None)
         if name is not None:
@@ -156,9 +173,10 @@ class Run:
     # -- files ------------------------------------------------------------------------------------
     def get_file_names(self) -> list[str]:
         """outputs/... and logs/... of the run (what the node uploaded)."""
+        prefix = self.files_prefix()
         names = []
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
-            names += [o.key[len(self.prefix):] for o in self._ws.store.list(f"{self.prefix}{folder}/")]
+            names += [o.key[len(prefix):] for o in self._ws.store.list(f"{prefix}{folder}/")]
         return sorted(names)
 
     def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> str:
@@ -169,9 +187,10 @@ class Run:
             else Path(Path(rel).name)
         if target.is_dir():
             target = target / Path(rel).name
-        if not self._ws.store.exists(self.prefix + rel):
+        prefix = self.files_prefix()
+        if not self._ws.store.exists(prefix + rel):
             raise NotFoundError(f"run {self.id} has no file {rel!r}", hint="see run.get_file_names()")
-        self._ws.store.get_file(self.prefix + rel, target)
+        self._ws.store.get_file(prefix + rel, target)
         return str(target)
 
     def download_files(self, prefix: str | None = None,
@@ -186,12 +205,53 @@ class Run:
             raise NotFoundError(f"run {self.id} has no files under {rel!r}",
                                 hint=f"its files: {', '.join(names[:10]) or '(none)'}"
                                 + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
-        paths = []
+        paths, files = [], self.files_prefix()
         for name in chosen:
             target = out / name
-            self._ws.store.get_file(self.prefix + name, target)
+            self._ws.store.get_file(files + name, target)
             paths.append(str(target))
         return paths
+
+    # -- tags and properties ----------------------------------------------------------------------
+    def tag(self, key: str, value: Any = None) -> None:
+        """Set one tag (Azure's ``run.tag``; a tag without a value is the empty string)."""
+        runinfo.set_tags(self._ws.store, self.prefix, {key: "" if value is None else value})
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        """Add or change several tags; a value of None removes that tag."""
+        runinfo.set_tags(self._ws.store, self.prefix, tags)
+
+    def remove_tags(self, tags: list[str]) -> None:
+        runinfo.set_tags(self._ws.store, self.prefix, dict.fromkeys(tags))
+
+    def get_tags(self) -> dict[str, str]:
+        return runinfo.get_tags(self._ws.store, self.prefix, self._record())
+
+    def add_properties(self, properties: dict[str, Any]) -> None:
+        """Add properties: immutable once set (ConflictError), as in Azure."""
+        runinfo.add_properties(self._ws.store, self.prefix, properties)
+
+    def get_properties(self) -> dict[str, str]:
+        """The run's properties (``git.commit``, ``git.dirty``, ... recorded at submit, plus those added)."""
+        return runinfo.get_properties(self._ws.store, self.prefix)
+
+    @property
+    def parent(self) -> Run | None:
+        parent_id = self._record().parent_id
+        return None if parent_id is None else Run.get(self._ws, parent_id)
+
+    def get_children(self) -> list[Any]:
+        """Child runs the script made with ``run.child_run(name)`` (a sweep's children: HyperDriveRun)."""
+        from cluster.childrun import script_children
+
+        return script_children(self)
+
+    # -- re-run -----------------------------------------------------------------------------------
+    def resubmit(self, arguments: Any = None, tags: dict[str, str] | None = None) -> Run:
+        """Run this run again: the same snapshot, environment, data and pool, new ``arguments`` if given. The new
+        run's ``resubmitted_from`` property names this one."""
+        run: Run = self.experiment.resubmit(self, arguments, tags)
+        return run
 
     # -- models -----------------------------------------------------------------------------------
     def register_model(self, model_name: str, model_path: str, tags: dict[str, str] | None = None,
@@ -199,10 +259,8 @@ class Run:
         from cluster import validation
         from cluster.model import Model
 
-        azure_only = ("properties", "model_framework", "model_framework_version", "datasets", "sample_input_dataset",
-                      "sample_output_dataset", "resource_configuration")  # metadata with no effect here
-        validation.check_kwargs("register_model", {k: v for k, v in kwargs.items() if k not in azure_only},
-                                known=("model_name", "model_path", "tags", "description", *azure_only))
+        kwargs = validation.warn_ignored("register_model", kwargs, AZURE_REGISTER_MODEL_IGNORED)
+        validation.check_kwargs("register_model", kwargs, known=("model_name", "model_path", "tags", "description"))
 
         return Model.register_from_run(self, model_name, model_path, tags=tags, description=description)
 
@@ -223,6 +281,11 @@ class Run:
         metric_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                               for k, v in self.get_metrics().items())
         return (f"<table>{rows}</table>" + (f"<b>Metrics</b><table>{metric_rows}</table>" if metric_rows else ""))
+
+
+#: Azure's register_model metadata with no effect here: one warning each, then ignored
+AZURE_REGISTER_MODEL_IGNORED = ("properties", "model_framework", "model_framework_version", "datasets",
+                                "sample_input_dataset", "sample_output_dataset", "resource_configuration")
 
 
 def _check_rel(name: str) -> str:

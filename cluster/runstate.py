@@ -15,91 +15,35 @@ from typing import Any
 
 import redis
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import BrokerFullError, NotFoundError, PayloadError
 from cluster.objectstore import ObjectStore
-from cluster.records import FINAL_STATUSES, RunRecord, RunSpec, RunStatus
-
-FINAL = [s.value for s in FINAL_STATUSES]
+from cluster.records import RunRecord, RunSpec, RunStatus
 
 # One round trip per delivery: count it, take the lease, reset the live metrics of a retried attempt, and
 # return the live record and the spec (kept in the hash since submit) so the node reads nothing else.
-_CLAIM = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing', ''} end
-redis.call('HINCRBY', KEYS[1], 'deliveries', 1)
-if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return {'final', st} end
-local holder = redis.call('GET', KEYS[2])
-if holder then return {'held', holder} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-local token = ARGV[1] .. '/' .. attempt
-redis.call('SET', KEYS[2], token, 'PX', ARGV[2])
-redis.call('DEL', KEYS[3])
-return {'ok', token, redis.call('HGET', KEYS[1], 'record') or '', redis.call('HGET', KEYS[1], 'spec') or ''}
-"""
+_CLAIM = luascript.read("cluster", "claim.lua")
 
-_FENCED_WRITE = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[2])
-  redis.call('SREM', KEYS[3], ARGV[5])
-  redis.call('PEXPIRE', KEYS[1], ARGV[6])
-  redis.call('PEXPIRE', KEYS[4], ARGV[6])
-  redis.call('LPUSH', KEYS[5], '1')  -- wake the controller: a sweep may sample its next child now
-  redis.call('LTRIM', KEYS[5], 0, 0)
-end
-return 1
-"""
+_FENCED_WRITE = luascript.read("cluster", "fenced_write.lua")
 
 #: a finished run's live state (hash, metrics stream) stays in Redis this long; then readers use the object
 #: store, where everything is archived (Redis stays bounded however many runs finish)
-FINISHED_TTL_MS = 3600 * 1000
+FINISHED_TTL_MS = layout.finished_ttl_seconds() * 1000
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+_RELEASE = luascript.read("cluster", "release_lease.lua")
 
-_RENEW = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return 1 end
-return 0
-"""
+_RENEW = luascript.read("cluster", "renew_lease.lua")
 
-_CANCEL_QUEUED = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if st == 'Completed' or st == 'Failed' or st == 'Canceled' then return st end
-if st == 'Queued' and redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('HSET', KEYS[1], 'record', ARGV[1], 'status', 'Canceled', 'cancel', '1')
-  redis.call('SREM', KEYS[3], ARGV[2])
-  return 'canceled'
-end
-redis.call('HSET', KEYS[1], 'cancel', '1')
-return 'requested'
-"""
+_CANCEL_QUEUED = luascript.read("cluster", "cancel_queued.lua")
 
-_REQUEUE = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st or st == 'Completed' or st == 'Failed' or st == 'Canceled' then return 0 end
-local holder = redis.call('GET', KEYS[2])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'record', ARGV[2], 'status', ARGV[3])
-if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[5]) end
-return 1
-"""
+_REQUEUE = luascript.read("cluster", "requeue.lua")
 
 
 def _json_bytes(obj: object) -> bytes:
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).encode()
 
 
-def rk_active(pool: str) -> str:
-    """Set of run ids not yet final, per pool (queued + running): what the autoscaler counts."""
-    return f"cluster:pool:{pool}:active"
+rk_active = layout.rk_active  # (built in cluster/layout.py; the name other modules import from here)
 
 
 @dataclass(frozen=True)
@@ -128,14 +72,15 @@ class RunState:
 
     # -- create / read ----------------------------------------------------------------------------
     def create(self, spec: RunSpec, record: RunRecord) -> None:
-        """Submit-time: spec, record and index in the object store first (the system of record), then Redis.
+        """Submit-time: spec, record and index entries in the object store first (the system of record), then Redis.
 
-        The three objects are independent, so they are written concurrently; Redis is seeded only after all
+        The four objects are independent, so they are written concurrently; Redis is seeded only after all
         of them are stored."""
         self.store.put_many([
             (spec.prefix + layout.RUN_SPEC, _json_bytes(spec.to_dict()), "application/json"),
             (spec.prefix + layout.RUN_RECORD, _json_bytes(record.to_dict()), "application/json"),
             (layout.run_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
+            (layout.live_index_key(spec.run_id), spec.prefix.encode(), "text/plain"),
         ])
         try:
             self.seed(record, spec)
@@ -222,9 +167,30 @@ class RunState:
                                           "1" if final else "0", record.run_id, FINISHED_TTL_MS])
         if ok and final:  # Redis made the transition: count it even if the record's upload below fails
             note_transition(self.r, record, outcome=record.status.value.lower())
+            self._finished(record.run_id)
         if ok and store:
             self.store_record(record)
         return bool(ok)
+
+    def _finished(self, run_id: str) -> None:
+        """Tell the controller the run is final (it drops it from the live index once run.json says so), and let
+        its live keys expire (the node's final write sets the same TTL in its Lua; a run failed or canceled
+        by the controller or a user gets it here). Best effort: an entry left in the index costs the next
+        recovery one read of run.json."""
+        with contextlib.suppress(redis.RedisError):
+            pipe = self.r.pipeline(transaction=False)
+            pipe.sadd(layout.RK_FINISHED, run_id)
+            for key in (layout.rk_run(run_id), layout.rk_run_metrics(run_id), layout.rk_run_log(run_id)):
+                pipe.pexpire(key, FINISHED_TTL_MS)
+            pipe.execute()
+
+    def finished_run_ids(self, count: int = 500) -> list[str]:
+        ids: Any = self.r.srandmember(layout.RK_FINISHED, count)
+        return [str(i) for i in ids or []]
+
+    def forget_finished(self, run_ids: list[str]) -> None:
+        if run_ids:
+            self.r.srem(layout.RK_FINISHED, *run_ids)
 
     def live_record_is(self, record: RunRecord) -> bool:
         """Does Redis hold exactly this record (our own write arrived, though its reply did not)?"""
@@ -253,6 +219,8 @@ class RunState:
                                             "1" if record.status.is_final else "0", record.run_id])
         if ok:
             note_transition(self.r, record, outcome="node-lost")
+            if record.status.is_final:
+                self._finished(record.run_id)
             self.store.put_json(record.prefix + layout.RUN_RECORD, record.to_dict())
         return bool(ok)
 
@@ -260,6 +228,8 @@ class RunState:
     def cancel(self, run_id: str) -> str:
         """'canceled' (was queued: it will never start), 'requested' (the node stops it), or a final status."""
         record = self.record(run_id)
+        if record.status.is_final:  # nothing to cancel (the state machine keeps a finished run finished)
+            return record.status.value
         canceled = record.with_status(RunStatus.CANCELED, error=None)
         keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), rk_active(record.pool)]
         outcome = str(self._cancel(keys=keys, args=[json.dumps(canceled.to_dict()), run_id]))
@@ -270,6 +240,7 @@ class RunState:
             return self.cancel(run_id)
         if outcome == "canceled":
             note_transition(self.r, canceled, outcome="")  # never started: no attempt
+            self._finished(run_id)
             self.store.put_json(record.prefix + layout.RUN_RECORD, canceled.to_dict())
         return outcome
 
@@ -292,7 +263,18 @@ class RunState:
         return ids
 
     def list_experiments(self) -> list[str]:
-        return self.store.list_dirs("experiments/")
+        return self.store.list_dirs(layout.EXPERIMENTS)
+
+    def list_live_run_ids(self) -> list[str]:
+        """Runs that were not final when last seen (the live index): what recovery after a Redis wipe reads."""
+        return [info.key[len(layout.LIVE_INDEX):] for info in self.store.list(layout.LIVE_INDEX)]
+
+    def index_live(self, record: RunRecord) -> None:
+        self.store.put_bytes(layout.live_index_key(record.run_id), record.prefix.encode(), content_type="text/plain")
+
+    def unindex_live(self, run_id: str) -> None:
+        """The run is final: recovery no longer needs to look at it."""
+        self.store.delete(layout.live_index_key(run_id))
 
 
 def note_transition(r: redis.Redis, record: RunRecord, *, outcome: str) -> None:

@@ -35,6 +35,7 @@ from cluster import layout
 from cluster.autoscale import NodeState
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_status
 from cluster.errors import ClusterError, ServiceError
+from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.records import RunRecord, RunStatus, parse_iso
 from cluster.runstate import rk_active
 from cluster.workspace import Workspace
@@ -342,9 +343,7 @@ def _node_counts(published: dict[str, Any] | None, heartbeats: Mapping[str, Mapp
     starting); for a pool of static nodes only, from their heartbeats."""
     if published is not None and isinstance(published.get("nodes"), dict):
         return {str(k): int(v) for k, v in published["nodes"].items()}
-    from cluster.controller import ControllerConfig, node_state
-
-    lost_after = ControllerConfig().node_lost_seconds
+    lost_after = NODE_LOST_SECONDS
     counts: dict[str, int] = {}
     for h in heartbeats.values():
         if h.get("pool") == pool:

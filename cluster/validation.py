@@ -18,7 +18,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from cluster.datareference import DataReference
 from cluster.errors import UsageError
+from cluster.layout import check_name
 
 __all__ = [
     "check_kwargs",
@@ -113,8 +115,6 @@ def text(what: str, value: Any, *, empty: bool = False) -> str:
 
 def name(kind: str, value: Any) -> str:
     """A user-chosen name that is safe as a path segment (experiment, model, pool)."""
-    from cluster.layout import check_name
-
     return check_name(kind, value)
 
 
@@ -181,8 +181,6 @@ def string_map(what: str, value: Any, *, keys: str = "name") -> dict[str, str]:
 
 def script_value(what: str, value: Any) -> Any:
     """One script argument: a string, a number (finite), a bool or a data reference (as its dict)."""
-    from cluster.datareference import DataReference
-
     if isinstance(value, DataReference):
         return value.to_dict()
     if DataReference.is_reference(value):  # already in its stored form
@@ -247,3 +245,19 @@ def check_kwargs(where: str, given: Mapping[str, Any], *, known: Iterable[str],
     if unsupported:
         raise UsageError(f"{where}: unsupported argument(s) {', '.join(unsupported)}: this cluster does not "
                          "implement them", hint="leave them out (the setting would have no effect here)")
+
+
+def warn_ignored(where: str, given: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    """Azure ML arguments that mean nothing on this cluster (``use_gpu``, ``vm_priority``, ...): one warning each
+    (:class:`~cluster.errors.IgnoredArgumentWarning`; none for None / False, Azure's defaults), then dropped.
+    Returns the other arguments, unchanged."""
+    import warnings
+
+    from cluster.errors import IgnoredArgumentWarning
+
+    names = set(names)
+    for k in given:
+        if k in names and given[k] is not None and given[k] is not False:  # Azure's own defaults say nothing
+            warnings.warn(f"{where}: {k}={_shown(given[k])} is an Azure ML argument with no meaning on this cluster; "
+                          "ignored (docs/porting.md lists them)", IgnoredArgumentWarning, stacklevel=3)
+    return {k: v for k, v in given.items() if k not in names}

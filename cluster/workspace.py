@@ -8,6 +8,8 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
+from cluster.broker import DEFAULT_BROKER, Broker
+from cluster.broker import load as load_broker
 from cluster.datastore import Datastore
 from cluster.errors import NotFoundError
 from cluster.objectstore import ObjectStore
@@ -26,8 +28,9 @@ class Workspace:
     >>> ds = ws.get_default_datastore()
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, broker: Broker | None = None) -> None:
         self.settings = settings
+        self._broker = broker
         #: snapshots this workspace object uploaded: source fingerprint -> digest (resubmitting an unchanged
         #: folder neither re-packs nor re-checks it)
         self.uploaded_snapshots: dict[tuple[object, ...], str] = {}
@@ -102,14 +105,24 @@ class Workspace:
 
         return RunState(self.store, self.redis)
 
-    @cached_property
-    def _celery(self) -> Any:
-        from tasks.app import create_app
+    def get_run(self, run_id: str) -> Any:
+        """Any run by id alone (``Run.get(ws, run_id)``): a ``Run``, or a ``HyperDriveRun`` for a sweep."""
+        from cluster.experiment import Experiment
+        from cluster.records import is_sweep
+        from cluster.run import Run
+        from cluster.sweep.run import HyperDriveRun
 
-        return create_app(self.settings)
+        record = self.runs.record(run_id)
+        experiment = Experiment(self, record.experiment)
+        return HyperDriveRun(experiment, run_id) if is_sweep(record) else Run(experiment, run_id)
+
+    @cached_property
+    def broker(self) -> Broker:
+        """The pools' queues (:mod:`cluster.broker`): Celery's unless the workspace was given another."""
+        if self._broker is None:
+            self._broker = load_broker(DEFAULT_BROKER, self.settings, self.redis)
+        return self._broker
 
     def enqueue(self, run_id: str, pool: str) -> None:
         """Send the run id (nothing else) to the pool's queue."""
-        from tasks.app import enqueue
-
-        enqueue(self._celery, run_id, pool)
+        self.broker.enqueue(run_id, pool)

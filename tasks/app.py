@@ -7,7 +7,7 @@ visibility timeout, a node coming back) are harmless: the run's lease admits one
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -19,6 +19,8 @@ from cluster.settings import Settings
 
 if TYPE_CHECKING:
     from tasks.node import Node
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "cluster.execute_run"
 VISIBILITY_TIMEOUT = 3600
@@ -75,7 +77,7 @@ def execute_run_task(run_id: str) -> str:
     except NodeStopped as e:
         raise Reject(f"node stopping; run {e} handed back", requeue=True) from e
     except Redeliver as e:
-        print(f"node: {e}; the message goes back to the queue", file=sys.stderr, flush=True)
+        log.warning("node: %s; the message goes back to the queue", e)
         time.sleep(REDELIVER_PAUSE)  # an outage: don't spin on the same message
         raise Reject(str(e), requeue=True) from e
 

@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +81,13 @@ def sync_mount(store: ObjectStore, ref: DataReference, cache_dir: Path, log: Cal
             nbytes += obj.size
             manifest_path.write_text(json.dumps(manifest))
         removed = _remove_extra(root, root / prefix if prefix else root, {o.key for o in objects}, log)
+        # deleted from the datastore: forget them too (the manifest only ever describes files that exist)
+        listed = {o.key for o in objects}
+        gone = [k for k in manifest if (not prefix or k.startswith(f"{prefix}/")) and k not in listed]
+        if gone:
+            for key in gone:
+                del manifest[key]
+            manifest_path.write_text(json.dumps(manifest))
         log(f"data {ref}: {downloaded} file(s) downloaded ({nbytes} bytes), {reused} reused from the node cache"
             + (f", {removed} file(s) not in the datastore removed" if removed else ""))
     return SyncResult(root / prefix if prefix else root, downloaded, reused, nbytes)
@@ -132,7 +138,3 @@ def _inside(root: Path, rel: str) -> Path:
     if not path.is_relative_to(root.resolve()):
         raise UsageError(f"refusing path {rel!r}: it leaves {root}")
     return path
-
-
-def clear(cache_dir: Path) -> None:
-    shutil.rmtree(cache_dir / "data", ignore_errors=True)

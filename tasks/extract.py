@@ -15,10 +15,36 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 from cluster.errors import SnapshotError
 
 _CHUNK = 1024 * 1024
+#: the largest single read tarfile may make: a member's data is read in _CHUNK pieces, so only a header (a PAX
+#: extended header, a GNU long name) asks for more -- and tarfile would hold it in memory whole
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+#: uncompressed bytes per compressed byte beyond which an archive is a decompression bomb, not source code
+MAX_RATIO = 200
+_RATIO_FLOOR = 64 * 1024 * 1024  # below this many bytes, any ratio is fine (tiny archives of zeros are harmless)
+
+
+class _BoundedReads:
+    """A read-only file for tarfile that refuses any single read larger than ``MAX_HEADER_BYTES``."""
+
+    def __init__(self, raw: Any, archive: Path) -> None:
+        self.raw, self.archive = raw, archive
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0 or size > MAX_HEADER_BYTES:
+            raise SnapshotError(f"refusing to extract {self.archive}: a header asks for {size} bytes at once "
+                                f"(over {MAX_HEADER_BYTES}): an oversized PAX or GNU long-name header", hint=_HINT)
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
 _HINT = "the snapshot is corrupt or was not made by build_snapshot; submit the run again"
 
 
@@ -54,7 +80,10 @@ def _check_type(archive: Path, member: tarfile.TarInfo) -> None:
 def _extract_into(
     tar: tarfile.TarFile, archive: Path, root: Path, max_members: int, max_bytes: int
 ) -> list[str]:
-    """Extract every member of ``tar`` under ``root`` (a fresh, empty directory)."""
+    """Extract every member of ``tar`` under ``root`` (a fresh, empty directory). ``max_bytes`` is the smaller of
+    the size limit and ``MAX_RATIO`` times the archive's own size (a decompression bomb stops early)."""
+    compressed = os.path.getsize(archive)
+    max_bytes = min(max_bytes, max(_RATIO_FLOOR, MAX_RATIO * compressed))
     real_root = os.path.realpath(root)
     seen: set[str] = set()
     files: list[str] = []
@@ -109,8 +138,9 @@ def safe_extract(
 
     Raises :class:`SnapshotError` (naming the member and the reason) for absolute paths, ``..``
     components, links, devices, FIFOs, duplicates, members resolving outside ``dest``, more than
-    ``max_members`` members or more than ``max_bytes`` uncompressed bytes in total, or if
-    ``dest`` already exists.
+    ``max_members`` members, more than ``max_bytes`` uncompressed bytes in total (the node passes the
+    submit cap, ``max_snapshot_bytes``), more than ``MAX_RATIO`` times the archive's size (above 64 MiB),
+    a header larger than ``MAX_HEADER_BYTES`` (PAX, GNU long names), or if ``dest`` already exists.
     """
     archive, dest = Path(archive), Path(dest)
     if os.path.lexists(dest):
@@ -122,7 +152,10 @@ def safe_extract(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extract-", dir=dest.parent))
     try:
         try:
-            with tarfile.open(archive, mode="r:*") as tar:
+            with open(archive, "rb") as fh:
+                gzipped = fh.read(2) == b"\x1f\x8b"
+            with (gzip.open(archive, "rb") if gzipped else open(archive, "rb")) as raw, \
+                    tarfile.open(fileobj=_BoundedReads(raw, archive), mode="r:") as tar:  # type: ignore[call-overload]
                 files = _extract_into(tar, archive, tmp, max_members, max_bytes)
         except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise SnapshotError(f"cannot read snapshot archive {archive}: {e}", hint=_HINT) from e

@@ -10,6 +10,7 @@ this one stops and writes nothing more.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -25,18 +26,19 @@ from typing import Any, TypeVar
 import redis
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_exponential
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.datareference import DataReference
-from cluster.errors import ClusterError, ServiceError
+from cluster.errors import ClusterError, CredentialsError, ServiceError
 from cluster.logstream import LogWriter
-from cluster.metrics import aggregate
+from cluster.metrics import aggregate, declared_failure
 from cluster.objectstore import ObjectStore
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus
 from cluster.redisclient import connect
 from cluster.runstate import Claim, RunState
 from cluster.settings import Settings
-from tasks import datacache
+from tasks import cachegc, checkpoints, datacache, provenance
 from tasks.environment import EnvSpec, resolve_environment
+from tasks.leftovers import runs_dir
 from tasks.process import ProcessResult, ResourceLimits, run_supervised
 from tasks.rundir import OutputCaps, OutputWalk, open_regular, read_new, remove_tree
 from tasks.sandbox import Sandbox, prepare_dirs, script_env
@@ -60,6 +62,10 @@ class NodeConfig:
     stop_grace_seconds: float = 5.0  # after SIGTERM, how long a running script may go on before it is stopped
     sandbox: Sandbox | None = None  # None: level none, best-effort (library use and unit tests)
     output_caps: OutputCaps = field(default_factory=OutputCaps)
+    max_cache_bytes: int = cachegc.DEFAULT_MAX_BYTES  # the pool's cap on this node's cache (LRU pruned)
+    cluster_tag: str = "local"  # which cluster (tasks/leftovers.py): run folders and scripts are told apart by it
+    prune_every_seconds: float = 30.0
+    checkpoint_seconds: float = checkpoints.DEFAULT_SECONDS  # ./outputs/checkpoints upload period (a pool setting)
 
     @property
     def isolation(self) -> str:
@@ -101,6 +107,23 @@ class Node:
         self.data = ObjectStore(self.settings, self.settings.data_bucket, client=self.store.client)
         self.state = RunState(self.store, self.r)
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{self.config.name}")
+        self._last_prune = 0.0
+
+    def prune_cache(self) -> None:
+        """Keep the node cache under the pool's cap (least recently used entries no run holds go first); in the
+        background, at most every ``prune_every_seconds``."""
+        if time.monotonic() - self._last_prune < self.config.prune_every_seconds:
+            return
+        self._last_prune = time.monotonic()
+
+        def prune() -> None:
+            try:
+                cachegc.prune(self.config.cache_dir, self.config.max_cache_bytes,
+                              lambda m: print(f"node {self.config.name}: {m}", flush=True))
+            except OSError as e:
+                print(f"node {self.config.name}: pruning the cache failed: {e}", flush=True)
+
+        self.background.submit(prune)
 
 
 class LeaseLost(Exception):
@@ -131,12 +154,18 @@ class _Attempt:
         self.node_stopped = False  # the node is stopping: the script was stopped, the run goes back to the queue
         self._stop_asked: float | None = None
         self._last_renewal = time.monotonic()
+        self.uses = contextlib.ExitStack()  # node cache entries this attempt holds in use (tasks/cachegc.py)
+        self.logs: LogWriter | None = None
 
     def __enter__(self) -> _Attempt:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.logs is not None and not self.logs.done:  # whatever ended the attempt, its log is closed
+            with contextlib.suppress(Exception):  # (fenced: a lost attempt's close writes nothing)
+                self.logs.close()
+        self.uses.close()
         self._stop.set()
         self._thread.join()
 
@@ -242,7 +271,7 @@ def execute_run(node: Node, run_id: str) -> str:
     if claim.outcome != "ok":
         return f"skipped:{claim.outcome}:{claim.token}"
     node.current_run = run_id
-    run_dir = cfg.work_dir / "runs" / f"{run_id}.{claim.attempt}"
+    run_dir = runs_dir(cfg.work_dir, cfg.cluster_tag) / f"{run_id}.{claim.attempt}"
     try:
         with _Attempt(node, run_id, claim.token) as attempt:
             return _execute(node, attempt, claim, run_dir, clock)
@@ -253,6 +282,9 @@ def execute_run(node: Node, run_id: str) -> str:
         if not cfg.keep_run_dirs:
             remove_tree(run_dir)  # whatever the run did to it (chmod 000 folders, links)
             remove_tree(run_dir.with_suffix(run_dir.suffix + ".channel"))
+            with contextlib.suppress(OSError):  # the local copy of the log (archived with the attempt)
+                (run_dir.parent / f"{run_dir.name}.driver.log").unlink()
+        node.prune_cache()
 
 
 class _Clock:
@@ -277,13 +309,15 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                                   "isolation": cfg.isolation, "host": socket.gethostname()})
     record = attempt.write(record.with_status(RunStatus.PREPARING, attempt=attempt_no, node=cfg.name,
                                               attempts=history), durable=False)
-    logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log", token=attempt.token)
+    logs = attempt.logs = LogWriter(node.r, run_id, run_dir.parent / f"{run_dir.name}.driver.log",
+                                    token=attempt.token)
     logs.system(f"attempt {attempt_no} of run {run_id} on node {cfg.name} (pool {cfg.pool}, "
                 f"isolation {cfg.sandbox.describe() if cfg.sandbox else 'none'})")
     channel = run_dir.with_suffix(run_dir.suffix + ".channel")
     metrics_tail = _MetricsTail(node, run_id, channel / "metrics.jsonl", attempt, logs.system)
     result: ProcessResult | None = None
     error: RunError | None = None
+    recorded: Future[None] | None = None
     try:
         if attempt.cancel.is_set():
             raise _Canceled()
@@ -292,7 +326,12 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             raise ClusterError(refusal, hint="install bubblewrap on the node (apt-get install bubblewrap) or "
                                              "run the node as root; or create the pool with isolation='best-effort'")
         clock.mark("spec")
-        python, argv = _prepare(node, spec, run_dir, logs.system, clock)
+        # storage blips while fetching the snapshot or the data cost a delay, not the run (retried, lease held)
+        python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses,
+                                _retrying(attempt, cfg.storage_retry_seconds, logs.system))
+        resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
+        recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python,  # pip freeze
+                                          attempt.check)
         if attempt.cancel.is_set():
             raise _Canceled()
         record = attempt.write(record.with_status(RunStatus.RUNNING, arguments=tuple(argv)), durable=False)
@@ -306,13 +345,19 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
                          extra=thread_env(cfg.limits.cpu_count if cfg.limits else None, spec.environment_variables),
                          user=dict(spec.environment_variables),
                          channel={"CLUSTER_RUN_ID": run_id, "CLUSTER_RUN_CHANNEL": str(metrics_file),
-                                  "CLUSTER_EXPERIMENT": spec.experiment})
+                                  "CLUSTER_EXPERIMENT": spec.experiment, "CLUSTER_RUN_PARENT_ID": spec.parent_id or "",
+                                  **checkpoints.script_env(resumed),
+                                  # tasks/leftovers.py finds a dead node's scripts by these
+                                  "CLUSTER_RUN_LEASE": attempt.token, "CLUSTER_RUN_CLUSTER": cfg.cluster_tag})
         readonly = _readonly_paths(cfg, python, argv)
         launch = (cfg.sandbox.wrap([python, "-u", spec.entry_script, *argv], python=python, run_dir=run_dir,
                                    writable=[channel], readonly=readonly, tmp_dir=tmp_dir, cwd=run_dir)
                   if cfg.sandbox is not None else None)
         clock.mark("start")
-        with metrics_tail:
+        sync = checkpoints.CheckpointSync(node, spec.prefix, run_dir, attempt_no, holds=attempt.check,
+                                          lost=attempt.lost.is_set, interval=cfg.checkpoint_seconds,
+                                          caps=cfg.output_caps, log=logs.system)
+        with metrics_tail, sync:
             result = run_supervised(launch.argv if launch else [python, "-u", spec.entry_script, *argv],
                                     cwd=run_dir, env=env, on_line=logs.line, timeout=spec.max_run_duration_seconds,
                                     cancel=attempt.cancel, grace=cfg.grace_seconds, limits=cfg.limits,
@@ -321,6 +366,10 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         clock.mark("script")
         attempt.check()
         logs.system(f"entry script ended: {result.describe()} after {result.duration:.1f}s")
+        if result.exit_code != 0 and not result.canceled and _disk_full(run_dir):
+            error = RunError(kind="disk", message=f"the node's disk ran full while the script ran ({result.describe()}"
+                                                  f"; {_free(run_dir)} bytes left on the run's filesystem)",
+                             exit_code=result.exit_code, signal=result.signal, stderr_tail=result.stderr_tail)
         if attempt.node_stopped:
             _hand_back(node, attempt, record, logs)
     except _Canceled:
@@ -331,11 +380,13 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         raise
     except ClusterError as e:
         attempt.check()
-        error = RunError(kind="infrastructure", message=str(e))
+        # a storage outage that outlasted the retries; anything else is the node's (a pip failure is the user's)
+        error = RunError(kind="storage" if _transient(e) else "infrastructure", message=str(e))
         logs.system(f"preparation failed: {e}")
     except Exception as e:  # anything unexpected is the node's fault, never silently lost
         attempt.check()
-        error = RunError(kind="infrastructure", message=f"{type(e).__name__}: {e}")
+        disk = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        error = RunError(kind="disk" if disk else "infrastructure", message=f"{type(e).__name__}: {e}")
         logs.system(f"node error: {type(e).__name__}: {e}")
 
     # Finalization: every object-store and Redis write is retried with backoff while the lease is held (the
@@ -344,7 +395,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     retry = _retrying(attempt, cfg.storage_retry_seconds, logs.system)
     try:
         record = retry(lambda: attempt.write(record.with_status(RunStatus.FINALIZING), durable=False))
-        uploaded, over = retry(lambda: _upload_results(node, attempt, spec, run_dir, logs))
+        uploaded, over = retry(lambda: _upload_results(node, attempt, spec.prefix + layout.attempt_dir(attempt_no),
+                                                       run_dir, logs))
         logs.system(f"uploaded {uploaded} file(s) from ./outputs and ./logs")
         if over and error is None:
             error = RunError(kind="user", message=f"./outputs and ./logs hold {over}: the pool's cap "
@@ -356,15 +408,22 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
             error = RunError(kind="storage", message=f"could not store the run's outputs: {_describe(e)}")
         logs.system(f"storage failed while uploading outputs: {_describe(e)}")
     clock.mark("upload")
+    declared = (declared_failure(metrics_tail.events or []) if error is None and result is not None
+                and not result.canceled else None)
+    if declared:  # the script called run.fail(...): Failed even if it exited 0
+        error = RunError(kind="user", message=declared, exit_code=result.exit_code if result else None)
     final, error = _final_status(attempt, result, error)
     logs.system(f"final status: {final.value}" + (f" ({error.message})" if error else ""))
     retry(logs.close)
     attempt.check()
     # the metrics archive and the full log are independent: written concurrently, both before the final record
-    archives = [lambda: node.store.put_file(spec.prefix + layout.RUN_DRIVER_LOG, logs.path)]
+    folder = spec.prefix + layout.attempt_dir(attempt_no)
+    archives = [lambda: node.store.put_file(folder + layout.RUN_DRIVER_LOG, logs.path)]
+    if recorded is not None:  # best effort, but before the final record: readers of a final run see it
+        archives.append(provenance.waiter(recorded))
     if metrics_tail.events is not None and not attempt.lost.is_set():
         document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
-        archives.append(lambda: node.store.put_json(spec.prefix + layout.RUN_METRICS, document))
+        archives.append(lambda: node.store.put_json(folder + layout.RUN_METRICS, document))
     try:
         for future in [node.background.submit(retry, write) for write in archives]:
             future.result()
@@ -377,7 +436,9 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     clock.mark("finalize")
     history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value,
                                        "phases": clock.phases})
-    attempt.finish(record.with_status(final, error=error, attempts=history), retry)
+    # The commit: the final record names this attempt's folder as the run's result, in the same fenced write
+    # that ends the lease; readers never see a folder before it is complete, nor a mix of two attempts.
+    attempt.finish(record.with_status(final, error=error, attempts=history, committed=attempt_no), retry)
     return final.value
 
 
@@ -400,7 +461,10 @@ def _describe(e: BaseException) -> str:
 
 
 def _transient(e: BaseException) -> bool:
-    """Worth retrying: the object store or Redis did not answer (not our mistake, not a lost lease)."""
+    """Worth retrying: the object store or Redis did not answer (not our mistake, not a lost lease). A refusal of
+    our credentials is not: waiting does not change a policy, and the run should fail with that cause at once."""
+    if isinstance(e, CredentialsError):
+        return False
     return isinstance(e, ServiceError | redis.ConnectionError | redis.TimeoutError | ConnectionError | TimeoutError)
 
 
@@ -447,11 +511,32 @@ def _final_status(attempt: _Attempt, result: ProcessResult | None,
                                       signal=result.signal, stderr_tail=result.stderr_tail)
 
 
+def _disk_full(path: Path) -> bool:
+    return _free(path) < DISK_FULL_BYTES
+
+
+def _free(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return DISK_FULL_BYTES  # unknown: not evidence of a full disk
+    return st.f_bavail * st.f_frsize
+
+
+#: a script that failed while its filesystem had less than this free failed because of the node's disk
+DISK_FULL_BYTES = 1024 * 1024
+
+
 def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None],
-             clock: _Clock) -> tuple[str, list[str]]:
+             clock: _Clock, uses: contextlib.ExitStack,
+             retry: Callable[[Callable[[], Any]], Any]) -> tuple[str, list[str]]:
+    """The run directory, its Python and its arguments. The cache entries the run needs (environment, mounted
+    data) are held in use in ``uses`` until the attempt ends, so pruning never removes them under it."""
     cfg = node.config
-    template = _snapshot(node, spec.snapshot, log)
-    shutil.copytree(template, run_dir, symlinks=False)
+    snapshots = cfg.cache_dir / "snapshots"
+    with cachegc.using(snapshots / check_digest(spec.snapshot)):  # only while it is copied
+        template = retry(lambda: _snapshot(node, spec.snapshot, log))
+        shutil.copytree(template, run_dir, symlinks=False)
     os.chmod(run_dir, 0o755)
     (run_dir / "outputs").mkdir(exist_ok=True)
     (run_dir / "logs").mkdir(exist_ok=True)
@@ -460,10 +545,15 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
         raise ClusterError(f"entry script {spec.entry_script!r} is not in the snapshot",
                            hint="entry_script is a path relative to source_directory")
     clock.mark("snapshot")
-    python = resolve_environment(EnvSpec(spec.pip_packages, spec.conda_packages), cfg.cache_dir / "envs", log=log,
-                                 sandbox=cfg.sandbox)
+    env = EnvSpec(spec.pip_packages, spec.conda_packages)
+    if not env.is_empty:
+        uses.enter_context(cachegc.using(cfg.cache_dir / "envs" / env.digest()))
+    python = resolve_environment(env, cfg.cache_dir / "envs", log=log, sandbox=cfg.sandbox)
     clock.mark("environment")
-    argv = [_resolve_arg(node, a, run_dir, log) for a in spec.arguments]
+    def resolve(value: Any) -> str:
+        return str(retry(lambda: _resolve_arg(node, value, run_dir, log, uses)))
+
+    argv = [resolve(a) for a in spec.arguments]
     clock.mark("data")
     return python, argv
 
@@ -471,7 +561,9 @@ def _prepare(node: Node, spec: RunSpec, run_dir: Path, log: Callable[[str], None
 def _snapshot(node: Node, digest: str, log: Callable[[str], None]) -> Path:
     """The extracted snapshot, cached per node by digest and verified against it (see tasks/snapshots.py)."""
     check_digest(digest)
-    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log)
+    # the extracted size may not exceed what a submit may upload (max_snapshot_bytes)
+    return verified_snapshot(node.store, digest, node.config.cache_dir / "snapshots", log,
+                             max_bytes=node.settings.max_snapshot_bytes)
 
 
 def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]:
@@ -489,12 +581,14 @@ def _readonly_paths(cfg: NodeConfig, python: str, argv: list[str]) -> list[Path]
     return out
 
 
-def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None]) -> str:
+def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], None],
+                 uses: contextlib.ExitStack) -> str:
     if DataReference.is_reference(value):
         ref = DataReference.from_dict(value)
         if ref.datastore != layout.DEFAULT_DATASTORE:
             raise ClusterError(f"unknown datastore {ref.datastore!r} in {ref}")
         if ref.mode == "mount":
+            uses.enter_context(cachegc.using(node.config.cache_dir / "data" / ref.datastore))
             return str(datacache.sync_mount(node.data, ref, node.config.cache_dir, log).path)
         return str(datacache.download_copy(node.data, ref, run_dir, log))
     if isinstance(value, bool | int | float | str):
@@ -502,9 +596,10 @@ def _resolve_arg(node: Node, value: Any, run_dir: Path, log: Callable[[str], Non
     return json.dumps(value)
 
 
-def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
+def _upload_results(node: Node, attempt: _Attempt, dest: str, run_dir: Path,
                     logs: LogWriter) -> tuple[int, str]:
-    """Upload ./outputs and ./logs, trusting nothing in them (tasks/rundir.py); (files uploaded, cap hit or '')."""
+    """Upload ./outputs and ./logs to the attempt's own folder ``dest``, trusting nothing in them (tasks/rundir.py);
+    (files uploaded, cap hit or '')."""
     count, caps = 0, node.config.output_caps
     used_files = used_bytes = 0
     for folder in (layout.OUTPUTS_DIR, layout.LOGS_DIR):
@@ -512,7 +607,7 @@ def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
                           logs.system)
         for key, fh, size in walk:
             attempt.check()
-            node.store.put_stream(spec.prefix + key, fh, size)
+            node.store.put_stream(dest + key, fh, size)
             count += 1
         used_files += walk.files
         used_bytes += walk.nbytes
@@ -522,11 +617,7 @@ def _upload_results(node: Node, attempt: _Attempt, spec: RunSpec, run_dir: Path,
 
 
 # the live metrics stream: appended only while the attempt holds the lease (one Lua call per batch)
-_FENCED_METRICS = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return -1 end
-for i = 3, #ARGV do redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i]) end
-return #ARGV - 2
-"""
+_FENCED_METRICS = luascript.read("tasks", "fenced_metrics.lua")
 METRICS_READ_BYTES = 1024 * 1024  # per poll
 METRICS_STREAM_MAX = 100_000  # live events kept in Redis (XADD MAXLEN ~); metrics.json keeps them all
 METRICS_MAX_BYTES = 256 * 1024 * 1024  # per run

@@ -101,7 +101,8 @@ def _intact(target: Path, record: Path, digest: str) -> str | None:
         f"it holds something that is not a regular file ({actual[8:]})"
 
 
-def verified_snapshot(store: ObjectStore, digest: str, cache: Path, log: Callable[[str], None]) -> Path:
+def verified_snapshot(store: ObjectStore, digest: str, cache: Path, log: Callable[[str], None],
+                      *, max_bytes: int = 2 * 1024**3) -> Path:
     """``<cache>/<digest>/``: the run's source tree, fetched and verified if needed."""
     digest = check_digest(digest)
     target, record = cache / digest, cache / f"{digest}.json"
@@ -122,7 +123,7 @@ def verified_snapshot(store: ObjectStore, digest: str, cache: Path, log: Callabl
     try:
         store.get_file(layout.snapshot_key(digest), archive)
         shutil.rmtree(tmp, ignore_errors=True)
-        files = safe_extract(archive, tmp)
+        files = safe_extract(archive, tmp, max_bytes=max_bytes)
         actual = tree_digest(tmp)
         if actual != digest:
             raise SnapshotError(f"snapshot {digest[:12]} does not match its digest (the archive in the object "
@@ -132,7 +133,7 @@ def verified_snapshot(store: ObjectStore, digest: str, cache: Path, log: Callabl
             tmp.rename(target)
         except OSError:  # another node process on this machine got there first
             shutil.rmtree(tmp, ignore_errors=True)
-            return verified_snapshot(store, digest, cache, log)
+            return verified_snapshot(store, digest, cache, log, max_bytes=max_bytes)
         # stat stamps for the cheap check on reuse (taken after the rename, which changes the root's ctime)
         record.write_text(json.dumps({"digest": digest, "stamps": _stamps(target)}))
     finally:

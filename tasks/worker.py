@@ -7,10 +7,10 @@ run first.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,10 +21,14 @@ from celery import signals as celery_signals
 from cluster import layout
 from cluster.settings import Settings
 from tasks import app as app_module
+from tasks.cachegc import DEFAULT_MAX_BYTES as DEFAULT_CACHE_BYTES
+from tasks.leftovers import cluster_tag, kill_leftover_scripts, remove_stale_run_dirs
 from tasks.node import Node, NodeConfig
 from tasks.process import ResourceLimits
 from tasks.rundir import OutputCaps
 from tasks.sandbox import Sandbox, SandboxPolicy, detect, make_undumpable
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
 NODE_KEY_TTL = 3600
@@ -47,6 +51,8 @@ class WorkerOptions:
     output_caps: OutputCaps = field(default_factory=OutputCaps)
     hidden: tuple[Path, ...] = ()  # the node's config/state directory: invisible to sandboxed runs
     use_bwrap: bool = True
+    max_cache_bytes: int = DEFAULT_CACHE_BYTES
+    checkpoint_seconds: float = 5.0  # ./outputs/checkpoints upload period (the pool's setting)
 
 
 def default_name(pool: str) -> str:
@@ -126,19 +132,28 @@ def run_worker(settings: Settings, opts: WorkerOptions) -> None:
                             max_processes=opts.policy.max_processes)
     node = Node(settings, NodeConfig(name=opts.name, pool=opts.pool, work_dir=opts.work_dir,
                                      cache_dir=opts.cache_dir, limits=limits, lease_ms=opts.lease_ms,
-                                     sandbox=sandbox, output_caps=opts.output_caps))
-    print(f"node {opts.name} serving pool {opts.pool}, isolation: {sandbox.describe()} (Ctrl-C to stop)",
-          file=sys.stderr, flush=True)
+                                     sandbox=sandbox, output_caps=opts.output_caps,
+                                     max_cache_bytes=opts.max_cache_bytes, checkpoint_seconds=opts.checkpoint_seconds,
+                                     cluster_tag=cluster_tag(settings.redis_url_masked)))
+    log.info("node %s serving pool %s, isolation: %s (Ctrl-C to stop)", opts.name, opts.pool, sandbox.describe())
     if sandbox.level == "none":
-        print(f"WARNING: node {opts.name} runs scripts without isolation: a run can read this node's "
-              "configuration and credentials" + (" -- and the pool requires isolation, so every run will fail"
-                                                 if sandbox.refuses() else ""), file=sys.stderr, flush=True)
+        log.warning("WARNING: node %s runs scripts without isolation: a run can read this node's configuration and "
+                    "credentials%s", opts.name,
+                    " -- and the pool requires isolation, so every run will fail" if sandbox.refuses() else "")
     app = app_module.create_app(settings, visibility_timeout=opts.visibility_timeout,
                                 remote_control=opts.remote_control)
     app_module.set_node(node)
     # Celery's own SIGTERM handler starts a warm shutdown (the task goes on); the run is then given
     # stop_grace_seconds before it is stopped and handed back to the queue (tasks/node.py)
     celery_signals.worker_shutting_down.connect(lambda **_kw: node.stopping.set(), weak=False)
+    def note(message: str) -> None:
+        log.info("node %s: %s", opts.name, message)
+
+    try:  # what a previous incarnation on this machine left behind (it was killed mid-run)
+        kill_leftover_scripts(node.r, node.config.cluster_tag, note)
+        remove_stale_run_dirs(node.r, opts.work_dir, node.config.cluster_tag, note)
+    except Exception as e:  # never a reason not to start
+        note(f"could not clean up after earlier nodes: {type(e).__name__}: {e}")
     heartbeat = Heartbeat(node, opts)
     # stopped before Celery installs its own handler (which replaces this one): leave cleanly all the same
     signal.signal(signal.SIGTERM, _exit_before_celery)

@@ -25,9 +25,7 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A running embedded cluster for the whole session; yields its state dir."""
+def _embedded_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         embedded.find_redis_server()
         embedded.find_object_store()
@@ -42,12 +40,27 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A running embedded cluster for the whole session; yields its state dir."""
+    yield from _embedded_cluster(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A cluster of the test module's own, for destructive tests (a Redis FLUSHALL must not reach other modules'
+    runs): a module overrides ``cluster_dir``, ``settings`` and ``ws`` with :func:`use_own_cluster`."""
+    yield from _embedded_cluster(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
 def settings(cluster_dir: Path) -> Settings:
     return Settings.from_file(cluster_dir / "config.json")
 
 
 @pytest.fixture
 def mnist_dir() -> Path:
-    if not (SHARED_MNIST / "SHA256SUMS").exists():
-        skip_or_fail(f"real MNIST not found at {SHARED_MNIST}")
-    return SHARED_MNIST
+    """Real MNIST: ``$MNIST_DIR``, else the shared copy next to the repository."""
+    path = Path(os.environ.get("MNIST_DIR") or SHARED_MNIST)
+    if not (path / "SHA256SUMS").exists():
+        skip_or_fail(f"real MNIST not found at {path} (set MNIST_DIR)")
+    return path

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from cluster.cli.output import configure_logging
 from cluster.errors import ClusterError
 
 from . import hosts, infra, pools, runs, sweep, ui
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging()  # the library logs (controller, sweeps, nodes); a command shows it on stderr
     try:
         return int(args.func(args) or 0)
     except ClusterError as e:

@@ -103,7 +103,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         mark = "ok  " if r.healthy else "DOWN"
         print(f"  {mark} {r.name:<{width}}  {r.endpoint}  {r.detail}")
-    return 0 if all(r.healthy for r in rows) else 3
+    down = [r.name for r in rows if not r.healthy]
+    if down:
+        print(f"down: {', '.join(down)}" + ("  -- `cluster up` restarts only what is down, on the same ports, with "
+                                            "the same credentials and data" if state_dir is not None else ""))
+    return 0 if not down else 3
 
 
 def cmd_mnist(args: argparse.Namespace) -> int:

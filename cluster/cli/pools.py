@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cluster import layout, validation
+from cluster import validation
+from cluster.cli.output import table
 from cluster.errors import UsageError
+from cluster.nodes import NODE_LOST_SECONDS, list_nodes
 from cluster.settings import Settings
 from cluster.workspace import Workspace
 
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default: the config file's folder)")
     p.add_argument("--namespace", default=None, help="kubernetes provider: namespace for node pods")
     p.add_argument("--image", default="cluster:latest", help="kubernetes provider: node image")
-    p.add_argument("--node-lost-seconds", type=float, default=10.0, help="heartbeat silence before a node is lost")
+    p.add_argument("--node-lost-seconds", type=float, default=NODE_LOST_SECONDS,
+                   help="heartbeat silence before a node is lost")
     p.add_argument("--max-infra-attempts", type=int, default=3, help="node-lost retries before a run fails")
     p.add_argument("--tick", type=float, default=0.5, help=argparse.SUPPRESS)
     p.add_argument("--spare-nodes", type=int, default=1, metavar="N",
@@ -153,22 +156,20 @@ def _pool_row(ws: Workspace, name: str) -> list[str]:
 
 
 def cmd_pools_list(args: argparse.Namespace) -> int:
-    from cluster.cli.runs import _table
-
     ws = Workspace.from_config()
     names = sorted(ws.compute_targets)
     if not names:
         print("no pools; create one with `cluster pools create NAME` or ComputeTarget.create(...)")
         return 0
-    _table([_pool_row(ws, n) for n in names], ["POOL", "SIZE", "NODES", "STATES", "QUEUED/RUNNING"])
+    table([_pool_row(ws, n) for n in names], ["POOL", "SIZE", "NODES", "STATES", "QUEUED/RUNNING"])
     return 0
 
 
 def cmd_pools_show(args: argparse.Namespace) -> int:
-    from cluster.compute import _record
+    from cluster.compute import pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     pool = ws.compute_targets[args.name]
     print(json.dumps(pool.status.serialize(), indent=2))
     print("\nrecent scaling events (newest first):")
@@ -191,10 +192,10 @@ def cmd_pools_create(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_update(args: argparse.Namespace) -> int:
-    from cluster.compute import NodePool, _record
+    from cluster.compute import NodePool, pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     pool = ws.compute_targets[args.name]
     assert isinstance(pool, NodePool)
     pool.update(min_nodes=args.min_nodes, max_nodes=args.max_nodes, idle_seconds_before_scaledown=args.idle_seconds)
@@ -203,36 +204,26 @@ def cmd_pools_update(args: argparse.Namespace) -> int:
 
 
 def cmd_pools_delete(args: argparse.Namespace) -> int:
-    from cluster.compute import _record
+    from cluster.compute import pool_record
 
     ws = Workspace.from_config()
-    _record(ws, args.name)
+    pool_record(ws, args.name)
     print(ws.compute_targets[args.name].delete())
     return 0
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    from cluster.cli.runs import _table
-
     if args.watch is not None:
         validation.positive_number("--watch", args.watch)
     ws = Workspace.from_config()
     while True:
-        rows = []
-        now = time.time()
-        for name in sorted(str(n) for n in ws.redis.smembers(layout.RK_NODES)):
-            h: dict[str, str] = ws.redis.hgetall(layout.rk_node(name))  # type: ignore[assignment]
-            if not h:
-                continue
-            age = now - float(h.get("heartbeat", 0) or 0)
-            state = h.get("state", "?") if age <= 10 else "lost"
-            host = h.get("host", "") + (f" ({h['address']})" if h.get("address") else "")
-            rows.append([name, h.get("pool", ""), state, h.get("run", "") or "-", f"{age:.1f}s ago",
-                         "static" if h.get("static") == "1" else "managed", h.get("isolation", "?"), host or "?"])
+        rows = [[n.name, n.pool, n.state.value, n.run or "-", f"{n.heartbeat_age:.1f}s ago",
+                 "static" if n.static else "managed", n.isolation,
+                 (n.host + (f" ({n.address})" if n.address else "")) or "?"] for n in list_nodes(ws)]
         if args.watch:
             print(f"\n{time.strftime('%H:%M:%S')}  {len(rows)} node(s)")
         if rows:
-            _table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION", "HOST"])
+            table(rows, ["NODE", "POOL", "STATE", "RUN", "HEARTBEAT", "KIND", "ISOLATION", "HOST"])
         else:
             print("no nodes")
         if not args.watch:

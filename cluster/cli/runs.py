@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from cluster import validation
-from cluster.errors import UsageError
-from cluster.settings import Settings
+from cluster.cli.output import table
 from cluster.workspace import Workspace
+
+#: the `cluster worker` command is the worker package's: ``module:function(args) -> exit code``
+WORKER_COMMAND = "tasks.cli:cmd_worker"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,7 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-processes", type=int, default=1024, help="processes/threads per run (fork bombs)")
     p.add_argument("--max-output-bytes", type=int, default=10 * 1024**3, help="bytes uploaded per run")
     p.add_argument("--max-output-files", type=int, default=10_000, help="files uploaded per run")
+    p.add_argument("--max-cache-bytes", type=int, default=20 * 1024**3,
+                   help="cap on the node cache (snapshots, environments, mounted data); least recently used "
+                        "entries no run holds are removed (default: 20 GiB)")
     p.add_argument("--no-bwrap", action="store_true", help="do not use bubblewrap (fall back to uid or none)")
+    p.add_argument("--checkpoint-seconds", type=float, default=5.0,
+                   help="upload a running script's ./outputs/checkpoints this often (0: only when it ends)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("submit", help="submit a script in a source directory as a run")
@@ -63,7 +69,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = runs.add_parser("list", help="runs, newest first")
     p.add_argument("--experiment", "-e", help="default: every experiment")
     p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--sort-by", metavar="METRIC", help="best first by this metric's last value (loss-like names "
+                   "-- loss, error, rmse, mae -- lowest first; --ascending/--descending to choose)")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--ascending", dest="ascending", action="store_const", const=True, default=None)
+    order.add_argument("--descending", dest="ascending", action="store_const", const=False)
+    p.add_argument("--where", action="append", default=[], metavar="EXPR",
+                   help="keep runs whose metric matches, e.g. 'accuracy>0.9' (repeatable: all must match)")
+    p.add_argument("--tag", action="append", default=[], metavar="K=V", help="keep runs with this tag (K alone: "
+                   "the tag is set; repeatable)")
+    p.add_argument("--status", help="keep runs with this status, e.g. Completed")
     p.set_defaults(func=cmd_runs_list)
+    p = runs.add_parser("resubmit", help="run a run again: same snapshot, environment, data; new arguments "
+                        "optional: cluster runs resubmit [--wait] ID [-- ARGS]")
+    p.add_argument("run_id")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="new arguments for the script (after --)")
+    p.add_argument("--wait", action="store_true", help="wait for completion, streaming the log")
+    p.set_defaults(func=cmd_runs_resubmit)
     for name, func, text in (("show", cmd_runs_show, "details of a run (JSON)"),
                              ("metrics", cmd_runs_metrics, "metrics of a run (JSON)"),
                              ("cancel", cmd_runs_cancel, "cancel a queued or running run"),
@@ -112,92 +134,14 @@ def _run(ws: Workspace, run_id: str) -> Any:
     return Run(Experiment(ws, record.experiment), run_id)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-
-
 # ---- commands -----------------------------------------------------------------------------------
 
-def _parse_cpus(text: str | None) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        cpus = tuple(sorted({int(part) for part in text.split(",")}))
-    except ValueError:
-        raise UsageError(f"--cpus {text!r} is not a list of CPU numbers", hint="e.g. --cpus 0 or --cpus 2,3") from None
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(cpus)
-    if not cpus or not set(cpus) <= allowed:
-        raise UsageError(f"--cpus {text!r}: this process may use CPUs {sorted(allowed)} only",
-                         hint="pick CPUs from that list")
-    return cpus
-
-
-def _become_node(args: argparse.Namespace) -> None:
-    """A warm spare: import what a node needs now, then wait for the provider's assignment (a JSON file with
-    pool, node_name, size, cpus, work_dir) and take it as if given on the command line."""
-    import celery.apps.worker
-    import celery.worker.consumer  # noqa: F401
-    import kombu.transport.redis  # noqa: F401
-
-    import tasks.node
-    import tasks.worker  # noqa: F401
-
-    path: Path = args.spare_file
-    while not path.exists():
-        time.sleep(0.01)
-    assignment = json.loads(path.read_text())
-    path.unlink()
-    args.pool, args.node_name, args.size = assignment["pool"], assignment["node_name"], assignment.get("size")
-    args.cpus = assignment.get("cpus") or None
-    args.work_dir = Path(assignment["work_dir"]) if assignment.get("work_dir") else args.work_dir
-    for key in ("isolation", "network", "max_output_bytes", "max_output_files"):  # the pool's run isolation
-        if assignment.get(key) is not None:
-            setattr(args, key, assignment[key])
-    args.managed = True
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    from tasks.process import ResourceLimits
-    from tasks.worker import WorkerOptions, default_name, run_worker
-
-    if args.spare_file:
-        _become_node(args)
-    if not args.pool:
-        raise UsageError("which pool does this node serve?", hint="cluster worker --pool NAME")
-    validation.name("pool", args.pool)
-    if args.node_name is not None:
-        validation.text("--node-name", args.node_name)
-    if args.visibility_timeout is not None:
-        validation.positive_number("--visibility-timeout", args.visibility_timeout)
-    for flag, folder in (("--work-dir", args.work_dir), ("--cache-dir", args.cache_dir)):
-        if folder is not None:
-            validation.local_dir_target(flag, folder)
-    settings = Settings.discover(args.config)
-    home = Path.home() / ".cache" / "cluster"
-    limits = None
-    if args.size:
-        from cluster.sizes import get_size
-
-        size = get_size(args.size)
-        limits = ResourceLimits(memory_bytes=size.memory_bytes, cpu_count=size.cpus)
-    from tasks.rundir import OutputCaps
-    from tasks.sandbox import SandboxPolicy
-
-    policy = SandboxPolicy(isolation=args.isolation, network=args.network, max_processes=args.max_processes)
-    caps = OutputCaps(max_bytes=args.max_output_bytes, max_files=args.max_output_files)
-    hidden = (Path(settings.source).parent,) if Path(settings.source).is_file() else ()
-    opts = WorkerOptions(pool=args.pool, name=args.node_name or default_name(args.pool),
-                         # absolute: the sandbox binds them by path, from another working directory
-                         work_dir=(args.work_dir or home / "work").resolve(),
-                         cache_dir=(args.cache_dir or home / "cache").resolve(),
-                         static=not args.managed, limits=limits, cpus=_parse_cpus(args.cpus), policy=policy,
-                         output_caps=caps, hidden=hidden, remote_control=args.remote_control,
-                         use_bwrap=not args.no_bwrap,
-                         **({"visibility_timeout": args.visibility_timeout} if args.visibility_timeout else {}))
-    run_worker(settings, opts)  # prints the node's first line: name, pool, isolation level
-    return 0
+    """The worker package's command (``tasks.cli``), loaded by name: the SDK imports no Celery
+    (docs/architecture.md)."""
+    module_name, _, attr = WORKER_COMMAND.partition(":")
+    command = getattr(importlib.import_module(module_name), attr)
+    return int(command(args))
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -217,24 +161,56 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_list(args: argparse.Namespace) -> int:
-    from cluster import Experiment
+    from cluster import Experiment, runinfo
 
     validation.whole_number("--limit", args.limit, minimum=1)
     if args.experiment is not None:
         validation.name("experiment", args.experiment)
+    wheres = [runinfo.parse_where(w) for w in args.where]
+    tags = runinfo.tag_filter({k: (v if sep else None) for k, sep, v in (t.partition("=") for t in args.tag)})
     ws = _ws()
     experiments = [args.experiment] if args.experiment else ws.runs.list_experiments()
-    rows = []
+    rows, keys = [], []
     for name in experiments:
-        for run in Experiment(ws, name).get_runs(include_children=True):
+        for run in Experiment(ws, name).get_runs(include_children=True, status=args.status):
             rec = ws.runs.record(run.id)
+            if args.tag and not tags(runinfo.get_tags(ws.store, rec.prefix, rec)):
+                continue
+            metrics = run.get_metrics() if (wheres or args.sort_by) else {}
+            if not all(w(metrics) for w in wheres):
+                continue
             started = rec.timestamps.get("Queued", "")[:19].replace("T", " ")
-            rows.append([run.id, rec.status.value, rec.pool, str(rec.attempt), started, rec.parent_id or "-"])
-    rows.sort(key=lambda r: r[4], reverse=True)
+            row = [run.id, rec.status.value, rec.pool, str(rec.attempt), started, rec.parent_id or "-"]
+            if args.sort_by:
+                value = runinfo.last_value(metrics.get(args.sort_by))
+                row.append("-" if value is None else f"{value:g}" if isinstance(value, float) else str(value))
+                keys.append(value if isinstance(value, int | float) and not isinstance(value, bool) else None)
+            rows.append(row)
+    header = ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"]
+    if args.sort_by:
+        ascending = args.ascending if args.ascending is not None else _lower_is_better(args.sort_by)
+        with_value = sorted((k if ascending else -k, r) for k, r in zip(keys, rows, strict=True) if k is not None)
+        rows = [r for _k, r in with_value] + [r for k, r in zip(keys, rows, strict=True) if k is None]
+        header.append(args.sort_by.upper())
+    else:
+        rows.sort(key=lambda r: r[4], reverse=True)
     if not rows:
-        print("no runs yet")
+        print("no runs match" if (args.where or args.tag or args.status) else "no runs yet")
         return 0
-    _table(rows[: args.limit], ["RUN", "STATUS", "POOL", "ATTEMPT", "SUBMITTED (UTC)", "PARENT"])
+    table(rows[: args.limit], header)
+    return 0
+
+
+def _lower_is_better(metric: str) -> bool:
+    return any(word in metric.lower() for word in ("loss", "error", "rmse", "mae", "mse"))
+
+
+def cmd_runs_resubmit(args: argparse.Namespace) -> int:
+    script_args = args.args[1:] if args.args[:1] == ["--"] else args.args
+    run = _run(_ws(), args.run_id).resubmit(arguments=script_args or None)
+    print(run.id)
+    if args.wait:
+        run.wait_for_completion(show_output=True)
     return 0
 
 
@@ -264,7 +240,8 @@ def cmd_runs_files(args: argparse.Namespace) -> int:
 
 
 def cmd_runs_logs(args: argparse.Namespace) -> int:
-    run = _run(_ws(), args.run_id)
+    ws = _ws()
+    run = _run(ws, args.run_id)
     if args.follow:
         last = args.after
         try:
@@ -277,10 +254,7 @@ def cmd_runs_logs(args: argparse.Namespace) -> int:
         return 0
     from cluster import logstream
 
-    lines = logstream.archived(run._ws.store, run.prefix)
-    if not lines:  # still running: what the live stream has so far
-        entries = run._ws.redis.xrange(f"cluster:run:{run.id}:log")
-        lines = [f.get("l", "") for _i, f in entries if "l" in f]
+    lines = logstream.lines_so_far(ws.redis, ws.store, run.id, run.files_prefix())
     print("\n".join(lines))
     return 0
 
@@ -299,7 +273,7 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     if not models:
         print("no models registered")
         return 0
-    _table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
+    table([[m.name, str(m.version), m.run_id or "", m.created_time[:19].replace("T", " ")] for m in models],
            ["NAME", "VERSION", "RUN", "CREATED (UTC)"])
     return 0
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import secrets
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -112,7 +113,9 @@ class LocalProvider:
                 assignment = {"pool": pool.name, "node_name": name, "size": pool.vm_size,
                               "cpus": cpus[1] if cpus else "", "work_dir": str(work_dir),
                               "isolation": pool.isolation or "best-effort", "network": pool.network,
-                              "max_output_bytes": pool.max_output_bytes, "max_output_files": pool.max_output_files}
+                              "max_output_bytes": pool.max_output_bytes, "max_output_files": pool.max_output_files,
+                              "max_cache_bytes": pool.max_cache_bytes,
+                              "checkpoint_seconds": pool.checkpoint_seconds}
                 target = self._spare_file(spare.name)
                 tmp = target.with_suffix(".tmp")
                 tmp.write_text(json.dumps(assignment))
@@ -147,6 +150,21 @@ class LocalProvider:
                     pass
             embedded.reap(mp.pid)
             embedded.remove_process(self.state_dir, mp.pid)
+            self._forget_work_dir(node)
+
+    def _forget_work_dir(self, node: str) -> None:
+        """A node's work dir goes with it (node names are never reused): nothing piles up over scale cycles."""
+        folder = self.state_dir / "nodes" / node
+        if not folder.is_dir() or folder.is_symlink():
+            return
+
+        def unlock(_fn: object, path: str, _exc: object) -> None:  # a run may leave chmod-000 folders behind
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(path), 0o700)
+                os.chmod(path, 0o700)
+
+        shutil.rmtree(folder, onerror=unlock)  # first pass opens what it could not enter
+        shutil.rmtree(folder, ignore_errors=True)
 
     def list_nodes(self, pool: PoolSpec) -> list[str]:
         alive: list[embedded.ManagedProcess] = []
@@ -156,4 +174,6 @@ class LocalProvider:
             (alive if mp.alive else dead).append(mp)
         for mp in dead:
             embedded.remove_process(self.state_dir, mp.pid)
+            if not mp.name.startswith(SPARE_PREFIX):
+                self._forget_work_dir(mp.name)
         return sorted(mp.name for mp in alive)

@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
-import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from cluster import layout
+from cluster import layout, luascript
 from cluster.errors import ClusterError, NotFoundError, PayloadError, UsageError
-from cluster.records import RunError, RunRecord, RunStatus, now_iso
+from cluster.experiment import Experiment, submit_run
+from cluster.records import RunError, RunRecord, RunSpec, RunStatus, now_iso
 from cluster.sweep import state
 from cluster.sweep.config import SweepSpec, argument_name
 from cluster.sweep.policy import EarlyTerminationPolicy, NoTerminationPolicy, StopDecision
@@ -40,6 +41,8 @@ from cluster.sweep.sampling import ParameterSampling, Trial
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 LOCK_MS = 15_000
 SUMMARY_EVERY = 5.0  # seconds between summary rewrites for new metric values alone
@@ -133,17 +136,11 @@ def child_arguments(base: Sequence[Any], params: Mapping[str, Any]) -> list[Any]
 
 # ---- acting -------------------------------------------------------------------------------------
 
-_TOKEN = (f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}:"
-          f"{secrets.token_hex(4)}")  # host:pid:start time:random -- who drives a sweep
+def new_token() -> str:
+    """Who drives a sweep: host:pid:start time:random (a dead local holder's lock is taken over at once)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time():.2f}:{secrets.token_hex(4)}"
 
-_TAKE_LOCK = """
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[1] or holder == ARGV[3] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-return 0
-"""
+_TAKE_LOCK = luascript.read("cluster.sweep", "take_sweep_lock.lua")
 
 
 @dataclass
@@ -162,34 +159,44 @@ class _Sweep:
     last_write: float = 0.0
 
 
-_SWEEPS: dict[str, _Sweep] = {}
-_waiting: dict[str, str] = {}  # sweeps another driver holds (reported once per holder)
-_synced = False
+@dataclass
+class SweepDriver:
+    """What one controller process remembers of the sweeps between ticks (the controller owns one)."""
 
+    token: str = field(default_factory=new_token)
+    sweeps: dict[str, _Sweep] = field(default_factory=dict)
+    waiting: dict[str, str] = field(default_factory=dict)  # sweeps another driver holds (reported once per holder)
+    synced: bool = False
 
-def drive_sweeps(ws: Workspace, now: float) -> None:
-    """Advance every active sweep by one step (called by the leading controller every tick)."""
-    global _synced
-    r = ws.redis
-    if not _synced or not r.exists(state.RK_SYNCED):
-        _rebuild_active(ws)
-        _synced = True
-    for member in sorted(r.smembers(state.RK_ACTIVE)):
-        parent_id = str(member)
+    def drive(self, ws: Workspace, now: float) -> None:
+        """Advance every active sweep by one step (called by the leading controller every tick)."""
+        r = ws.redis
+        if not self.synced or not r.exists(state.RK_SYNCED):
+            _rebuild_active(ws)
+            self.synced = True
+        for member in sorted(r.smembers(state.RK_ACTIVE)):
+            parent_id = str(member)
+            try:
+                self.step(ws, parent_id, now)
+            except ClusterError as e:  # a server blip or a bad record: report, retry next tick
+                self._forget_progress(parent_id)
+                log.warning("sweep %s: %s", parent_id, e.message)
+            except Exception as e:  # never let one sweep stop the controller's tick
+                self._forget_progress(parent_id)
+                log.exception("sweep %s: unexpected %s: %s", parent_id, type(e).__name__, e)
+
+    def step(self, ws: Workspace, parent_id: str, now: float) -> StepPlan | None:
+        """One idempotent step of one sweep. Returns the plan it carried out (None: nothing to do here)."""
         try:
-            step(ws, parent_id, now)
-        except ClusterError as e:  # a server blip or a bad record: report, retry next tick
-            _forget_progress(parent_id)
-            print(f"sweep {parent_id}: {e.message}", file=sys.stderr, flush=True)
-        except Exception as e:  # never let one sweep stop the controller's tick
-            _forget_progress(parent_id)
-            print(f"sweep {parent_id}: unexpected {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            return _step(self, ws, parent_id, now)
+        finally:
+            if not ws.redis.sismember(state.RK_ACTIVE, parent_id):  # ended or unregistered: forget it
+                self.sweeps.pop(parent_id, None)
 
-
-def _forget_progress(parent_id: str) -> None:
-    sweep = _SWEEPS.get(parent_id)
-    if sweep is not None:
-        sweep.resumed = False  # re-check half-done submissions next step
+    def _forget_progress(self, parent_id: str) -> None:
+        sweep = self.sweeps.get(parent_id)
+        if sweep is not None:
+            sweep.resumed = False  # re-check half-done submissions next step
 
 
 def _rebuild_active(ws: Workspace) -> None:
@@ -220,20 +227,20 @@ def _dead_local_holder(holder: str) -> str:
     return holder
 
 
-def _lock(ws: Workspace, parent_id: str) -> tuple[bool, bool]:
+def _lock(driver: SweepDriver, ws: Workspace, parent_id: str) -> tuple[bool, bool]:
     """(may we drive it now, did we just take it over from another driver)."""
     key = state.rk_lock(parent_id)
     holder = str(ws.redis.get(key) or "")
-    dead = _dead_local_holder(holder) if holder and holder != _TOKEN else ""
-    ok = bool(ws.redis.eval(_TAKE_LOCK, 1, key, _TOKEN, LOCK_MS, dead or "\x00"))
-    if not ok and _waiting.get(parent_id) != holder:
-        _waiting[parent_id] = holder
-        print(f"sweep {parent_id}: driven by {holder} (lock held); waiting", file=sys.stderr, flush=True)
-    return ok, ok and holder != _TOKEN
+    dead = _dead_local_holder(holder) if holder and holder != driver.token else ""
+    ok = bool(ws.redis.eval(_TAKE_LOCK, 1, key, driver.token, LOCK_MS, dead or "\x00"))
+    if not ok and driver.waiting.get(parent_id) != holder:
+        driver.waiting[parent_id] = holder
+        log.info("sweep %s: driven by %s (lock held); waiting", parent_id, holder)
+    return ok, ok and holder != driver.token
 
 
-def _load(ws: Workspace, parent_id: str) -> _Sweep | None:
-    sweep = _SWEEPS.get(parent_id)
+def _load(driver: SweepDriver, ws: Workspace, parent_id: str) -> _Sweep | None:
+    sweep = driver.sweeps.get(parent_id)
     if sweep is not None:
         return sweep
     try:
@@ -245,7 +252,7 @@ def _load(ws: Workspace, parent_id: str) -> _Sweep | None:
     sweep = _Sweep(parent_id=parent_id, prefix=prefix, spec=spec, sampler=spec.sampler(),
                    policy=spec.early_termination(),
                    reader=state.SweepReader(ws, parent_id, prefix, spec.primary_metric_name))
-    _SWEEPS[parent_id] = sweep
+    driver.sweeps[parent_id] = sweep
     return sweep
 
 
@@ -254,7 +261,6 @@ def _unregister(ws: Workspace, parent_id: str) -> None:
     with contextlib.suppress(NotFoundError):
         ws.store.delete(state.ACTIVE_SWEEPS + parent_id)
     ws.redis.delete(state.rk_lock(parent_id))
-    _SWEEPS.pop(parent_id, None)
 
 
 def _parent(ws: Workspace, parent_id: str, prefix: str) -> RunRecord:
@@ -269,13 +275,12 @@ def _parent(ws: Workspace, parent_id: str, prefix: str) -> RunRecord:
     return record
 
 
-def step(ws: Workspace, parent_id: str, now: float) -> StepPlan | None:
-    """One idempotent step of one sweep. Returns the plan it carried out (None: nothing to do here)."""
-    locked, taken_over = _lock(ws, parent_id)
+def _step(driver: SweepDriver, ws: Workspace, parent_id: str, now: float) -> StepPlan | None:
+    locked, taken_over = _lock(driver, ws, parent_id)
     if not locked:
         return None  # another controller drives it right now
     try:
-        sweep = _load(ws, parent_id)
+        sweep = _load(driver, ws, parent_id)
     except (PayloadError, UsageError) as e:
         _fail_unreadable(ws, parent_id, e)
         return None
@@ -315,8 +320,6 @@ def _fail_unreadable(ws: Workspace, parent_id: str, error: ClusterError) -> None
 
 def _resume(ws: Workspace, sweep: _Sweep, children: Sequence[state.ChildInfo]) -> None:
     """First step of a sweep in this process: finish submissions a dead controller cut short."""
-    from cluster.records import RunSpec
-
     for child in children:
         if child.record is None:  # spec.json written, run.json not: complete the submission
             cp = state.child_prefix(sweep.prefix, child.run_id)
@@ -345,8 +348,7 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
         ws.store.put_json(state.child_prefix(sweep.prefix, decision.run_id) + state.STOPPED, info)
         reader.mark_stopped(decision.run_id, info)
         ws.runs.cancel(decision.run_id)
-        print(f"sweep {sweep.parent_id}: stopping {decision.run_id}: {decision.policy}: {decision.reason}",
-              flush=True)
+        log.info("sweep %s: stopping %s: %s: %s", sweep.parent_id, decision.run_id, decision.policy, decision.reason)
     if plan.cancel:
         by_id = {c.run_id: c for c in children}
         for run_id in plan.cancel:
@@ -375,8 +377,6 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
 
 
 def _submit_child(ws: Workspace, sweep: _Sweep, parent: RunRecord, index: int, params: dict[str, Any]) -> None:
-    from cluster.experiment import Experiment, submit_run
-
     spec = sweep.spec
     rc = spec.run_configuration()
     rc = rc.with_arguments(child_arguments((), params))
@@ -408,6 +408,6 @@ def _finish(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
     final = parent.with_status(plan.finish, error=error)
     _write_summary(ws, sweep, final, children, plan.reason)
     state.write_parent(ws, final)
-    print(f"sweep {sweep.parent_id}: {plan.finish.value}: {plan.reason}", flush=True)
+    log.info("sweep %s: %s: %s", sweep.parent_id, plan.finish.value, plan.reason)
     _unregister(ws, sweep.parent_id)
 

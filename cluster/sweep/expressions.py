@@ -102,7 +102,7 @@ def _check_exponent(kind: str, name: str, value: float) -> None:
         )
 
 
-def _quantize(x: float, q: int | float) -> int | float:
+def quantize(x: float, q: int | float) -> int | float:
     """``round(x / q) * q``: an int for an int ``q``; for a float ``q`` without binary noise."""
     k = round(x / q)
     if isinstance(q, int):
@@ -243,7 +243,7 @@ class QUniform(ParameterExpression):
         object.__setattr__(self, "q", _step(self.kind, self.q))
 
     def sample(self, rng: np.random.Generator) -> int | float:
-        return _quantize(float(rng.uniform(self.low, self.high)), self.q)
+        return quantize(float(rng.uniform(self.low, self.high)), self.q)
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ class QLogUniform(ParameterExpression):
         object.__setattr__(self, "q", _step(self.kind, self.q))
 
     def sample(self, rng: np.random.Generator) -> int | float:
-        return _quantize(math.exp(float(rng.uniform(self.min_exp, self.max_exp))), self.q)
+        return quantize(math.exp(float(rng.uniform(self.min_exp, self.max_exp))), self.q)
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,7 @@ class QNormal(ParameterExpression):
         object.__setattr__(self, "q", _step(self.kind, self.q))
 
     def sample(self, rng: np.random.Generator) -> int | float:
-        return _quantize(float(rng.normal(self.mu, self.sigma)), self.q)
+        return quantize(float(rng.normal(self.mu, self.sigma)), self.q)
 
 
 def _bounds(expr: ParameterExpression, low_name: str, high_name: str) -> None:

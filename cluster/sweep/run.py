@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, tables, validation
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
+from cluster.experiment import Experiment
 from cluster.records import RunStatus, now_iso
 from cluster.run import Run
 from cluster.sweep import state
+from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
-    from cluster.experiment import Experiment
     from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
@@ -28,9 +28,6 @@ class HyperDriveRun(Run):
     @classmethod
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
-        from cluster import validation
-        from cluster.experiment import Experiment
-
         record = ws.runs.record(validation.run_id(run_id))
         if not state.is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
@@ -71,12 +68,24 @@ class HyperDriveRun(Run):
         rows = ranked + rest
         return rows[:top] if top else rows
 
-    def get_best_run_by_primary_metric(self) -> Run | None:
-        """The completed child with the best primary metric, or None if none reported it."""
+    def get_best_run_by_primary_metric(self, include_failed: bool = True, include_canceled: bool = True,
+                                       include_resume_from_runs: bool = True) -> Run | None:
+        """The child with the best primary metric, or None if none reported it. As in Azure, children that failed
+        or were canceled (stopped early by the policy) count too if they logged the metric; pass
+        ``include_failed=False`` / ``include_canceled=False`` to rank only those that completed."""
+        for flag, value in (("include_failed", include_failed), ("include_canceled", include_canceled),
+                            ("include_resume_from_runs", include_resume_from_runs)):
+            if not isinstance(value, bool):
+                raise UsageError(f"{flag} must be True or False, got {value!r}")
+        allowed = {RunStatus.COMPLETED.value, *((RunStatus.FAILED.value,) if include_failed else ()),
+                   *((RunStatus.CANCELED.value,) if include_canceled else ())}
         rows = state.child_rows(self._children(), self.spec.goal, self.spec.primary_metric_name)
-        if not rows or not rows[0]["ranked"]:
+        candidates = [r for r in rows if r["status"] in allowed and r["best_primary_metric"] is not None]
+        if not candidates:
             return None
-        return Run(self.experiment, rows[0]["run_id"])
+        sign = -1.0 if coerce_goal(self.spec.goal) is PrimaryMetricGoal.MAXIMIZE else 1.0
+        best = min(candidates, key=lambda r: (sign * r["best_primary_metric"], r["index"]))
+        return Run(self.experiment, best["run_id"])
 
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         """Every child's metrics: ``{child run id: {metric name: value}}``."""
@@ -117,8 +126,6 @@ class HyperDriveRun(Run):
         """Block until the sweep has ended; ``show_output`` prints a line as each child starts and ends, then
         a table of the results."""
         if timeout is not None:
-            from cluster import validation
-
             timeout = validation.positive_number("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: dict[str, str] = {}
@@ -201,10 +208,5 @@ def format_table(rows: list[dict[str, Any]], metric: str) -> str:
         lines.append([str(row.get("rank") or "-"), row["run_id"], row["status"],
                       _fmt(best) if best is not None else "-", f"{dur:.1f}s" if dur is not None else "-",
                       *(_fmt(row.get("hyperparameters", {}).get(n, "")) for n in names), row.get("note", "")])
-    widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [header, *lines])
+    return tables.format_table(lines, header)
 
-
-def print_table(rows: list[dict[str, Any]], metric: str) -> None:
-    print(format_table(rows, metric), file=sys.stdout, flush=True)

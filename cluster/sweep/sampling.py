@@ -42,9 +42,9 @@ from cluster.sweep.expressions import (
     QUniform,
     RandInt,
     Uniform,
-    _quantize,
     canonical_key,
     expression_from_dict,
+    quantize,
 )
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
@@ -298,7 +298,7 @@ def _index_encoding(kmin: int, kmax: int, q: int | float, *, log: bool = False) 
             return None
         return min(max(round(value / q), kmin), kmax)
 
-    return _Encoding(IntDistribution(kmin, kmax, log=log), encode, lambda k: _quantize(int(k) * q, q))
+    return _Encoding(IntDistribution(kmin, kmax, log=log), encode, lambda k: quantize(int(k) * q, q))
 
 
 def _encoding(expr: ParameterExpression) -> _Encoding:

@@ -27,9 +27,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cluster import layout
+from cluster import layout, metrics
+from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import RunRecord, RunSpec, RunStatus, now_iso, parse_iso
+from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
@@ -37,44 +38,32 @@ if TYPE_CHECKING:
     from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
-SWEEP_SPEC = "sweep.json"
-SUMMARY = "summary.json"
-CANCEL = "cancel.json"
-STOPPED = "stopped.json"
-INTENTS_DIR = "intents/"
-CHILDREN_DIR = "children/"
-ALL_SWEEPS = "index/sweeps/all/"
-ACTIVE_SWEEPS = "index/sweeps/active/"
+# paths and keys are built in cluster/layout.py (short names here for this package)
+SWEEP_SPEC = layout.SWEEP_SPEC
+SUMMARY = layout.SWEEP_SUMMARY
+CANCEL = layout.SWEEP_CANCEL
+STOPPED = layout.SWEEP_STOPPED
+INTENTS_DIR = layout.SWEEP_INTENTS_DIR
+CHILDREN_DIR = layout.CHILDREN_DIR
+ALL_SWEEPS = layout.ALL_SWEEPS_PREFIX
+ACTIVE_SWEEPS = layout.ACTIVE_SWEEPS_PREFIX
 
-RK_ACTIVE = "cluster:sweeps:active"
-RK_SYNCED = "cluster:sweeps:synced"
+RK_ACTIVE = layout.RK_SWEEPS_ACTIVE
+RK_SYNCED = layout.RK_SWEEPS_SYNCED
+rk_lock = layout.rk_sweep_lock
+intent_key = layout.sweep_intent_key
 
-KIND_SWEEP = "sweep"
 KIND_CHILD = "sweep-child"
-
-
-def rk_lock(parent_id: str) -> str:
-    return f"cluster:sweep:{parent_id}:lock"
-
-
-def intent_key(prefix: str, index: int) -> str:
-    return f"{prefix}{INTENTS_DIR}{index:06d}.json"
 
 
 def child_prefix(parent_prefix: str, child_id: str) -> str:
     return layout.run_prefix("", child_id, parent_prefix)
 
 
-def is_sweep(record: RunRecord) -> bool:
-    return record.tags.get("kind") == KIND_SWEEP and record.parent_id is None
-
-
 # ---- the parent run -----------------------------------------------------------------------------
 
 def create_parent(ws: Workspace, spec: SweepSpec, rc: RunConfiguration, tags: dict[str, str]) -> RunRecord:
     """Write the parent's spec, sweep spec and record (object store first), then register it in Redis."""
-    from cluster.experiment import _display
-
     prefix = layout.run_prefix(spec.experiment, spec.parent_id)
     tags = {**tags, "kind": KIND_SWEEP}
     run_spec = RunSpec(run_id=spec.parent_id, experiment=spec.experiment, snapshot=spec.snapshot,
@@ -84,7 +73,7 @@ def create_parent(ws: Workspace, spec: SweepSpec, rc: RunConfiguration, tags: di
                        max_run_duration_seconds=rc.max_run_duration_seconds, tags=tags, prefix=prefix,
                        submitted_at=now_iso(spec.created))
     record = (RunRecord(run_id=spec.parent_id, experiment=spec.experiment, status=RunStatus.QUEUED, prefix=prefix,
-                        pool=rc.pool, tags=tags, arguments=tuple(_display(a) for a in rc.arguments))
+                        pool=rc.pool, tags=tags, arguments=tuple(display_argument(a) for a in rc.arguments))
               .with_status(RunStatus.QUEUED, at=spec.created).with_status(RunStatus.RUNNING, at=spec.created))
     ws.store.put_many([  # independent objects: written concurrently, all before Redis knows the sweep
         (prefix + layout.RUN_SPEC, _json(run_spec.to_dict()), "application/json"),
@@ -145,7 +134,7 @@ def _number(value: Any) -> float | None:
 
 def primary_values(event: dict[str, Any], name: str) -> list[float]:
     """The primary metric values one logged event carries (scalars and lists; rows are not a metric series)."""
-    if event.get("name") != name:
+    if event.get("name") != name or event.get("child"):  # a script's child run logs its own metrics
         return []
     kind, value = event.get("kind"), event.get("value")
     raw = value if kind == "list" and isinstance(value, list) else [value] if kind == "scalar" else []
@@ -279,14 +268,12 @@ class SweepReader:
         return out
 
     def _series(self, child_id: str, record: RunRecord | None) -> tuple[float, ...]:
-        from cluster import metrics
-
         if child_id in self._final_series:
             return self._final_series[child_id]
         if record is None:
             return ()
         if record.status.is_final:
-            events = metrics.read(self.ws.redis, self.ws.store, child_id, record.prefix, final=True)
+            events = metrics.read(self.ws.redis, self.ws.store, child_id, record.files_prefix, final=True)
             series = tuple(v for e in events for v in primary_values(e, self.metric))
             self._final_series[child_id] = series
             self._live.pop(child_id, None)

@@ -132,7 +132,7 @@ def create_app(ws: Workspace, token: str) -> Any:
         as ``after``), ``complete`` (the log has ended)."""
         run = views.run(run_id)
         final = ws.runs.status(run_id).is_final
-        return stream.log_page(ws.redis, ws.store, run_id, run.prefix, after, final, limit)
+        return stream.log_page(ws.redis, ws.store, run_id, run.files_prefix(), after, final, limit)
 
     @app.get("/api/runs/{run_id}/log/stream", tags=["runs"])
     async def api_log_stream(request: Request, run_id: str, after: str | None = None,
@@ -147,7 +147,7 @@ def create_app(ws: Workspace, token: str) -> Any:
         log_after, met_after = stream.parse_cursor(last_id or f"{after or ''}|{metrics_after or ''}")
         r = _async_redis(app, ws)
         feed = stream.follow(r, run_id, after=log_after, metrics_after=met_after,
-                             read_archive=lambda: logstream.archived(ws.store, run.prefix),
+                             read_archive=lambda: logstream.archived(ws.store, run.files_prefix()),
                              stored_status=lambda: ws.runs.stored_record(run_id).status.value,
                              disconnected=request.is_disconnected)
         return StreamingResponse(stream.guarded(feed, run_id), media_type="text/event-stream",
@@ -256,10 +256,10 @@ def _async_redis(app: FastAPI, ws: Workspace) -> Any:
 
 
 def _object_response(ws: Workspace, key: str, path: str, preview: bool) -> Response:
-    from cluster.ui.views import _kind
+    from cluster.ui.views import file_kind
 
     name = path.rsplit("/", 1)[-1]
-    kind = _kind(name)
+    kind = file_kind(name)
     if preview and kind == "text":
         with ws.store._errors(f"read {key}"):
             resp = ws.store.client.get_object(ws.store.bucket, key, length=TEXT_PREVIEW_BYTES)

@@ -33,11 +33,8 @@ log = logging.getLogger("cluster.ui.index")
 
 INDEX_VERSION = 1
 READ_THREADS = 8
-CHILDREN = "children/"
-
-
-def index_key(experiment: str) -> str:
-    return f"index/ui/experiments/{experiment}.json"
+CHILDREN = layout.CHILDREN_DIR
+index_key = layout.ui_index_key
 
 
 def _final_json(raw: str) -> bool:
@@ -172,7 +169,7 @@ class RunIndex:
             live = [json.loads(f["e"]) for _id, f in entries or [] if "e" in f]
             if record.status.is_final:  # the archive is authoritative; the live stream if there is none
                 self._read()
-                events = metrics.stored_events(self.ws.store, record.prefix) or live
+                events = metrics.stored_events(self.ws.store, record.files_prefix) or live
             else:
                 events = live
             return run_id, make_row(record, metrics.aggregate(events))

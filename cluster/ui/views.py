@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import mimetypes
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout
+from cluster.autoscale import NodeState
 from cluster.compute import load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError, UsageError
 from cluster.experiment import Experiment
 from cluster.model import MODEL_RECORD, Model, ModelRecord
+from cluster.nodes import list_nodes
 from cluster.run import Run
 from cluster.ui.index import RunIndex
 
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
 SORTS = ("submitted", "started", "ended", "duration", "status", "run_id")
 TEXT_PREVIEW_BYTES = 64 * 1024
-NODE_LOST_AFTER = 10.0
 
 
 class Views:
@@ -135,7 +135,7 @@ class Views:
         key = layout.rk_run_metrics(run_id)
         # the stream position the page's live feed continues from: exactly after the events returned here
         if final:
-            events = metrics_mod.read(self.ws.redis, self.ws.store, run_id, run.prefix, final=True)
+            events = metrics_mod.read(self.ws.redis, self.ws.store, run_id, run.files_prefix(), final=True)
             last: Any = self.ws.redis.xrevrange(key, count=1)  # a final run's stream no longer grows
             cursor = str(last[0][0]) if last else "0-0"
         else:
@@ -151,12 +151,12 @@ class Views:
         return details
 
     def files(self, run_id: str) -> list[dict[str, Any]]:
-        run = self.run(run_id)
+        prefix = self.run(run_id).files_prefix()
         out = []
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
-            for info in self.ws.store.list(f"{run.prefix}{folder}/"):
-                name = info.key[len(run.prefix):]
-                kind = _kind(name)
+            for info in self.ws.store.list(f"{prefix}{folder}/"):
+                name = info.key[len(prefix):]
+                kind = file_kind(name)
                 out.append({"name": name, "size": info.size, "kind": kind})
         return sorted(out, key=lambda f: f["name"])
 
@@ -165,7 +165,7 @@ class Views:
         if any(p in ("..", "") for p in rel.split("/")) or rel.split("/")[0] not in (layout.LOGS_DIR,
                                                                                       layout.OUTPUTS_DIR):
             raise UsageError(f"bad file path {path!r}", hint="a run's files are under logs/ and outputs/")
-        key = self.run(run_id).prefix + rel
+        key = self.run(run_id).files_prefix() + rel
         if self.ws.store.stat(key) is None:
             raise NotFoundError(f"run {run_id} has no file {rel!r}")
         return key
@@ -194,7 +194,7 @@ class Views:
     def models(self) -> list[dict[str, Any]]:
         """Every model version (records are immutable, so each is read once)."""
         out = []
-        prefix = "models/"
+        prefix = layout.MODELS_PREFIX
         for info in self.ws.store.list(prefix):
             parts = info.key[len(prefix):].split("/")
             if len(parts) != 3 or parts[2] != MODEL_RECORD or not parts[1].isdigit():
@@ -219,22 +219,9 @@ class Views:
 
     # -- pools and nodes --------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
-        r = self.ws.redis
-        names = sorted(str(n) for n in r.smembers(layout.RK_NODES))
-        pipe = r.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(layout.rk_node(name))
-        now = time.time()
-        out = []
-        for name, h in zip(names, pipe.execute(), strict=True):
-            if not h:
-                continue
-            age = now - float(h.get("heartbeat", 0) or 0)
-            out.append({"name": name, "pool": h.get("pool", ""),
-                        "state": h.get("state", "?") if age <= NODE_LOST_AFTER else "lost",
-                        "run": h.get("run") or None, "heartbeat_age": round(age, 1),
-                        "static": h.get("static") == "1", "draining": h.get("drain") == "1"})
-        return out
+        return [{"name": n.name, "pool": n.pool, "state": n.state.value, "run": n.run,
+                 "heartbeat_age": round(n.heartbeat_age, 1), "static": n.static,
+                 "draining": n.state is NodeState.DRAINING} for n in list_nodes(self.ws)]
 
     def pools(self) -> list[dict[str, Any]]:
         specs = load_specs(self.ws)
@@ -271,7 +258,7 @@ def _isolation(ws: Workspace, run_id: str) -> str | None:
     return str(value) if value else None
 
 
-def _kind(name: str) -> str:
+def file_kind(name: str) -> str:
     mime, _ = mimetypes.guess_type(name)
     if mime and mime.startswith("image/"):
         return "image"

@@ -32,6 +32,8 @@ def build() -> dict:
         cells.append({"cell_type": "markdown", "metadata": {}, "source": [f"## {title}\n"]})
         cells.append({"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
                       "source": code.splitlines(keepends=True)})
+    for i, cell in enumerate(cells):  # nbformat 4.5: every cell has a stable id
+        cell["id"] = f"cell-{i}"
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
                                                         "name": "python3"}, "language_info": {"name": "python"}},
             "nbformat": 4, "nbformat_minor": 5}

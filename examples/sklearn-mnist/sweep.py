@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=0, help="train each child on the first N images (0: all)")
     parser.add_argument("--max-total-runs", type=int, default=16)
     parser.add_argument("--max-concurrent-runs", type=int, default=4)
+    parser.add_argument("--max-nodes", type=int, default=4, help="the pool's maximum size if it is created here")
     parser.add_argument("--experiment", default="sklearn-mnist-sweep")
     parser.add_argument("--compute", default=os.environ.get("AML_COMPUTE_CLUSTER_NAME", "cpucluster"))
     parser.add_argument("--model-name", default="sklearn_mnist")
@@ -62,7 +63,7 @@ def main() -> None:
         print("found compute target. just use it.", args.compute)
     else:
         print("creating a new compute target...")
-        config = NodePool.provisioning_configuration(vm_size="STANDARD_D2_V2", min_nodes=0, max_nodes=4,
+        config = NodePool.provisioning_configuration(vm_size="STANDARD_D2_V2", min_nodes=0, max_nodes=args.max_nodes,
                                                      idle_seconds_before_scaledown=120)
         compute_target = ComputeTarget.create(ws, args.compute, config)
         compute_target.wait_for_completion(show_output=True, timeout_in_minutes=20)

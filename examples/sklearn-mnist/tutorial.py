@@ -4,6 +4,8 @@ Each `# %%` cell is one step of the seed notebook; only the imports changed. Run
 after `cluster up` (or just `make demo`). Set MNIST_DIR to import MNIST from a folder instead of downloading.
 
     python examples/sklearn-mnist/tutorial.py [--train-limit N] [--delete-compute]
+
+The notebook reads no command line: TUTORIAL_TRAIN_LIMIT=N sets the training subset there (CI runs it so).
 """
 
 # %% 1. Set up: numpy, matplotlib and the SDK; the workspace from the config file
@@ -21,10 +23,12 @@ from sklearn.linear_model import LogisticRegression
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace
 from cluster.mnist import fetch_mnist, load_data
+from cluster.widgets import RunDetails
 
 HERE = Path(__file__).resolve().parent
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--train-limit", type=int, default=0, help="train on the first N images only (0: all 60,000)")
+parser.add_argument("--train-limit", type=int, default=int(os.environ.get("TUTORIAL_TRAIN_LIMIT", 0)),
+                    help="train on the first N images only (0: all 60,000; default $TUTORIAL_TRAIN_LIMIT)")
 parser.add_argument("--delete-compute", action="store_true", help="step 14: delete the compute target at the end")
 parser.add_argument("--out", type=Path, default=Path("tutorial-outputs"), help="where the PNG and model go")
 args, _unknown = parser.parse_known_args()
@@ -102,6 +106,9 @@ est = Estimator(source_directory=str(script_folder), script_params=script_params
 # %% 9. Submit: returns at once
 run = exp.submit(config=est)
 print(run)
+
+# %% 10. Jupyter widget: status, metrics and the log's tail, refreshed until the run ends (text outside Jupyter)
+RunDetails(run).show()
 
 # %% 11. Monitor: stream the log until the run ends (the pool scales up from zero first)
 run.wait_for_completion(show_output=True)

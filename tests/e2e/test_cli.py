@@ -3,7 +3,6 @@ session's embedded cluster, and runs execute on a real worker node started with 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,12 +14,11 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
-from cluster import Experiment, Run, Workspace, layout
+from cluster import Experiment, Run, Workspace
 from cluster.settings import Settings
-from tests.helpers import EventCollector, unique, wait_until
+from tests.helpers import EventCollector, NodeStarter, unique, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -81,37 +79,11 @@ def pool() -> str:
 def node(cli: Cli, cluster_dir: Path, ws: Workspace, pool: str,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`cluster worker` for the module's pool, as a subprocess; stopped (TERM, then KILL) and reaped after."""
-    base = tmp_path_factory.mktemp("e2e-node")
-    name = unique("e2e-node")
-    log = base / "node.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            cli.argv("worker", "--pool", pool, "--node-name", name, "--config", cluster_dir / "config.json",
-                     "--work-dir", base / "work", "--cache-dir", base / "cache"),
-            cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    seen: dict[int, psutil.Process] = {}
+    starter = NodeStarter(ws.settings, cluster_dir, tmp_path_factory.mktemp("e2e-node"))
     try:
-        deadline = time.monotonic() + 60
-        while not ws.redis.exists(layout.rk_node(name)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"node {name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.1)
-        yield name
+        yield starter.start(pool, name=unique("e2e-node"), config=cluster_dir / "config.json", env=clean_env()).name
     finally:
-        with contextlib.suppress(psutil.Error):
-            seen.update({p.pid: p for p in psutil.Process(proc.pid).children(recursive=True)})
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        left = [p for p in seen.values() if p.is_running()]
-        for p in left:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(left, timeout=10)
+        starter.stop_all()
 
 
 def make_source(root: Path, files: dict[str, str]) -> Path:

@@ -40,7 +40,7 @@ from cluster import (
 )
 from cluster.settings import Settings
 from tests.helpers import unique
-from tests.integration.conftest import REPO, NodeProcess, NodeStarter
+from tests.integration.conftest import NodeProcess, NodeStarter
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def _files_are(present: set[str], absent: frozenset[str] | set[str] = frozenset(
 
 def _log_has(*fragments: str) -> Callable[[Workspace, Run], None]:
     def check(ws: Workspace, run: Run) -> None:
-        text = ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8")
+        text = ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8")
         for f in fragments:
             assert f in text, f
     return check
@@ -169,20 +169,10 @@ def bad_pool() -> str:
 def small_node(settings: Settings, cluster_dir: Path, bad_pool: str,
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One `cluster worker --size small` node serving the module's pool; stopped and reaped at the end."""
-    base = tmp_path_factory.mktemp("bad-node")
-    starter = NodeStarter(settings, cluster_dir, base)
-    name = unique("bad-node")
-    log = base / f"{name}.log"
-    argv = [sys.executable, "-m", "cluster.cli", "worker", "--pool", bad_pool, "--node-name", name, "--size", "small",
-            "--config", str(cluster_dir / "config.json"), "--work-dir", str(base / "work"),
-            "--cache-dir", str(base / "cache")]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-    node = NodeProcess(name=name, pool=bad_pool, proc=proc, work_dir=base / "work", cache_dir=base / "cache", log=log)
-    starter.nodes.append(node)
+    starter = NodeStarter(settings, cluster_dir, tmp_path_factory.mktemp("bad-node"))
     try:
-        starter.wait_ready(node)
+        node = starter.start(bad_pool, name=unique("bad-node"), extra_args=("--size", "small"),
+                             config=cluster_dir / "config.json")
         yield node
     finally:
         starter.stop_all()
@@ -224,7 +214,7 @@ def test_the_table_covers_every_way_a_script_fails() -> None:
 def test_bad_run(ws: Workspace, runs: dict[str, Run], row: ScriptRow) -> None:
     run = runs[row.input]
     details = run.wait_for_completion(timeout=RUN_TIMEOUT, raise_on_error=False)
-    log = ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8")
+    log = ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8")
     shown = f"{row.input}: {details['status']} {details['error']}\n--- driver log (end) ---\n{log[-3000:]}"
     assert details["status"] == row.status, shown
     assert details["attempt"] == 1, shown  # a script's failure is never retried as if the node had died

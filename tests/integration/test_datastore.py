@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import json
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,27 @@ def test_data_references(ws: Workspace) -> None:
     assert ds.as_mount() != m and ds.as_mount().path_on_datastore == ""
     d = ds.as_download(path_on_compute="data")
     assert d.mode == "download" and "download" in str(d) and "data" in str(d)
+
+
+def test_node_data_cache_forgets_what_the_datastore_deleted(ws: Workspace, tmp_path: Path) -> None:
+    """A mounted folder shows exactly the datastore's files: one deleted there is dropped from the node cache
+    (file and manifest entry) on the next use; nothing is downloaded twice."""
+    from cluster.objectstore import ObjectStore
+    from tasks import datacache
+    from tests.helpers import unique
+
+    prefix = unique("cachegone")
+    store = ObjectStore(ws.settings, ws.settings.data_bucket)
+    store.put_bytes(f"{prefix}/keep.txt", b"keep")
+    store.put_bytes(f"{prefix}/drop.txt", b"drop")
+    ref = ws.get_default_datastore().path(prefix).as_mount()
+    cache = tmp_path / "cache"
+    first = datacache.sync_mount(store, ref, cache, lambda _m: None)
+    assert first.downloaded == 2 and sorted(p.name for p in first.path.iterdir()) == ["drop.txt", "keep.txt"]
+    store.delete(f"{prefix}/drop.txt")
+    notes: list[str] = []
+    second = datacache.sync_mount(store, ref, cache, notes.append)
+    assert second.downloaded == 0 and second.reused == 1
+    assert [p.name for p in second.path.iterdir()] == ["keep.txt"]
+    manifest = json.loads((cache / "data" / f"{ref.datastore}.manifest.json").read_text())
+    assert sorted(k for k in manifest if k.startswith(prefix)) == [f"{prefix}/keep.txt"]

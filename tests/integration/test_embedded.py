@@ -109,3 +109,43 @@ def test_down_stops_only_ours_and_data_survives(tmp_path: Path) -> None:
         bystander.kill()
         bystander.wait()
         embedded.down(state_dir, echo=lambda _m: None)
+
+
+@pytest.mark.parametrize("victim", ["s3", "redis"])
+def test_up_restarts_only_the_service_that_died(tmp_path: Path, victim: str, capsys: pytest.CaptureFixture) -> None:
+    """A dead server is brought back on the same port with the same credentials and data; nothing else is
+    restarted (nodes and the controller keep running and reconnect by themselves)."""
+    state_dir = tmp_path / ".cluster"
+    settings = embedded.up(state_dir, echo=lambda _m: None, ui=False)
+    try:
+        ObjectStore(settings, settings.data_bucket).put_bytes("keep/me.txt", b"still here")
+        client = connect(settings)
+        client.set("cluster:test:key", "value")
+        client.execute_command("BGREWRITEAOF")  # (everysec: the key reaches the AOF within a second anyway)
+        before = {p.name: p.pid for p in embedded.State.load(state_dir).processes if p.alive}
+        dead = embedded.running_process(state_dir, victim)
+        assert dead is not None
+        proc = psutil.Process(dead.pid)
+        if victim == "redis":
+            import time
+
+            time.sleep(1.5)  # past appendfsync everysec
+        proc.kill()
+        proc.wait(10)
+        assert main(["status", "--config", str(state_dir / "config.json")]) == 3
+        out = capsys.readouterr().out
+        assert "DOWN" in out and "down: " in out and "restarts only what is down" in out
+        messages: list[str] = []
+        again = embedded.up(state_dir, echo=messages.append, ui=False)
+        assert any(f"{victim} was down: restarted it on the same port" in m for m in messages), messages
+        after = {p.name: p.pid for p in embedded.State.load(state_dir).processes if p.alive}
+        assert after[victim] != before[victim]
+        assert {n: pid for n, pid in after.items() if n != victim and n in before} == \
+               {n: pid for n, pid in before.items() if n != victim}  # the survivors were left alone
+        assert (again.redis_url, again.s3_endpoint, again.s3_access_key, again.s3_secret_key) == \
+               (settings.redis_url, settings.s3_endpoint, settings.s3_access_key, settings.s3_secret_key)
+        assert ObjectStore(again, again.data_bucket).get_bytes("keep/me.txt") == b"still here"
+        assert connect(again).get("cluster:test:key") == "value"
+        assert main(["status", "--config", str(state_dir / "config.json")]) == 0
+    finally:
+        embedded.down(state_dir, echo=lambda _m: None)

@@ -94,7 +94,7 @@ def everything(ws: Workspace, run: Run) -> bytes:
 
 
 def log_lines(ws: Workspace, run: Run) -> list[str]:
-    return ws.store.get_bytes(run.prefix + layout.RUN_DRIVER_LOG).decode("utf-8", "replace").splitlines()
+    return ws.store.get_bytes(run.files_prefix() + layout.RUN_DRIVER_LOG).decode("utf-8", "replace").splitlines()
 
 
 def assert_no_secret(ws: Workspace, run: Run, secrets: list[str]) -> None:

@@ -286,7 +286,8 @@ def test_start_nodes_creates_pods(api: FakeKubeAPI, provider: KubernetesProvider
         assert container["image"] == "registry.example/cluster:1.2"
         assert container["command"] == ["cluster", "worker", "--managed", "--pool", "cpu-pool", "--node-name", name,
                                         "--isolation", "required", "--network", "host",  # a pod refuses no sandbox
-                                        "--max-output-bytes", str(10 * 1024**3), "--max-output-files", "10000"]
+                                        "--max-output-bytes", str(10 * 1024**3), "--max-output-files", "10000",
+                                        "--max-cache-bytes", str(20 * 1024**3), "--checkpoint-seconds", "5"]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["CLUSTER_CONFIG"] == "/etc/cluster/config.json"
         assert container["resources"] == {

@@ -15,9 +15,21 @@ import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 from cluster.errors import ConflictError, UsageError
+from cluster.settings import Settings
 from tests.helpers import EventCollector, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+# this module wipes Redis and kills nodes and the controller: it runs on a cluster of its own, not the session's
+@pytest.fixture(scope="module")
+def cluster_dir(own_cluster_dir: Path) -> Path:
+    return own_cluster_dir
+
+
+@pytest.fixture(scope="module")
+def settings(cluster_dir: Path) -> Settings:
+    return Settings.from_file(cluster_dir / "config.json")
 
 WORK = """
 import argparse, os, sys, time, urllib.request, uuid
@@ -196,7 +208,7 @@ def test_controller_restart_mid_run_loses_nothing(ws: Workspace, cluster_dir: Pa
     embedded.reap(ctl.pid, timeout=10)
     queued_while_down = _submit(ws, source, pool, 0.2)
     time.sleep(1.0)
-    ws.redis.delete("cluster:controller:leader")  # the dead leader's lease would otherwise delay takeover
+    ws.redis.delete(layout.RK_CONTROLLER_LEADER)  # the dead leader's lease would otherwise delay takeover
     assert embedded.ensure_controller(cluster_dir)
     details = run.wait_for_completion(timeout=60)
     assert details["status"] == "Completed" and details["attempt"] == 1
@@ -226,12 +238,15 @@ def test_redis_wiped_runs_are_requeued_from_the_object_store(ws: Workspace, sour
     wait_until(lambda: running.get_status() == "Running", 60, "first run started")
     queued = _submit(ws, source, pool, 0.2)
     assert queued.get_status() == "Queued"
+    assert {running.id, queued.id} <= set(ws.runs.list_live_run_ids())  # what recovery will read
     ws.redis.flushall()  # queue, live state, leases, heartbeats: all gone
     for run in (running, queued):
         details = run.wait_for_completion(timeout=120)
         assert details["status"] == "Completed"
     assert running.get_details()["attempt"] == 2  # its interrupted attempt was recorded as node-lost
     assert [a.get("outcome") for a in running.get_details()["attempts"]] == ["node-lost", "Completed"]
+    # final: the controller drops them from the live index (the next wipe's recovery does not read them)
+    wait_until(lambda: not {running.id, queued.id} & set(ws.runs.list_live_run_ids()), 30, "live index pruned")
 
 
 def test_cancel_requested_then_node_lost_is_not_run_again(ws: Workspace, cluster_dir: Path, source: Path,

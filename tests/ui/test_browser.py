@@ -253,3 +253,23 @@ def test_sweep_page_marks_a_child_stopped_early_with_the_policys_reason(ws: Work
     assert page.page.locator("#progress").inner_text().count("Stopped early\t1") == 1
     assert page.page.locator(f'#sweep-scatter circle.stopped[data-run="{lag["run_id"]}"]').count() == 1
     page.screenshot("sweep-stopped")
+
+
+def test_run_page_shows_a_logged_table_and_keeps_child_runs_apart(ws: Workspace, pool: str, node: Any, page: Any,
+                                                                  make_source: Callable[..., Path]) -> None:
+    src = make_source({"train.py": """
+from cluster import Run
+run = Run.get_context()
+run.log_table("curve", {"epoch": [1, 2, 3], "loss": [0.5, 0.3, 0.2]})
+with run.child_run("fold-1") as child:
+    child.log("fold_only", 1.0)
+run.log("rate", 0.2)
+"""})
+    run = submit(ws, pool, src)
+    run.wait_for_completion(timeout=120)
+    page.goto(f"/runs/{run.id}")
+    poll(lambda: page.page.locator('#metric-rows [data-metric="curve"] tbody tr').count() == 3,
+         what="the table, one row per entry")
+    assert page.page.locator('#metric-values tr[data-metric="rate"] td').inner_text() == "0.2"
+    for name in ("fold_only", "status", "child"):  # a child's metric and control events are not the run's
+        assert page.page.locator(f'[data-metric="{name}"]').count() == 0

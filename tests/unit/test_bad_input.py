@@ -32,7 +32,7 @@ from cluster import (
     Workspace,
 )
 from cluster.context import OfflineRun
-from cluster.errors import ClusterError
+from cluster.errors import ClusterError, IgnoredArgumentWarning
 from cluster.estimator import RunConfiguration
 from cluster.settings import Settings
 from cluster.sweep import BanditPolicy, HyperDriveConfig, RandomParameterSampling, uniform
@@ -119,8 +119,8 @@ ROWS: list[Row] = [
         UsageError, "did you mean 'script_params'"),
     Row("Estimator(entry_scrpt='train.py') (a typo)", "SDK",
         lambda e: Estimator(e.src, "train.py", entry_scrpt="train.py"), UsageError, "did you mean 'entry_script'"),
-    Row("Estimator(use_gpu=True) (Azure-only)", "SDK", lambda e: _est(e, use_gpu=True),
-        UsageError, "unsupported argument(s) use_gpu"),
+    Row("Estimator(node_count=2) (distributed: not implemented)", "SDK", lambda e: _est(e, node_count=2),
+        UsageError, "unsupported argument(s) node_count"),
     Row("Estimator(script_params={'--lr': nan})", "SDK", lambda e: _est(e, script_params={"--lr": math.nan}),
         UsageError, "NaN or infinite"),
     Row("Estimator(script_params={'--lr': np.float64(inf)})", "SDK",
@@ -222,8 +222,8 @@ ROWS: list[Row] = [
         UsageError, "0 <= min_nodes <= max_nodes"),
     Row("provisioning_configuration(max_nodes=0)", "SDK", lambda e: NodePool.provisioning_configuration(max_nodes=0),
         UsageError, "max_nodes must be at least 1"),
-    Row("provisioning_configuration(min_nodes='1')", "SDK",
-        lambda e: NodePool.provisioning_configuration(min_nodes="1"),  # type: ignore[arg-type]
+    Row("provisioning_configuration(min_nodes='one')", "SDK",
+        lambda e: NodePool.provisioning_configuration(min_nodes="one"),  # type: ignore[arg-type]
         UsageError, "min_nodes must be a whole number"),
     Row("provisioning_configuration(vm_size='huge')", "SDK",
         lambda e: NodePool.provisioning_configuration(vm_size="huge"), UsageError, "unknown node size 'huge'"),
@@ -368,4 +368,5 @@ def test_a_good_configuration_still_passes(env: Env) -> None:
     assert rc.environment_variables == {"SEED": "7"} and rc.pool == "cpu.cluster-1"
     src = _src(env, arguments=("--x", 1), environment={"pip_packages": ["numpy"]}, resume_from=None)
     assert src.run_config().pip_packages == ("numpy",)
-    assert NodePool.provisioning_configuration(vm_size="STANDARD_D2_V2", vm_priority="lowpriority").max_nodes == 4
+    with pytest.warns(IgnoredArgumentWarning, match="vm_priority"):  # meaningless here: said once, then ignored
+        assert NodePool.provisioning_configuration(vm_size="STANDARD_D2_V2", vm_priority="lowpriority").max_nodes == 4

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from cluster import Estimator, ScriptRunConfig
-from cluster.cli.sweep import config_from_spec, parse_expression, read_spec_file, write_plot
 from cluster.errors import PayloadError, UsageError
 from cluster.sweep import (
     BanditPolicy,
@@ -30,6 +29,8 @@ from cluster.sweep import (
 )
 from cluster.sweep.config import SweepSpec, argument_name, run_config_from_dict, run_config_to_dict
 from cluster.sweep.driver import child_arguments
+from cluster.sweep.plot import write_plot
+from cluster.sweep.spec import config_from_spec, parse_expression, read_spec_file
 
 
 @pytest.fixture

@@ -178,7 +178,9 @@ def test_concurrency_counts_queued_and_stopping_children() -> None:
 
 def _record(run_id: str, status: RunStatus, error: str | None = None) -> RunRecord:
     rec = RunRecord(run_id=run_id, experiment="e", status=RunStatus.QUEUED, prefix=f"x/{run_id}/")
-    rec = rec.with_status(RunStatus.RUNNING, at=10.0)
+    rec = rec.with_status(RunStatus.PREPARING, at=10.0).with_status(RunStatus.RUNNING, at=10.0)
+    if status is RunStatus.COMPLETED:
+        rec = rec.with_status(RunStatus.FINALIZING, at=12.5)
     return rec.with_status(status, at=12.5, error=RunError(kind="user", message=error) if error else None)
 
 

@@ -105,7 +105,8 @@ def test_sse_event_format() -> None:
 
 def test_summary_row_of_a_failed_run() -> None:
     rec = RunRecord(run_id="e_1_a", experiment="e", status=RunStatus.QUEUED, prefix="p/", tags={"k": "v"})
-    rec = rec.with_status(RunStatus.QUEUED, at=100.0).with_status(RunStatus.RUNNING, at=102.0)
+    rec = rec.with_status(RunStatus.QUEUED, at=100.0).with_status(RunStatus.PREPARING, at=102.0)
+    rec = rec.with_status(RunStatus.RUNNING, at=102.0)
     rec = rec.with_status(RunStatus.FAILED, at=110.5, error=RunError(kind="user", message="exit code 3"))
     row = make_row(rec, {"loss": [0.9, 0.5], "acc": 0.7, "table": {"a": 1}, "name": "x", "rows": [{"a": 1}]})
     assert row["final"] and row["kind"] == "run" and row["error"] == "exit code 3"

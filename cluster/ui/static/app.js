@@ -46,6 +46,12 @@
 
   function addMetric(ev) {
     if (!ev || typeof ev.name !== "string") return;
+    if (ev.kind === "control" || ev.child) return; // run.fail / run.child_run: not the run's own metrics
+    if (ev.kind === "table" && ev.value && typeof ev.value === "object") { // log_table: columns -> rows
+      const cols = Object.keys(ev.value), n = Math.max(0, ...cols.map((c) => (ev.value[c] || []).length));
+      for (let i = 0; i < n; i++) addMetric({ name: ev.name, kind: "row", value: Object.fromEntries(cols.map((c) => [c, ev.value[c][i]])) });
+      return;
+    }
     let m = metrics.get(ev.name);
     if (!m) { m = { kind: ev.kind, values: [], rows: [] }; metrics.set(ev.name, m); }
     m.kind = ev.kind;
