@@ -94,7 +94,7 @@ class State:
     def save(self, state_dir: Path) -> None:
         data = {"ports": self.ports, "object_store": self.object_store,
                 "processes": [asdict(p) for p in self.processes]}
-        _write_private(state_dir / STATE_FILE, json.dumps(data, indent=2))
+        write_private(state_dir / STATE_FILE, json.dumps(data, indent=2))
 
 
 @dataclass(frozen=True)
@@ -299,7 +299,7 @@ def up(state_dir: Path, *, redis_port: int | None = None, s3_port: int | None = 
     config = settings.to_dict() | {"redis_password": password} | creds
     config |= {"listen": net.listen, "insecure": net.insecure} if net.listen else {}
     config |= {k: old[k] for k in ("ui_token", "ui_port") if k in old}  # the dashboard's, kept across `up`s
-    _write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
+    write_private(state_dir / CONFIG_FILE, json.dumps(config, indent=2))
     _write_role_configs(state_dir, settings, kind, creds)
     if controller:
         ensure_controller(state_dir)
@@ -578,8 +578,8 @@ def _write_role_configs(state_dir: Path, settings: Settings, kind: str, creds: d
         node |= {"s3_access_key": creds["node_s3_access_key"], "s3_secret_key": creds["node_s3_secret_key"]}
     controller = settings.to_dict() | {
         "redis_url": _role_url(settings, "controller", creds["controller_redis_password"])}
-    _write_private(state_dir / NODE_CONFIG_FILE, json.dumps(node, indent=2))
-    _write_private(state_dir / CONTROLLER_CONFIG_FILE, json.dumps(controller, indent=2))
+    write_private(state_dir / NODE_CONFIG_FILE, json.dumps(node, indent=2))
+    write_private(state_dir / CONTROLLER_CONFIG_FILE, json.dumps(controller, indent=2))
 
 
 def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: dict[str, str],
@@ -594,7 +594,7 @@ def _start_redis(binary: str, state_dir: Path, port: int, password: str, creds: 
                    f'tls-ca-cert-file "{net.tls.ca}"', "tls-auth-clients no", "tls-protocols \"TLSv1.2 TLSv1.3\""]
     else:
         listen += [f"port {port}"]
-    _write_private(conf, "\n".join([
+    write_private(conf, "\n".join([
         *listen, f"user default on >{password} ~* &* +@all",
         f"user node on >{creds['node_redis_password']} {ROLE_ACL}",
         f"user controller on >{creds['controller_redis_password']} {ROLE_ACL}", "protected-mode yes",
@@ -642,12 +642,12 @@ def _start_weed(binary: str, state_dir: Path, ports: dict[str, int], access: str
     from cluster import layout
 
     identities = _s3_identities((layout.DATA_BUCKET, layout.CLUSTER_BUCKET), access, secret, creds)
-    _write_private(state_dir / "weed-s3.json", json.dumps(identities, indent=2))
+    write_private(state_dir / "weed-s3.json", json.dumps(identities, indent=2))
     if net.tls:
         # a TLS gateway's gRPC port listens on the address too (weed binds one address per process): mutual TLS
         # there, with a client certificate nobody is given, so nothing on the network can use it. weed reads
         # security.toml from its working directory; only the [grpc.s3] server gets TLS from it
-        _write_private(state_dir / "security.toml", "\n".join([
+        write_private(state_dir / "security.toml", "\n".join([
             "[grpc]", f'ca = "{net.tls.ca}"', "", "[grpc.s3]", f'cert = "{net.tls.cert}"', f'key = "{net.tls.key}"',
             ""]))
     else:
@@ -675,11 +675,11 @@ def _start_minio(binary: str, state_dir: Path, ports: dict[str, int], access: st
         certs = state_dir / "minio-certs"
         certs.mkdir(mode=0o700, exist_ok=True)
         shutil.copyfile(net.tls.cert, certs / "public.crt")
-        _write_private(certs / "private.key", net.tls.key.read_text())
+        write_private(certs / "private.key", net.tls.key.read_text())
         argv += ["--certs-dir", str(certs)]
     # the root credentials go in a 0600 file MinIO reads at start, not in its environment (/proc/<pid>/environ)
     env_file = state_dir / "minio.env"
-    _write_private(env_file, f"MINIO_ROOT_USER={access}\nMINIO_ROOT_PASSWORD={secret}\n")
+    write_private(env_file, f"MINIO_ROOT_USER={access}\nMINIO_ROOT_PASSWORD={secret}\n")
     return spawn("s3", argv, state_dir, env=_base_env() | {"MINIO_CONFIG_ENV_FILE": str(env_file)})
 
 
@@ -770,7 +770,7 @@ def _old_config(state_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -58,7 +58,7 @@ def ensure(state_dir: Path, echo: Callable[[str], None] = print) -> bool:
     url = f"http://{HOST}:{port}/"
     wanted = {"ui_token": token, "ui_port": int(port), "ui_url": url}
     if any(config.get(k) != v for k, v in wanted.items()):
-        embedded._write_private(path, json.dumps({**config, **wanted}, indent=2))
+        embedded.write_private(path, json.dumps({**config, **wanted}, indent=2))
     started = False
     if running is None:
         with embedded._state_lock(state_dir):  # forget a dead dashboard so the record names only the live one
