@@ -25,9 +25,10 @@ def tls_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
-def connect(settings: Settings, *, check: bool = True) -> redis.Redis:
-    """A Redis client for the cluster; with ``check`` it pings first so failures surface here, clearly."""
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=30,
+def connect(settings: Settings, *, check: bool = True, socket_timeout: float = 30) -> redis.Redis:
+    """A Redis client for the cluster; with ``check`` it pings first so failures surface here, clearly.
+    ``socket_timeout``: how long one command may wait for an answer (a node's lease renewals wait less)."""
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=socket_timeout,
                                   health_check_interval=30, decode_responses=True, **tls_kwargs(settings))
     if check:
         ping(client, settings)

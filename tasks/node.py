@@ -106,6 +106,10 @@ class Node:
         self.store = ObjectStore(self.settings, self.settings.cluster_bucket)
         self.data = ObjectStore(self.settings, self.settings.data_bucket, client=self.store.client)
         self.state = RunState(self.store, self.r)
+        # lease renewals on a client of their own that waits at most a third of the lease for an answer: a cut
+        # link must not block the renewal loop (and so the node's self-fencing) for Redis' usual 30 s
+        renew_timeout = max(1.0, self.config.lease_ms / 3000)
+        self.renewals = RunState(self.store, connect(self.settings, check=False, socket_timeout=renew_timeout))
         self.background = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"node-{self.config.name}")
         self._last_prune = 0.0
 
@@ -181,7 +185,7 @@ class _Attempt:
                 self.cancel.set()
                 return
             try:
-                rc = self.node.state.renew(self.run_id, self.token, cfg.lease_ms)
+                rc = self.node.renewals.renew(self.run_id, self.token, cfg.lease_ms)
             except (redis.RedisError, OSError):
                 continue  # Redis blip: the lease has slack; past it, the check above fences us
             if rc != -1:
@@ -245,7 +249,15 @@ class _Attempt:
             self._stored = None
 
     def check(self) -> None:
-        if self.lost.is_set() or not self.node.state.holds(self.run_id, self.token):
+        """Raise LeaseLost unless this attempt still holds the run. Redis unreachable: the renewal loop decides
+        (it fences the attempt once a whole lease period passed without a renewal); until then, we hold it."""
+        if self.lost.is_set():
+            raise LeaseLost(self.token)
+        try:
+            held = self.node.renewals.holds(self.run_id, self.token)
+        except (redis.RedisError, OSError):
+            held = time.monotonic() - self._last_renewal < self.node.config.lease_ms / 1000
+        if not held:
             self.lost.set()
             raise LeaseLost(self.token)
 
