@@ -24,7 +24,7 @@ from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_po
 from cluster.errors import ClusterError, NotFoundError
 from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.providers.base import Provider
-from cluster.records import RunError, RunRecord, RunStatus
+from cluster.records import RunError, RunRecord, RunStatus, parse_iso
 from cluster.runstate import rk_active
 from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RK_EPOCH = layout.RK_EPOCH  # absent after a Redis wipe: triggers recovery from the object store
+#: a final record in Redis whose run.json is still not final this long after is copied there by the controller
+FINAL_RECORD_GRACE_SECONDS = 300.0
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
 
 
@@ -47,6 +49,7 @@ class ControllerConfig:
     start_timeout_seconds: float = 90.0
     leader_ttl_ms: int = 5000
     leader_key: str = CONTROLLER_LEADER  # one per cluster (tests use their own)
+    prune_index_seconds: float = 5.0  # how often finished runs leave the live index
     # False: start and drain no node (an external scaler such as KEDA does it); node-loss supervision,
     # pool deletion and sweeps go on. ``manual_pools`` turns scaling off for those pools only.
     autoscale: bool = True
@@ -116,6 +119,7 @@ class Controller:
     _stranded_checked: float = 0.0
     _stranded: set[str] = field(default_factory=set)  # Queued runs with no lease and no message at the last check
     _leading: threading.Event = field(default_factory=threading.Event)  # set while this controller holds the lease
+    _pruned_at: float = float("-inf")  # when finished runs last left the live index
     telemetry: Telemetry | None = None  # metrics (cluster/telemetry.py), told about each tick and node loss
     sweeps: SweepDriver = field(default_factory=SweepDriver)  # what the sweep driver remembers between ticks
 
@@ -201,7 +205,7 @@ class Controller:
             if pool:
                 self._supervise_runs(pool, now)
         self._forget_dead_static_nodes(heartbeats, now)
-        self._prune_live_index()
+        self._prune_live_index(now)
         if now - self._stranded_checked >= self.config.stranded_check_seconds:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
@@ -235,20 +239,31 @@ class Controller:
                 self.r.srem(rk_active(pool), run_id)
         return queued, live
 
-    def _prune_live_index(self) -> None:
+    def _prune_live_index(self, now: float) -> None:
         """Drop runs that became final from the live index, once run.json says so (the record decides, not
-        Redis); a run whose run.json is not final yet (its node still writing it) is looked at next tick."""
+        Redis); a run whose run.json is not final yet (its node still writing it) is looked at again later. If
+        it stays behind Redis' final record for long (the node died between the two writes), the controller
+        copies that record to run.json: Redis is written first, so it is the newer of the two."""
+        if now - self._pruned_at < self.config.prune_index_seconds:
+            return
+        self._pruned_at = now
         runs = self.ws.runs
         done = []
         for run_id in runs.finished_run_ids():
             try:
-                if runs.stored_record(run_id).status.is_final:
-                    runs.unindex_live(run_id)
-                    done.append(run_id)
+                stored = runs.stored_record(run_id)
+                if not stored.status.is_final:
+                    live = runs.record(run_id)
+                    ended = parse_iso(live.timestamps.get(live.status.value))
+                    if not live.status.is_final or ended is None or now - ended < FINAL_RECORD_GRACE_SECONDS:
+                        continue
+                    runs.store_record(live)
+                runs.unindex_live(run_id)
+                done.append(run_id)
             except NotFoundError:
                 done.append(run_id)  # deleted with its experiment, or never stored: nothing to index
             except ClusterError:
-                pass  # a store blip: next tick
+                pass  # a store blip: later
         runs.forget_finished(done)
 
     def _observe(self, spec: PoolSpec, heartbeats: dict[str, dict[str, str]], now: float) -> PoolObservation:

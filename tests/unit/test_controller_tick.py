@@ -137,3 +137,29 @@ def test_node_lost_decision_from_every_live_state_is_a_valid_transition() -> Non
     for status in (RunStatus.PREPARING, RunStatus.RUNNING, RunStatus.FINALIZING):
         assert node_lost_decision(_live(status), max_infra_attempts=3, lost_after=10.0,
                                   now=5.0).status is RunStatus.QUEUED
+
+
+def test_finished_runs_leave_the_live_index_and_a_final_record_only_in_redis_reaches_run_json(
+        mem_ws: Workspace) -> None:
+    """Recovery after a Redis wipe reads the live index: runs leave it once run.json is final. A node that died
+    between its final Redis write and run.json leaves run.json behind; after a grace period the controller
+    copies Redis' final record there (Redis is written first: it is the newer)."""
+    from cluster.controller import FINAL_RECORD_GRACE_SECONDS
+
+    _pool(mem_ws)
+    done, behind = _submit(mem_ws, "exp_1_done"), _submit(mem_ws, "exp_2_behind")
+    assert {"exp_1_done", "exp_2_behind"} <= set(mem_ws.runs.list_live_run_ids())
+    for rec in (done, behind):  # both final in Redis (the node's fenced final write), one also in run.json
+        token = mem_ws.runs.claim(rec.run_id, "n1", 10_000).token
+        walked = rec.with_status(RunStatus.PREPARING, at=T0 + 1).with_status(RunStatus.RUNNING, at=T0 + 2)
+        final = walked.with_status(RunStatus.FINALIZING, at=T0 + 4).with_status(RunStatus.COMPLETED, at=T0 + 5,
+                                                                                 attempt=1, committed=1)
+        assert mem_ws.runs.write(final, token, store=rec is done)
+    controller = Controller(mem_ws, MemoryProvider(), CONFIG)
+    controller.tick(T0 + 10)
+    live = set(mem_ws.runs.list_live_run_ids())
+    assert "exp_1_done" not in live and "exp_2_behind" in live  # run.json of the second is not final yet
+    assert mem_ws.runs.stored_record("exp_2_behind").status is RunStatus.QUEUED
+    controller.tick(T0 + 5 + FINAL_RECORD_GRACE_SECONDS + 10)
+    assert "exp_2_behind" not in set(mem_ws.runs.list_live_run_ids())
+    assert mem_ws.runs.stored_record("exp_2_behind").status is RunStatus.COMPLETED
