@@ -19,7 +19,8 @@ def _runs(mh: MultiHost, out: dict) -> list[Run]:
 
 
 def _key(run: Run, name: str) -> str:
-    return f"{run.get_details()['prefix'].split('/', 1)[1]}/{name}"
+    """The object of a run's file: in the folder of the attempt the run committed (its result)."""
+    return f"{run.files_prefix()}{name}"
 
 
 def _done_token(mh: MultiHost, run: Run) -> str:
@@ -51,13 +52,13 @@ def test_cut_link_moves_the_run_and_the_node_comes_back(multihost: MultiHost) ->
     outcomes = [(a.get("host"), a.get("outcome")) for a in details["attempts"]]
     assert outcomes[0] == (victim, "node-lost"), outcomes
     token = _done_token(mh, run)
-    record = mh.ws.store.stat(_key(run, "run.json"))
+    record = mh.ws.store.stat(run.prefix + "run.json")
     # the link is back: the victim's node rejoins, and its stale attempt changes nothing
     mh.wait_nodes(victim, timeout=120)
     wait_until(lambda: mh.nodes()[victim]["state"] == "idle", 90, f"the node on {victim} to be idle again")
     assert run.get_status() == "Completed" and run.get_details()["attempt"] == 2
     assert _done_token(mh, run) == token
-    assert mh.ws.store.stat(_key(run, "run.json")) == record
+    assert mh.ws.store.stat(run.prefix + "run.json") == record
     # ... and it serves new runs: two at once, one per node
     out = mh.client("submit.py", POOL, unique("after-cut"), "6", "2")
     hosts = set()
