@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pathlib import Path
 #: the default cap of a node cache, in bytes (a pool's ``max_cache_bytes``)
 DEFAULT_MAX_BYTES = 20 * 1024**3
 
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 _KINDS = (("snapshots", (".json",)), ("envs", (".stamps.json",)), ("data", (".manifest.json",)))
 
 
@@ -83,6 +85,8 @@ def entries(cache_dir: Path) -> list[Entry]:
         for folder in root.iterdir():
             if not folder.is_dir() or folder.is_symlink() or folder.name.startswith("."):
                 continue
+            if kind != "data" and not _DIGEST.fullmatch(folder.name):
+                continue  # work in progress (an extraction, a build's private tmp): not an entry
             sidecars = tuple(folder.with_name(folder.name + s) for s in suffixes)
             lock = use_lock(folder)
             try:

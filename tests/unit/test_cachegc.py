@@ -65,3 +65,13 @@ def test_using_marks_the_entry_recent(tmp_path: Path) -> None:
     with cachegc.using(folder):
         pass
     assert time.time() - cachegc.use_lock(folder).stat().st_mtime < 60
+
+
+def test_work_in_progress_is_not_an_entry(tmp_path: Path) -> None:
+    """An extraction or a build under way (``<digest>.<pid>.d``, ``<digest>.build-tmp``) is never pruned."""
+    for name in (f"{'f' * 64}.123.d", f"{'f' * 64}.build-tmp"):
+        (tmp_path / "snapshots" / name).mkdir(parents=True)
+        (tmp_path / "snapshots" / name / "blob").write_bytes(os.urandom(100_000))
+    assert cachegc.entries(tmp_path) == []
+    assert cachegc.prune(tmp_path, 1).removed == ()
+    assert len(list((tmp_path / "snapshots").iterdir())) == 2
