@@ -105,7 +105,7 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> RunSpec:
-        obj = _from_dict(cls, data)
+        obj: RunSpec = _from_dict(cls, data)
         return replace(obj, arguments=tuple(obj.arguments), pip_packages=tuple(obj.pip_packages),
                        conda_packages=tuple(obj.conda_packages))
 
@@ -128,7 +128,7 @@ class RunError:
 
     @classmethod
     def from_dict(cls, data: Any) -> RunError:
-        obj = _from_dict(cls, data)
+        obj: RunError = _from_dict(cls, data)
         return replace(obj, stderr_tail=tuple(obj.stderr_tail))
 
 
@@ -188,7 +188,7 @@ class RunRecord:
             error = RunError.from_dict(data["error"]) if data.get("error") else None
         except (KeyError, ValueError) as e:
             raise PayloadError(f"bad run record: {e}") from e
-        obj = _from_dict(cls, {**data, "status": status, "error": error})
+        obj: RunRecord = _from_dict(cls, {**data, "status": status, "error": error})
         return replace(obj, arguments=tuple(obj.arguments), attempts=tuple(obj.attempts))
 
 

@@ -17,6 +17,7 @@ from cluster.records import RunRecord, RunStatus
 if TYPE_CHECKING:
     from cluster.experiment import Experiment
     from cluster.model import Model
+    from cluster.workspace import Workspace
 
 
 class Run:
@@ -47,7 +48,7 @@ class Run:
 
     # -- plumbing ---------------------------------------------------------------------------------
     @property
-    def _ws(self) -> Any:
+    def _ws(self) -> Workspace:
         return self.experiment.workspace
 
     @property
@@ -165,7 +166,7 @@ class Run:
             return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, record.files_prefix,
                                                   final=record.status.is_final))
 
-        values = _ride_through(read, None)
+        values: dict[str, Any] = _ride_through(read, None)
         if name is not None:
             return {name: values[name]} if name in values else {}
         return values

@@ -95,8 +95,9 @@ class RunDetails:
         """Display the view and refresh it in the background until the run ends. Returns the widget (or the
         display handle); outside Jupyter prints a text snapshot and returns None."""
         try:
-            from IPython import get_ipython
-            from IPython.display import HTML, display
+            from IPython.core.display import HTML
+            from IPython.core.getipython import get_ipython
+            from IPython.display import display
         except ImportError:
             get_ipython = None  # type: ignore[assignment]
         if get_ipython is None or get_ipython() is None:

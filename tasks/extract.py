@@ -38,13 +38,13 @@ class _BoundedReads:
         if size is None or size < 0 or size > MAX_HEADER_BYTES:
             raise SnapshotError(f"refusing to extract {self.archive}: a header asks for {size} bytes at once "
                                 f"(over {MAX_HEADER_BYTES}): an oversized PAX or GNU long-name header", hint=_HINT)
-        return self.raw.read(size)
+        return bytes(self.raw.read(size))
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.raw.seek(offset, whence)
+        return int(self.raw.seek(offset, whence))
 
     def tell(self) -> int:
-        return self.raw.tell()
+        return int(self.raw.tell())
 _HINT = "the snapshot is corrupt or was not made by build_snapshot; submit the run again"
 
 

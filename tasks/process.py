@@ -379,7 +379,7 @@ class _Tree:
 
 def _is_launcher(p: psutil.Process) -> bool:
     try:
-        return p.name() == "bwrap"
+        return bool(p.name() == "bwrap")
     except psutil.Error:
         return True
 
@@ -416,7 +416,7 @@ def _exited(proc: subprocess.Popen[bytes]) -> bool:
 
 def _alive(p: psutil.Process) -> bool:
     try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        return bool(p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 

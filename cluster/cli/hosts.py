@@ -10,7 +10,7 @@ from pathlib import Path
 from cluster import hostconfig, validation
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = sub.add_parser("config", help="config files for other hosts").add_subparsers(dest="config_cmd",
                                                                                          metavar="ACTION")
     config.required = True

@@ -11,7 +11,7 @@ from cluster.settings import CONFIG_DIR, Settings
 from cluster.workspace import Workspace
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("up", help="start the embedded cluster (Redis + S3 server) and write .cluster/config.json",
                        description="Start real Redis (password, AOF) and a real S3 server on 127.0.0.1, create the "
                        "buckets and write the config file. Idempotent: a running cluster is reported, not restarted.")

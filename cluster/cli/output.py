@@ -17,7 +17,7 @@ from cluster.tables import format_table
 LOGGERS = ("cluster", "tasks")
 
 
-class _StderrHandler(logging.StreamHandler):
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg, unused-ignore]
     """Writes to whatever ``sys.stderr`` is at the time (tests swap it; a handler must not keep an old one)."""
 
     def __init__(self) -> None:

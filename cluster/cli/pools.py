@@ -19,7 +19,7 @@ from cluster.settings import Settings
 from cluster.workspace import Workspace
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("controller", help="run the controller: autoscaling, node-loss recovery, sweeps",
                        description="Long-running. Scales every pool between min and max nodes, re-queues runs whose "
                        "node was lost, recovers after restarts. `cluster up` starts one for the embedded cluster.")

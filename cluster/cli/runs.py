@@ -17,7 +17,7 @@ from cluster.workspace import Workspace
 WORKER_COMMAND = "tasks.cli:cmd_worker"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("worker", help="run a node: one Celery worker with one slot, serving a pool",
                        description="Join a pool by hand (a static node: used, never scaled away). Runs until "
                        "stopped with Ctrl-C / SIGTERM; a run in progress finishes first.")

@@ -39,7 +39,7 @@ A script argument may be a data reference on the default datastore: ``{"mount": 
 """
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sweeps = sub.add_parser("sweep", help="hyperparameter sweeps (HyperDrive)",
                             description="Submit, inspect and cancel sweeps; the controller drives them, so they "
                             "go on after this command exits.").add_subparsers(dest="sweep_cmd", metavar="ACTION")

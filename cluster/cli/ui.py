@@ -17,7 +17,7 @@ ENV_TOKEN = "CLUSTER_UI_TOKEN"
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("ui", help="serve the dashboard in a browser (loopback only by default)",
                        description="Serve the web dashboard: experiments, runs with live logs and metric charts, "
                        "sweeps, models and node pools, plus a JSON API under /api/. Every request needs the token: "

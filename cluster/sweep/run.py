@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import layout, tables, validation
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.experiment import Experiment
-from cluster.records import RunStatus, now_iso
+from cluster.records import RunStatus, is_sweep, now_iso
 from cluster.run import Run
 from cluster.sweep import state
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
@@ -29,7 +29,7 @@ class HyperDriveRun(Run):
     def from_id(cls, ws: Workspace, run_id: str) -> HyperDriveRun:
         """Re-attach to a sweep by its parent run id (UsageError if that run is not a sweep)."""
         record = ws.runs.record(validation.run_id(run_id))
-        if not state.is_sweep(record):
+        if not is_sweep(record):
             raise UsageError(f"run {run_id} is not a sweep", hint="`cluster sweep list` shows the sweeps")
         return cls(Experiment(ws, record.experiment), run_id)
 

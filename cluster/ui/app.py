@@ -124,7 +124,8 @@ def create_app(ws: Workspace, token: str) -> Any:
     def api_run(run_id: str) -> dict[str, Any]:
         """``Run.get_details()`` plus ``metrics`` (``Run.get_metrics()``), the raw ``metric_events`` and the
         live ``metrics_cursor`` (pass it to the stream as ``metrics_after``)."""
-        return _jsonable(views.run_details(run_id))
+        details: dict[str, Any] = _jsonable(views.run_details(run_id))
+        return details
 
     @app.get("/api/runs/{run_id}/log", tags=["runs"])
     def api_log(run_id: str, after: str = "0-0", limit: int = Query(1000, ge=1, le=10000)) -> dict[str, Any]:
@@ -179,7 +180,8 @@ def create_app(ws: Workspace, token: str) -> Any:
     @app.get("/api/sweeps/{run_id}", tags=["sweeps"])
     def api_sweep(run_id: str) -> dict[str, Any]:
         """``HyperDriveRun.get_summary(live=True)`` plus ``progress`` and the sampled ``parameters``."""
-        return _jsonable(views.sweep(run_id))
+        summary: dict[str, Any] = _jsonable(views.sweep(run_id))
+        return summary
 
     @app.get("/api/models", tags=["models"])
     def api_models() -> list[dict[str, Any]]:
