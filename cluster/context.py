@@ -291,6 +291,10 @@ class OfflineRun(_ContextBase):
 _CONTEXT: _ContextBase | None = None
 
 
+#: what ``Run.get_context()`` returns: the live run on a node, an offline run elsewhere (same methods)
+RunContext = _ContextBase
+
+
 def get_context(environ: Mapping[str, str] | None = None) -> _ContextBase:
     global _CONTEXT
     env = os.environ if environ is None else environ

@@ -41,12 +41,13 @@ class Experiment:
         """``run.resubmit(...)``: see :func:`resubmit_run`."""
         return resubmit_run(run, arguments, tags)
 
-    def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Any:
+    def submit(self, config: Any, tags: Mapping[str, str] | None = None, **kwargs: Any) -> Run:
         """Queue a run (Estimator / ScriptRunConfig) or a sweep (HyperDriveConfig); returns at once."""
         validation.check_kwargs("Experiment.submit", kwargs, known=("config", "tags"))
         tag_map = validation.string_map("tags", tags, keys="tag name")
         if hasattr(config, "submit_to"):  # a sweep drives its own children
-            return config.submit_to(self, tags=tag_map)
+            sweep: Run = config.submit_to(self, tags=tag_map)  # a HyperDriveRun
+            return sweep
         if not callable(getattr(config, "run_config", None)):
             raise UsageError(f"Experiment.submit: config must be an Estimator, a ScriptRunConfig or a "
                              f"HyperDriveConfig, got {type(config).__name__}",

@@ -6,10 +6,12 @@ import html
 import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, runinfo
+from cluster.context import RunContext
 from cluster.context import get_context as _get_context
 from cluster.errors import NotFoundError, RunFailedError, UsageError, WaitTimeoutError
 from cluster.records import RunRecord, RunStatus
@@ -32,7 +34,7 @@ class Run:
 
     # -- inside the training script -----------------------------------------------------------------
     @staticmethod
-    def get_context() -> Any:
+    def get_context() -> RunContext:
         """The live run when launched by a node, else an offline run that prints what it logs."""
         return _get_context()
 
@@ -120,7 +122,8 @@ class Run:
                                  hint=f"full log: `cluster runs logs {self.id}`")
         return details
 
-    def stream_log(self, after: str = "0-0", poll_ms: int = 1000, deadline: float | None = None) -> Any:
+    def stream_log(self, after: str = "0-0", poll_ms: int = 1000,
+                   deadline: float | None = None) -> Iterator[tuple[str, str]]:
         """Yield ``(entry_id, line)`` of the run's log from ``after`` on, until the log ends (or, if given,
         ``time.monotonic()`` passes ``deadline``)."""
         if not isinstance(after, str) or not re.fullmatch(r"\d+(-\d+)?", after):
@@ -128,7 +131,7 @@ class Run:
                              hint="give an entry id as printed when a follow was interrupted, e.g. 1717171717171-0")
         return self._follow(after, poll_ms, deadline)
 
-    def _follow(self, after: str, poll_ms: int, deadline: float | None) -> Any:
+    def _follow(self, after: str, poll_ms: int, deadline: float | None) -> Iterator[tuple[str, str]]:
         """The log, resumed from the last entry seen when Redis or the object store stops answering for a while
         (a server restart): nothing lost, nothing repeated."""
         from cluster import logstream  # not at import: train.py imports this module and needs no Redis client
