@@ -177,7 +177,9 @@ class Run:
     # -- files ------------------------------------------------------------------------------------
     def get_file_names(self) -> list[str]:
         """outputs/... and logs/... of the run (what the node uploaded)."""
-        prefix = self.files_prefix()
+        return self._file_names(self.files_prefix())
+
+    def _file_names(self, prefix: str) -> list[str]:
         names = []
         for folder in (layout.LOGS_DIR, layout.OUTPUTS_DIR):
             names += [o.key[len(prefix):] for o in self._ws.store.list(f"{prefix}{folder}/")]
@@ -203,13 +205,14 @@ class Run:
 
         out = validation.local_dir_target("output_directory", output_directory or ".")
         rel = None if prefix is None else _check_rel(prefix)
-        names = self.get_file_names()
+        files = self.files_prefix()  # one read of the record for the listing and every download
+        names = self._file_names(files)
         chosen = [n for n in names if rel is None or n.startswith(rel)]
         if rel is not None and not chosen:
             raise NotFoundError(f"run {self.id} has no files under {rel!r}",
                                 hint=f"its files: {', '.join(names[:10]) or '(none)'}"
                                 + (f" and {len(names) - 10} more" if len(names) > 10 else ""))
-        paths, files = [], self.files_prefix()
+        paths = []
         for name in chosen:
             target = out / name
             self._ws.store.get_file(files + name, target)

@@ -162,12 +162,12 @@ class RunState:
         caller then writes it, e.g. off the critical path). False: we lost the run."""
         final = record.status.is_final
         keys = [layout.rk_run(record.run_id), layout.rk_run_lease(record.run_id), rk_active(record.pool),
-                layout.rk_run_metrics(record.run_id), layout.RK_CONTROLLER_WAKE]
+                layout.rk_run_metrics(record.run_id), layout.RK_CONTROLLER_WAKE, layout.RK_FINISHED]
         ok = self._write(keys=keys, args=[token, json.dumps(record.to_dict()), record.status.value,
                                           "1" if final else "0", record.run_id, FINISHED_TTL_MS])
         if ok and final:  # Redis made the transition: count it even if the record's upload below fails
             note_transition(self.r, record, outcome=record.status.value.lower())
-            self._finished(record.run_id)
+            # (the script above expired the hash and metrics and marked the run finished; LogWriter.close the log)
         if ok and store:
             self.store_record(record)
         return bool(ok)

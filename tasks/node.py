@@ -341,7 +341,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         # storage blips while fetching the snapshot or the data cost a delay, not the run (retried, lease held)
         python, argv = _prepare(node, spec, run_dir, logs.system, clock, attempt.uses,
                                 _retrying(attempt, cfg.storage_retry_seconds, logs.system))
-        resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system)  # a retry goes on from there
+        # a retry goes on from the last checkpoint (a first attempt has none: no read on the common path)
+        resumed = checkpoints.restore(node, spec.prefix, run_dir, logs.system) if attempt_no > 1 else None
         recorded = node.background.submit(provenance.record_environment, node, spec.prefix, python,  # pip freeze
                                           attempt.check)
         if attempt.cancel.is_set():
