@@ -29,14 +29,15 @@ size, draining only when it exceeds it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from cluster.errors import PayloadError, UsageError
 from cluster.layout import check_name
+from cluster.schema import Record, Seconds, WholeNumber, load, record
 from cluster.sizes import get_size
 
 
@@ -56,85 +57,46 @@ CAPACITY_STATES = frozenset({NodeState.STARTING, NodeState.IDLE, NodeState.BUSY}
 SLOT_STATES = CAPACITY_STATES | {NodeState.DRAINING}
 
 
-def _check_int(field: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{field} must be a whole number, got {value!r}")
-    return value
+Isolation = Literal["required", "best-effort"]
+Network = Literal["host", "none"]
+#: a positive whole number of bytes or files
+Cap = Annotated[WholeNumber, Field(ge=1)]
 
 
-@dataclass(frozen=True)
-class PoolSpec:
-    """A pool definition (a compute target): node size, node count bounds and the idle timeout."""
+@record
+class PoolSpec(Record):
+    """A pool definition (a compute target): node size, node count bounds and the idle timeout.
+
+    The field types are the checks (cluster/schema.py); ``__post_init__`` adds the rules between fields.
+    """
+
+    __what__ = "pool {name!r}"
 
     name: str
     vm_size: str = "small"
-    min_nodes: int = 0
-    max_nodes: int = 4
-    idle_seconds_before_scaledown: float = 120.0
+    min_nodes: Annotated[WholeNumber, Field(ge=0)] = 0
+    max_nodes: Annotated[WholeNumber, Field(ge=1)] = 4
+    idle_seconds_before_scaledown: Seconds = 120.0
     #: 'required' | 'best-effort' | None (the deployment's default: best-effort locally, required on Kubernetes)
-    isolation: str | None = None
+    isolation: Isolation | None = None
     #: 'host' (runs reach the network: pip, datasets) | 'none' (a private network namespace per run)
-    network: str = "host"
-    max_output_bytes: int = 10 * 1024**3
-    max_output_files: int = 10_000
+    network: Network = "host"
+    max_output_bytes: Cap = 10 * 1024**3
+    max_output_files: Cap = 10_000
     #: each node's cache (snapshots, environments, mounted data) is pruned, least recently used first, to this
-    max_cache_bytes: int = 20 * 1024**3
+    max_cache_bytes: Cap = 20 * 1024**3
     #: how often a node uploads a running script's ./outputs/checkpoints (seconds; 0: only when the script ends)
-    checkpoint_seconds: float = 5.0
+    checkpoint_seconds: Seconds = 5.0
 
     def __post_init__(self) -> None:
         check_name("pool", self.name)
-        if self.isolation not in (None, "required", "best-effort"):
-            raise UsageError(f"pool {self.name!r}: isolation must be 'required' or 'best-effort', "
-                             f"got {self.isolation!r}", hint="see docs/security.md")
-        if self.network not in ("host", "none"):
-            raise UsageError(f"pool {self.name!r}: network must be 'host' or 'none', got {self.network!r}")
-        for cap in ("max_output_bytes", "max_output_files", "max_cache_bytes"):
-            if _check_int(cap, getattr(self, cap)) < 1:
-                raise UsageError(f"pool {self.name!r}: {cap} must be at least 1")
         get_size(self.vm_size)
-        lo = _check_int("min_nodes", self.min_nodes)
-        hi = _check_int("max_nodes", self.max_nodes)
-        if hi < 1:
+        if self.min_nodes > self.max_nodes:
             raise UsageError(
-                f"pool {self.name!r}: max_nodes must be at least 1, got {hi}",
-                hint="use min_nodes=0 to let the pool scale to zero",
-            )
-        if not 0 <= lo <= hi:
-            raise UsageError(
-                f"pool {self.name!r}: need 0 <= min_nodes <= max_nodes, got min_nodes={lo}, max_nodes={hi}",
+                f"pool {self.name!r}: need 0 <= min_nodes <= max_nodes, got min_nodes={self.min_nodes}, "
+                f"max_nodes={self.max_nodes}",
                 hint="lower min_nodes or raise max_nodes",
             )
-        idle = self.idle_seconds_before_scaledown
-        try:
-            usable = isinstance(idle, int | float) and not isinstance(idle, bool) and math.isfinite(idle) and idle >= 0
-        except OverflowError:  # an int beyond float range
-            usable = False
-        if not usable:
-            raise UsageError(
-                f"pool {self.name!r}: idle_seconds_before_scaledown must be a number >= 0, got {idle!r}",
-            )
-        object.__setattr__(self, "idle_seconds_before_scaledown", float(idle))
-        every = self.checkpoint_seconds
-        if isinstance(every, bool) or not isinstance(every, int | float) or not math.isfinite(every) or every < 0:
-            raise UsageError(f"pool {self.name!r}: checkpoint_seconds must be a number >= 0, got {every!r}")
-        object.__setattr__(self, "checkpoint_seconds", float(every))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (the shape of ``pools/<name>.json``)."""
-        return {
-            "name": self.name,
-            "vm_size": self.vm_size,
-            "min_nodes": self.min_nodes,
-            "max_nodes": self.max_nodes,
-            "idle_seconds_before_scaledown": self.idle_seconds_before_scaledown,
-            "isolation": self.isolation,
-            "network": self.network,
-            "max_output_bytes": self.max_output_bytes,
-            "max_output_files": self.max_output_files,
-            "max_cache_bytes": self.max_cache_bytes,
-            "checkpoint_seconds": self.checkpoint_seconds,
-        }
 
     def node_args(self, default_isolation: str) -> list[str]:
         """The `cluster worker` options that carry this pool's isolation and output settings to its nodes."""
@@ -143,61 +105,51 @@ class PoolSpec:
                 "--max-cache-bytes", str(self.max_cache_bytes), "--checkpoint-seconds", f"{self.checkpoint_seconds:g}"]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PoolSpec:
-        """Inverse of :meth:`to_dict`; unknown keys are ignored, missing ones take their defaults."""
+    def from_dict(cls, data: Any) -> PoolSpec:
+        """A stored pool definition (``pools/<name>.json``); unknown keys are ignored, missing ones take defaults."""
         if not isinstance(data, Mapping) or "name" not in data:
             raise PayloadError(
                 f"a pool definition must be an object with a 'name', got {data!r}",
                 hint="re-create the pool, or fix its pools/<name>.json in the object store",
             )
-        fields = ("name", "vm_size", "min_nodes", "max_nodes", "idle_seconds_before_scaledown", "isolation",
-                  "network", "max_output_bytes", "max_output_files", "max_cache_bytes", "checkpoint_seconds")
-        return cls(**{k: data[k] for k in fields if k in data})
+        return load(cls, data, error=UsageError)
 
 
-@dataclass(frozen=True)
-class NodeView:
+@record
+class NodeView(Record):
     """One node of a pool as the controller sees it.
 
     ``static`` nodes were joined by hand (``cluster worker``): used, counted, never scaled away.
     ``idle_since`` is when an IDLE node last finished (or started) idling; ``started_at`` when it was started.
     """
 
+    __what__ = "node {name!r}"
+
     name: str
-    state: NodeState
+    state: NodeState  # a NodeState or its value ("idle")
     static: bool = False
     idle_since: float | None = None
     started_at: float = 0.0
 
-    def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "state", NodeState(self.state))
-        except ValueError:
-            valid = ", ".join(s.value for s in NodeState)
-            raise UsageError(f"node {self.name!r}: unknown state {self.state!r}", hint=f"use one of: {valid}") from None
 
-
-@dataclass(frozen=True)
-class PoolObservation:
+@record
+class PoolObservation(Record):
     """Everything :func:`decide` needs about one pool at one instant."""
 
     pool: PoolSpec
     nodes: tuple[NodeView, ...]
-    queued: int
-    running: int
+    queued: Annotated[WholeNumber, Field(ge=0)]
+    running: Annotated[WholeNumber, Field(ge=0)]
     now: float
 
     def __post_init__(self) -> None:
-        for field in ("queued", "running"):
-            if _check_int(field, getattr(self, field)) < 0:
-                raise UsageError(f"{field} must be >= 0, got {getattr(self, field)}")
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise UsageError(f"pool {self.pool.name!r}: node names must be unique, got {sorted(names)}")
 
 
-@dataclass(frozen=True)
-class ScalingDecision:
+@record
+class ScalingDecision(Record):
     """What to do with one pool: start ``start`` new nodes and drain the nodes named in ``drain``."""
 
     pool: str
@@ -205,15 +157,6 @@ class ScalingDecision:
     start: int
     drain: tuple[str, ...]
     reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "pool": self.pool,
-            "desired": self.desired,
-            "start": self.start,
-            "drain": list(self.drain),
-            "reason": self.reason,
-        }
 
 
 def _plural(n: int, word: str) -> str:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, validation
-from cluster.autoscale import PoolSpec
+from cluster.autoscale import Isolation, Network, PoolSpec
 from cluster.errors import (
     ClusterError,
     ComputeTargetException,
@@ -146,8 +146,8 @@ class NodePool(ComputeTarget):
 
     @staticmethod
     def provisioning_configuration(vm_size: str = "small", min_nodes: int = 0, max_nodes: int = 4,
-                                   idle_seconds_before_scaledown: float = 120, isolation: str | None = None,
-                                   network: str = "host", max_output_bytes: int = 10 * 1024**3,
+                                   idle_seconds_before_scaledown: float = 120, isolation: Isolation | None = None,
+                                   network: Network = "host", max_output_bytes: int = 10 * 1024**3,
                                    max_output_files: int = 10_000, max_cache_bytes: int = 20 * 1024**3,
                                    checkpoint_seconds: float = 5.0,
                                    **kwargs: Any) -> PoolSpec:

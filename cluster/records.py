@@ -1,4 +1,4 @@
-"""Run specifications and run records: frozen dataclasses with to/from dict, one error for bad payloads.
+"""Run specifications and run records: typed records (cluster/schema.py), one error for bad payloads.
 
 A :class:`RunSpec` is written once at submit (``spec.json``); a :class:`RunRecord` is the run's state
 (``run.json`` in the object store, mirrored in a Redis hash while the run is live).
@@ -7,13 +7,14 @@ A :class:`RunSpec` is written once at submit (``spec.json``); a :class:`RunRecor
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cluster import layout
-from cluster.errors import PayloadError, TransitionError
+from cluster.errors import TransitionError
+from cluster.schema import Record, record
 
 
 class RunStatus(StrEnum):
@@ -77,9 +78,11 @@ def parse_iso(stamp: str | None) -> float | None:
         return None
 
 
-@dataclass(frozen=True)
-class RunSpec:
+@record
+class RunSpec(Record):
     """What to run. Arguments may contain data references (as dicts); the node resolves them."""
+
+    __what__ = "run spec {run_id!r}"
 
     run_id: str
     experiment: str
@@ -96,22 +99,9 @@ class RunSpec:
     prefix: str = ""  # the run's folder in the cluster bucket
     submitted_at: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["arguments"] = list(self.arguments)
-        d["pip_packages"] = list(self.pip_packages)
-        d["conda_packages"] = list(self.conda_packages)
-        return d
 
-    @classmethod
-    def from_dict(cls, data: Any) -> RunSpec:
-        obj: RunSpec = _from_dict(cls, data)
-        return replace(obj, arguments=tuple(obj.arguments), pip_packages=tuple(obj.pip_packages),
-                       conda_packages=tuple(obj.conda_packages))
-
-
-@dataclass(frozen=True)
-class RunError:
+@record
+class RunError(Record):
     """Why a run failed: kind is 'user' (the script), 'timeout', 'infrastructure', 'node-lost', 'storage' (the object
     store or Redis did not answer for longer than the node retries) or 'disk' (the node's disk ran full)."""
 
@@ -121,19 +111,13 @@ class RunError:
     signal: int | None = None
     stderr_tail: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["stderr_tail"] = list(self.stderr_tail)
-        return d
 
-    @classmethod
-    def from_dict(cls, data: Any) -> RunError:
-        obj: RunError = _from_dict(cls, data)
-        return replace(obj, stderr_tail=tuple(obj.stderr_tail))
+@record
+class RunRecord(Record):
+    """A run's state: ``run.json`` in the object store, mirrored in a Redis hash while the run is live."""
 
+    __what__ = "run record {run_id!r}"
 
-@dataclass(frozen=True)
-class RunRecord:
     run_id: str
     experiment: str
     status: RunStatus
@@ -169,37 +153,6 @@ class RunRecord:
         stamps = dict(self.timestamps)
         stamps.setdefault(status.value, now_iso(at))
         return replace(self, status=status, timestamps=stamps, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id, "experiment": self.experiment, "status": self.status.value, "prefix": self.prefix,
-            "pool": self.pool, "attempt": self.attempt, "node": self.node, "timestamps": dict(self.timestamps),
-            "error": self.error.to_dict() if self.error else None, "arguments": list(self.arguments),
-            "parent_id": self.parent_id, "tags": dict(self.tags), "attempts": list(self.attempts),
-            "committed": self.committed,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Any) -> RunRecord:
-        if not isinstance(data, dict):
-            raise PayloadError(f"run record is not an object: {data!r:.80}")
-        try:
-            status = RunStatus(data["status"])
-            error = RunError.from_dict(data["error"]) if data.get("error") else None
-        except (KeyError, ValueError) as e:
-            raise PayloadError(f"bad run record: {e}") from e
-        obj: RunRecord = _from_dict(cls, {**data, "status": status, "error": error})
-        return replace(obj, arguments=tuple(obj.arguments), attempts=tuple(obj.attempts))
-
-
-def _from_dict(cls: Any, data: Any) -> Any:
-    if not isinstance(data, dict):
-        raise PayloadError(f"{cls.__name__} payload is not an object: {data!r:.80}")
-    names = {f.name for f in fields(cls)}
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as e:
-        raise PayloadError(f"bad {cls.__name__} payload: {e}") from e
 
 
 def is_sweep(record: RunRecord) -> bool:

@@ -91,7 +91,7 @@ ROWS: list[Row] = [
     row("pools create p1 --min-nodes 5 --max-nodes 2", 2, "provisioning_configuration: need 0 <= min_nodes"),
     row("pools create p1 --max-nodes 0", 2, "max_nodes must be at least 1"),
     row("pools create p1 --vm-size huge", 2, "unknown node size 'huge'"),
-    row("pools create p1 --idle-seconds -1", 2, "idle_seconds_before_scaledown must be a number >= 0"),
+    row("pools create p1 --idle-seconds -1", 2, "idle_seconds_before_scaledown must be at least 0, got -1"),
     row("pools show no-such-pool", 6, "no compute target named 'no-such-pool'"),
     row("pools update no-such-pool --max-nodes 3", 6, "no compute target named"),
     row("pools delete no-such-pool", 6, "no compute target named"),

@@ -179,7 +179,7 @@ def test_nodes_may_be_given_plain_state_strings() -> None:
     node = NodeView("a", "idle", idle_since=0)  # type: ignore[arg-type]
     assert node.state is NodeState.IDLE
     assert NodeState.BUSY == "busy"
-    with pytest.raises(UsageError, match="unknown state"):
+    with pytest.raises(UsageError, match="state must be one of"):
         NodeView("a", "sleeping")  # type: ignore[arg-type]
 
 

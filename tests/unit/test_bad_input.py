@@ -229,7 +229,7 @@ ROWS: list[Row] = [
         lambda e: NodePool.provisioning_configuration(vm_size="huge"), UsageError, "unknown node size 'huge'"),
     Row("provisioning_configuration(idle_seconds_before_scaledown=nan)", "SDK",
         lambda e: NodePool.provisioning_configuration(idle_seconds_before_scaledown=math.nan),
-        UsageError, "idle_seconds_before_scaledown must be a number >= 0"),
+        UsageError, "idle_seconds_before_scaledown must be a finite number, got nan"),
     # ---- sweeps ---------------------------------------------------------------------------------------------
     Row("HyperDriveConfig(max_total_runs='10')", "SDK", lambda e: _hd(e, max_total_runs="10"),
         UsageError, "max_total_runs must be a whole number"),
