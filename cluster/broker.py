@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from cluster.errors import ConfigError
+from cluster.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     import redis
@@ -47,7 +47,7 @@ def load(spec: str, settings: Settings, r: redis.Redis) -> Broker:
                           hint="install the worker package (`pip install cluster`) or pass broker= to Workspace") from e
     try:
         broker = factory(settings, r)
-    except TypeError as e:
+    except (TypeError, UsageError) as e:  # wrong signature, or a record refusing the arguments
         raise ConfigError(f"{spec!r} is not a broker factory: {e}",
                           hint="it is called as factory(settings, redis)") from e
     if not isinstance(broker, Broker):

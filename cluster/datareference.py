@@ -6,31 +6,31 @@ small, frozen and JSON-serializable; a node resolves them to a local path when t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal, get_args
 
 from cluster.errors import PayloadError, UsageError
+from cluster.schema import Record, record
 
-MODES = ("mount", "download")
+Mode = Literal["mount", "download"]
+MODES: tuple[str, ...] = get_args(Mode)
 
 
-@dataclass(frozen=True)
-class DataReference:
+@record
+class DataReference(Record):
+    """``datastore:/path_on_datastore`` and how a node makes it visible (``mount`` or ``download``)."""
+
+    __what__ = "data reference"
+
     datastore: str
     path_on_datastore: str = ""
-    mode: str = "mount"
+    mode: Mode = "mount"
     path_on_compute: str | None = None
 
     def __post_init__(self) -> None:
-        for what, value in (("datastore", self.datastore), ("path_on_datastore", self.path_on_datastore)):
-            if not isinstance(value, str):
-                raise UsageError(f"data reference: {what} must be a string, got {type(value).__name__}")
-        if self.path_on_compute is not None and (not isinstance(self.path_on_compute, str)
-                                                 or not self.path_on_compute.strip()):
-            raise UsageError(f"data reference: path_on_compute must be a non-empty string, got "
-                             f"{self.path_on_compute!r}")
-        if self.mode not in MODES:
-            raise UsageError(f"unknown data reference mode {self.mode!r}", hint=f"use one of {', '.join(MODES)}")
+        if self.path_on_compute is not None and not self.path_on_compute.strip():
+            raise UsageError("data reference: path_on_compute must not be empty",
+                             hint="leave it out (None) to let the node choose the folder")
         clean = self.path_on_datastore.strip("/")
         if any(part == ".." for part in clean.split("/")):
             raise UsageError(f"datastore path {self.path_on_datastore!r} may not contain '..'")
@@ -49,18 +49,14 @@ class DataReference:
         return replace(self, path_on_datastore=joined)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "data_reference", "datastore": self.datastore, "path_on_datastore": self.path_on_datastore,
-                "mode": self.mode, "path_on_compute": self.path_on_compute}
+        """The form stored in a run's arguments: the fields, tagged ``kind: data_reference``."""
+        return {"kind": "data_reference", **super().to_dict()}
 
     @classmethod
     def from_dict(cls, data: Any) -> DataReference:
-        if not isinstance(data, dict) or data.get("kind") != "data_reference":
-            raise PayloadError(f"not a data reference: {data!r}")
-        try:
-            return cls(datastore=data["datastore"], path_on_datastore=data.get("path_on_datastore", ""),
-                       mode=data.get("mode", "mount"), path_on_compute=data.get("path_on_compute"))
-        except KeyError as e:
-            raise PayloadError(f"data reference lacks {e}") from e
+        if not cls.is_reference(data):
+            raise PayloadError(f"not a data reference: {data!r:.80}")
+        return super().from_dict(data)
 
     @staticmethod
     def is_reference(value: Any) -> bool:

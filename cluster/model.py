@@ -8,13 +8,16 @@ never reuses one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
 
 from cluster import layout, luascript, validation
 from cluster.errors import ConflictError, NotFoundError, UsageError
 from cluster.records import now_iso
+from cluster.schema import Record, record
 
 if TYPE_CHECKING:
     from cluster.run import Run
@@ -23,28 +26,24 @@ if TYPE_CHECKING:
 MODEL_RECORD = layout.MODEL_RECORD
 
 
-@dataclass(frozen=True)
-class ModelRecord:
+@record
+class ModelRecord(Record):
+    """One registered model version: ``models/<name>/<version>/model.json``."""
+
+    __what__ = "model {name!r} version {version}"
+
     name: str
-    version: int
+    version: Annotated[int, Field(ge=1)]
     files: dict[str, str]  # relative path -> sha256
-    run_id: str | None
-    experiment: str | None
-    model_path: str
+    run_id: str | None = None
+    experiment: str | None = None
+    model_path: str = ""
     tags: dict[str, str] = field(default_factory=dict)
     description: str | None = None
     created_time: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "id": f"{self.name}:{self.version}", "files": self.files,
-                "run_id": self.run_id, "experiment": self.experiment, "model_path": self.model_path,
-                "tags": self.tags, "description": self.description, "created_time": self.created_time}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelRecord:
-        return cls(name=d["name"], version=int(d["version"]), files=dict(d.get("files", {})), run_id=d.get("run_id"),
-                   experiment=d.get("experiment"), model_path=d.get("model_path", ""), tags=dict(d.get("tags", {})),
-                   description=d.get("description"), created_time=d.get("created_time", ""))
+        return {**super().to_dict(), "id": f"{self.name}:{self.version}"}
 
 
 class Model:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
+
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from cluster import layout
 from cluster.errors import ConfigError
+from cluster.schema import Record, load, record
 
 CONFIG_DIR = ".cluster"
 CONFIG_FILE = "config.json"
@@ -40,21 +43,61 @@ def mask(secret: str) -> str:
     return (secret[:2] + "****") if secret else ""
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Endpoints, credentials and limits for one cluster (one workspace)."""
+def _redis_scheme(url: str) -> str:
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"is not a Redis URL: {mask(url)!r} (write it as redis://:PASSWORD@HOST:PORT/0)")
+    return url
 
-    redis_url: str
+
+def _as_bool(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def _as_port(value: object) -> object:
+    """A port as JSON or the environment gives it: ``9100``, ``"9100"``, empty (none)."""
+    if isinstance(value, bool):
+        raise ValueError(f"is not a TCP port: {value!r}")
+    if isinstance(value, str):
+        try:
+            return int(value.strip() or 0)
+        except ValueError:
+            raise ValueError(f"is not a TCP port: {value!r} (a number from 1 to 65535, or 0 for none)") from None
+    return value or 0
+
+
+def _no_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a positive whole number of bytes, got {value!r}")
+    return value
+
+
+RedisURL = Annotated[str, AfterValidator(_redis_scheme)]
+Port = Annotated[int, BeforeValidator(_as_port), Field(ge=0, lt=65536)]
+Flag = Annotated[bool, BeforeValidator(_as_bool)]
+Bytes = Annotated[int, BeforeValidator(_no_bool), Field(gt=0)]
+
+
+@record
+class Settings(Record):
+    """Endpoints, credentials and limits for one cluster (one workspace). The field types are the checks
+    (cluster/schema.py); :meth:`from_dict` adds what needs the file's location (``tls_ca`` given as a path)."""
+
+    __what__ = "configuration {source}"
+    __load_error__ = ConfigError
+
+    redis_url: RedisURL
     s3_endpoint: str
     s3_access_key: str
     s3_secret_key: str = field(repr=False)
-    s3_secure: bool = False
+    s3_secure: Flag = False
     s3_region: str = "us-east-1"
     workspace_name: str = "local"
     data_bucket: str = layout.DATA_BUCKET
     cluster_bucket: str = layout.CLUSTER_BUCKET
-    max_snapshot_bytes: int = 300 * 1024**2
-    metrics_port: int = 0  # the controller's Prometheus endpoint (0: none); see cluster/telemetry.py
+    max_snapshot_bytes: Bytes = 300 * 1024**2
+    metrics_port: Port = 0  # the controller's Prometheus endpoint (0: none); see cluster/telemetry.py
     # the private CA (PEM text, or a file path) that signed the servers' certificates when they serve TLS
     # (rediss://, s3_secure); empty: the system's trusted CAs. See cluster/tls.py and docs/multihost.md
     tls_ca: str = field(default="", repr=False)
@@ -79,12 +122,12 @@ class Settings:
         return f"{'https' if self.s3_secure else 'http'}://{self.s3_endpoint}"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = super().to_dict()
         data.pop("source")
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "") -> Settings:
+    def from_dict(cls, data: Any, *, source: str = "") -> Settings:
         if not isinstance(data, Mapping):
             raise ConfigError(f"configuration from {source or 'dict'} must be a mapping, got {type(data).__name__}")
         missing = [k for k in ("redis_url", "s3_endpoint", "s3_access_key", "s3_secret_key") if not data.get(k)]
@@ -93,29 +136,9 @@ class Settings:
                 f"configuration from {source or 'dict'} lacks {', '.join(missing)}",
                 hint="run `cluster up` to write a complete .cluster/config.json, or set the CLUSTER_* variables",
             )
-        known = {f for f in cls.__dataclass_fields__ if f != "source"}
-        values = {k: v for k, v in data.items() if k in known}
         where = source or "the configuration"
-        for key, value in values.items():
-            if key not in ("s3_secure", "max_snapshot_bytes", "metrics_port") and not isinstance(value, str):
-                raise ConfigError(f"{key} in {where} must be a string, got {value!r:.60}",
-                                  hint="fix the file, or run `cluster up` to write a fresh one")
-        scheme = urlsplit(values["redis_url"]).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"redis_url in {where} is not a Redis URL: {mask(values['redis_url'])!r}",
-                              hint="write it as redis://:PASSWORD@HOST:PORT/0")
-        try:
-            settings = cls(**values, source=source)
-            size = int(settings.max_snapshot_bytes)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"bad configuration in {where}: {e}") from e
-        raw: object = settings.max_snapshot_bytes
-        if size <= 0 or isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-            raise ConfigError(f"max_snapshot_bytes in {where} must be a positive whole number of bytes, "
-                              f"got {settings.max_snapshot_bytes!r}")
-        return replace(settings, s3_secure=_as_bool(settings.s3_secure), max_snapshot_bytes=size,
-                       metrics_port=_as_port(settings.metrics_port, where),
-                       tls_ca=_ca_text(settings.tls_ca, where, source))
+        settings = load(cls, {**data, "source": source}, error=ConfigError, what=f"bad configuration in {where}")
+        return replace(settings, tls_ca=_ca_text(settings.tls_ca, where, source))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Settings:
@@ -173,23 +196,6 @@ class Settings:
 
 def redis_url(host: str, port: int, password: str, db: int = 0) -> str:
     return f"redis://:{quote(password, safe='')}@{host}:{port}/{db}"
-
-
-def _as_bool(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
-def _as_port(value: object, source: str) -> int:
-    try:
-        port = int(str(value or 0))
-    except ValueError:
-        port = -1
-    if not 0 <= port < 65536:
-        raise ConfigError(f"metrics_port in {source or 'the configuration'} is not a TCP port: {value!r}",
-                          hint="set CLUSTER_METRICS_PORT (or metrics_port) to a number from 1 to 65535, or 0 for none")
-    return port
 
 
 def _ca_text(value: str, where: str, source: str) -> str:

@@ -27,14 +27,18 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, get_args
 
-from cluster.errors import UsageError
+from pydantic import Field
+
+from cluster.autoscale import Isolation, Network
+from cluster.schema import Record, WholeNumber, record
 
 __all__ = ["ISOLATION_MODES", "LEVELS", "NETWORK_MODES", "Sandbox", "SandboxPolicy", "detect"]
 
 LEVELS = ("sandbox", "uid", "none")
-ISOLATION_MODES = ("required", "best-effort")
-NETWORK_MODES = ("host", "none")
+ISOLATION_MODES: tuple[str, ...] = get_args(Isolation)
+NETWORK_MODES: tuple[str, ...] = get_args(Network)
 
 #: Base of the dedicated uid/gid range for runs of root nodes (one uid per node name).
 RUN_UID_BASE = 61000
@@ -47,25 +51,16 @@ _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 _OPTIONAL_RO = ("/sys/devices/system/cpu",)
 
 
-@dataclass(frozen=True)
-class SandboxPolicy:
+@record
+class SandboxPolicy(Record):
     """What a pool asks of its nodes: ``isolation`` ('required'|'best-effort'), ``network`` ('host'|'none'),
     and ``max_processes`` (processes and threads of one run, a fork bomb's ceiling)."""
 
-    isolation: str = "best-effort"
-    network: str = "host"
-    max_processes: int = 1024
+    __what__ = "sandbox policy"
 
-    def __post_init__(self) -> None:
-        if self.isolation not in ISOLATION_MODES:
-            raise UsageError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, got {self.isolation!r}",
-                             hint="use isolation='required' to refuse unisolated runs")
-        if self.network not in NETWORK_MODES:
-            raise UsageError(f"network must be one of {', '.join(NETWORK_MODES)}, got {self.network!r}",
-                             hint="network='none' gives each run a private network namespace")
-        if isinstance(self.max_processes, bool) or not isinstance(self.max_processes, int) \
-                or self.max_processes < 16:
-            raise UsageError(f"max_processes must be an integer >= 16, got {self.max_processes!r}")
+    isolation: Isolation = "best-effort"
+    network: Network = "host"
+    max_processes: Annotated[WholeNumber, Field(ge=16)] = 1024
 
 
 @dataclass(frozen=True)

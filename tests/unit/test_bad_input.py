@@ -275,10 +275,10 @@ ROWS: list[Row] = [
     Row("ds.path('../secret')", "SDK", lambda e: e.ws.get_default_datastore().path("../secret"),
         UsageError, "may not contain '..'"),
     Row("DataReference(mode='copy')", "SDK", lambda e: DataReference("workspaceblobstore", "", "copy"),
-        UsageError, "unknown data reference mode 'copy'"),
+        UsageError, "data reference: mode must be one of 'mount' or 'download', got 'copy'"),
     Row("ds.as_download(path_on_compute='')", "SDK",
         lambda e: e.ws.get_default_datastore().as_download(path_on_compute=""),
-        UsageError, "path_on_compute must be a non-empty string"),
+        UsageError, "data reference: path_on_compute must not be empty"),
     # ---- metrics (what run.log refuses, offline) ------------------------------------------------------------
     Row("run.log('acc', {'a': 1})", "SDK", lambda e: OfflineRun().log("acc", {"a": 1}),
         UsageError, "cannot log a dict"),
