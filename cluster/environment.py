@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, validation
 from cluster.errors import NotFoundError, UsageError
+from cluster.schema import Record, record
+from cluster.validation import Packages, StringMap
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace
@@ -107,6 +109,23 @@ class DockerSection:
     base_dockerfile: str | None = None
 
 
+@record
+class EnvironmentDefinition(Record):
+    """A registered environment as stored: ``environments/<name>/<version>.json``."""
+
+    __what__ = "environment {name!r}"
+
+    name: str
+    version: int | None = None
+    pip_packages: Packages = ()
+    conda_packages: Packages = ()
+    channels: tuple[str, ...] = ()
+    environment_variables: StringMap = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        layout.check_name("environment", self.name)
+
+
 class Environment:
     """A named set of packages and variables for runs; ``register`` stores it, ``get`` reads it back."""
 
@@ -179,20 +198,25 @@ class Environment:
         return env
 
     # -- serialization ----------------------------------------------------------------------------
+    def definition(self) -> EnvironmentDefinition:
+        """What :meth:`register` stores (checked: packages, variables)."""
+        return EnvironmentDefinition(name=self.name, version=self.version, pip_packages=self.pip_packages,
+                                     conda_packages=self.conda_packages,
+                                     channels=tuple(self.python.conda_dependencies.channels),
+                                     environment_variables=self.environment_variables)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "pip_packages": list(self.pip_packages),
-                "conda_packages": list(self.conda_packages), "channels": list(self.python.conda_dependencies.channels),
-                "environment_variables": validation.string_map("environment_variables", self.environment_variables,
-                                                               keys="variable name")}
+        return self.definition().to_dict()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Environment:
-        env = cls(data["name"])
-        env.version = data.get("version")
-        env.python.conda_dependencies = CondaDependencies.create(pip_packages=data.get("pip_packages"),
-                                                                 conda_packages=data.get("conda_packages"))
-        env.python.conda_dependencies.channels = list(data.get("channels", []))
-        env.environment_variables = dict(data.get("environment_variables", {}))
+    def from_dict(cls, data: Any) -> Environment:
+        stored = EnvironmentDefinition.from_dict(data)
+        env = cls(stored.name)
+        env.version = stored.version
+        env.python.conda_dependencies = CondaDependencies.create(pip_packages=stored.pip_packages,
+                                                                 conda_packages=stored.conda_packages)
+        env.python.conda_dependencies.channels = list(stored.channels)
+        env.environment_variables = dict(stored.environment_variables)
         return env
 
     # -- registry ---------------------------------------------------------------------------------

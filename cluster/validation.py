@@ -14,16 +14,21 @@ import difflib
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ValidationInfo
 
 from cluster.datareference import DataReference
 from cluster.errors import UsageError
 from cluster.layout import check_name
 
 __all__ = [
+    "Packages",
+    "StringMap",
     "check_kwargs",
+    "field_check",
     "finite_number",
     "local_dir_target",
     "name",
@@ -261,3 +266,21 @@ def warn_ignored(where: str, given: Mapping[str, Any], names: Iterable[str]) -> 
             warnings.warn(f"{where}: {k}={_shown(given[k])} is an Azure ML argument with no meaning on this cluster; "
                           "ignored (docs/porting.md lists them)", IgnoredArgumentWarning, stacklevel=3)
     return {k: v for k, v in given.items() if k not in names}
+
+
+# --------------------------------------------------------------------------- as record field types
+
+
+def field_check(check: Callable[[str, Any], Any]) -> BeforeValidator:
+    """One of the checks above as a record field's validator (cluster/schema.py), named after the field in its
+    messages: the SDK's arguments and the records they become are checked by the same code."""
+    def validate(value: Any, info: ValidationInfo) -> Any:
+        return check(info.field_name or "value", value)
+
+    return BeforeValidator(validate)
+
+
+#: package requirements (``'numpy>=1.26'``), never a pip option; a single string is refused
+Packages = Annotated[tuple[str, ...], field_check(package_list)]
+#: names to strings (numbers and bools become strings); None is empty
+StringMap = Annotated[dict[str, str], field_check(string_map)]

@@ -38,6 +38,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cluster.errors import UsageError
+from cluster.schema import Record, record
+from cluster.validation import Packages
 from tasks.process import run_supervised, scrubbed_env
 from tasks.sandbox import Sandbox, prepare_dirs
 
@@ -85,26 +87,14 @@ class EnvironmentBuildError(UsageError):
         super().__init__(message, hint=hint)
 
 
-@dataclass(frozen=True)
-class EnvSpec:
+@record
+class EnvSpec(Record):
     """Packages a run needs beyond the node's Python: pip requirement strings and conda package specs."""
 
-    pip_packages: tuple[str, ...] = ()
-    conda_packages: tuple[str, ...] = ()
+    __what__ = "environment"
 
-    def __post_init__(self) -> None:
-        for field in ("pip_packages", "conda_packages"):
-            value = getattr(self, field)
-            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-                raise UsageError(f"{field} must be a list of package names, got {value!r}",
-                                 hint='write e.g. pip_packages=["lightgbm>=4", "optuna"]')
-            cleaned = tuple(p.strip() for p in value)
-            for p in cleaned:
-                if not p or p.startswith("-"):
-                    raise UsageError(f"invalid package {p!r} in {field}",
-                                     hint="give package requirements only (like 'numpy>=1.26'); "
-                                          "pip options are not allowed")
-            object.__setattr__(self, field, cleaned)
+    pip_packages: Packages = ()
+    conda_packages: Packages = ()
 
     @property
     def is_empty(self) -> bool:
