@@ -9,21 +9,43 @@ from __future__ import annotations
 
 import os
 from dataclasses import field
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import Field
 
 from cluster import layout, luascript, validation
 from cluster.errors import ConflictError, NotFoundError, UsageError
+from cluster.objectstore import ObjectStore
 from cluster.records import now_iso
 from cluster.schema import Record, record
+from cluster.settings import Settings
 
 if TYPE_CHECKING:
     from cluster.run import Run
     from cluster.workspace import Workspace
 
 MODEL_RECORD = layout.MODEL_RECORD
+
+
+class ModelStore(Protocol):
+    """What reading and updating a model needs of a workspace: the cluster bucket."""
+
+    @property
+    def store(self) -> ObjectStore: ...
+
+
+class _ConfiguredStore:
+    """The cluster bucket of the configuration found as ``Workspace.from_config()`` finds it (config.json here or
+    in a parent folder, or the CLUSTER_* variables): ``Model.get_model_path`` without a workspace, as Azure's."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def store(self) -> ObjectStore:
+        return ObjectStore(self.settings, self.settings.cluster_bucket)
 
 
 @record
@@ -49,7 +71,7 @@ class ModelRecord(Record):
 class Model:
     """``Model(ws, name, version=None)`` loads a registered model (latest version by default)."""
 
-    def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+    def __init__(self, workspace: Workspace | ModelStore, name: str, version: int | None = None) -> None:
         if not hasattr(type(workspace), "store"):
             raise UsageError(f"Model: workspace must be a Workspace, got {type(workspace).__name__}")
         self.workspace = workspace
@@ -153,13 +175,12 @@ class Model:
         return cls(workspace, model_name, version)
 
     @staticmethod
-    def get_model_path(model_name: str, version: int | None = None, _workspace: Workspace | None = None) -> str:
+    def get_model_path(model_name: str, version: int | None = None,
+                       _workspace: Workspace | ModelStore | None = None) -> str:
         """A local path of the model's files: downloaded once into ``./azureml-models/<name>/<version>/`` (as Azure
         does outside a deployment). The file itself when the model is one file."""
         if _workspace is None:
-            from cluster.workspace import Workspace
-
-            _workspace = Workspace.from_config()
+            _workspace = _ConfiguredStore(Settings.discover())
         model = Model(_workspace, model_name, version)
         target = Path("azureml-models") / model.name / str(model.version)
         paths = [target / rel for rel in model.files]
@@ -230,7 +251,7 @@ AZURE_REGISTER_IGNORED = ("properties", "model_framework", "model_framework_vers
                           "child_paths", "description_extended", "upload_pinned", "asset_id")
 
 
-def _versions(ws: Workspace, name: str, *, complete: bool = True) -> list[int]:
+def _versions(ws: Workspace | ModelStore, name: str, *, complete: bool = True) -> list[int]:
     """Registered versions. A version is complete once its model.json is written (after its files are copied):
     readers see only those, so a registration in progress is never half-visible. ``complete=False`` also counts
     versions being registered (for reserving the next number)."""
@@ -245,7 +266,7 @@ def _versions(ws: Workspace, name: str, *, complete: bool = True) -> list[int]:
     return sorted(found)
 
 
-def _latest(ws: Workspace, name: str) -> int | None:
+def _latest(ws: Workspace | ModelStore, name: str) -> int | None:
     versions = _versions(ws, name)
     return versions[-1] if versions else None
 

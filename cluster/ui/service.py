@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cluster import processes
 from cluster.settings import CONFIG_FILE
 
 NAME = "ui"
@@ -45,29 +46,24 @@ def check(url: str, token: str, timeout: float = 3.0) -> tuple[bool, str]:
 
 def ensure(state_dir: Path, echo: Callable[[str], None] = print) -> bool:
     """Start the dashboard unless ours is running; print its sign-in URL. True if it was started."""
-    from cluster import embedded
-
     state_dir = Path(state_dir).resolve()
     path = state_dir / CONFIG_FILE
     config = json.loads(path.read_text())
-    running = embedded.running_process(state_dir, NAME)
+    running = processes.running_process(state_dir, NAME)
     token = config.get("ui_token") or secrets.token_urlsafe(24)
     port = config.get("ui_port")
-    if running is None and (not port or not embedded.port_free(int(port))):
-        port = DEFAULT_PORT if embedded.port_free(DEFAULT_PORT) else embedded.free_port()
+    if running is None and (not port or not processes.port_free(int(port))):
+        port = DEFAULT_PORT if processes.port_free(DEFAULT_PORT) else processes.free_port()
     url = f"http://{HOST}:{port}/"
     wanted = {"ui_token": token, "ui_port": int(port), "ui_url": url}
     if any(config.get(k) != v for k, v in wanted.items()):
-        embedded.write_private(path, json.dumps({**config, **wanted}, indent=2))
+        processes.write_private(path, json.dumps({**config, **wanted}, indent=2))
     started = False
     if running is None:
-        with embedded._state_lock(state_dir):  # forget a dead dashboard so the record names only the live one
-            state = embedded.State.load(state_dir)
-            state.processes = [p for p in state.processes if p.name != NAME or p.alive]
-            state.save(state_dir)
+        processes.forget_dead(state_dir, NAME)  # so the record names only the live dashboard
         argv = [sys.executable, "-m", "cluster.cli", "ui", "--config", str(path), "--host", HOST, "--port", str(port)]
-        proc = embedded.spawn(NAME, argv, state_dir)
-        embedded.add_process(state_dir, proc)
+        proc = processes.spawn(NAME, argv, state_dir)
+        processes.add_process(state_dir, proc)
         started = True
         deadline = time.monotonic() + START_TIMEOUT
         while True:

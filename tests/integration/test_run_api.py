@@ -5,6 +5,7 @@ registry from local files, get_best_run_by_primary_metric with failed and cancel
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -238,6 +239,14 @@ def test_model_register_from_local_files(ws: Workspace, tmp_path: Path, monkeypa
     path = Model.get_model_path(name, version=1, _workspace=ws)
     assert Path(path).read_bytes() == b"weights" and Path(path).parts[0] == "azureml-models"
     assert Path(Model.get_model_path(name, _workspace=ws), "sub", "b.txt").read_text() == "b"
+    # without a workspace (a scoring script): the configuration is found as Workspace.from_config() finds it
+    scoring = tmp_path / "scoring"
+    (scoring / ".cluster").mkdir(parents=True)
+    (scoring / ".cluster" / "config.json").write_text(json.dumps(ws.settings.to_dict()))
+    monkeypatch.chdir(scoring)
+    for var in ("CLUSTER_CONFIG", "CLUSTER_REDIS_URL", "CLUSTER_S3_ENDPOINT"):
+        monkeypatch.delenv(var, raising=False)
+    assert Path(Model.get_model_path(name, version=1)).read_bytes() == b"weights"
     v2.delete()
     assert Model(ws, name).version == 1
     with pytest.raises(NotFoundError):
