@@ -8,6 +8,8 @@ A virtualenv built with ``--system-site-packages`` sees its own packages first, 
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 import threading
 import time
@@ -36,14 +38,47 @@ def frozen(python: str) -> tuple[str, list[str]]:
     version = own[0].parent.name.removeprefix("python") if own else f"{sys.version_info[0]}.{sys.version_info[1]}"
     paths = [str(p) for p in own] + [p for p in sys.path if p and Path(p).is_dir()]
     seen: dict[str, str] = {}
-    for dist in metadata.distributions(path=paths):
-        name = dist.metadata["Name"] if dist.metadata else None
-        if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
+    for folder in paths:
+        for name, installed in _installed(folder):
+            seen.setdefault(name, f"{name}=={installed}")  # the first on the path wins, as for imports
     lines = [seen[key] for key in sorted(seen)]
     with _LOCK:
         _CACHE[python] = (version, lines)
     return version, lines
+
+
+_META_DIR = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+?)\.(?:dist|egg)-info$")
+
+
+def _canonical(name: str) -> str:
+    """PEP 503's normalized project name (``scikit_learn`` -> ``scikit-learn``): a valid requirement either way."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _installed(folder: str) -> list[tuple[str, str]]:
+    """(name, version) of the distributions installed in ``folder``. Read from the ``<name>-<version>.dist-info``
+    folder names, as the wheel spec writes them: the first run on a node waited half a second while every METADATA
+    file was parsed. A folder whose name carries no version (an old egg-info) is read the slow way."""
+    out = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.name.endswith(("dist-info", "egg-info")):
+            continue
+        match = _META_DIR.match(entry.name)
+        if match:
+            out.append((_canonical(match["name"]), match["version"]))
+            continue
+        try:
+            dist = metadata.Distribution.at(entry.path)
+            name = dist.metadata["Name"] if dist.metadata else None
+        except (OSError, ValueError):
+            continue
+        if name and dist.version:
+            out.append((_canonical(name), dist.version))
+    return out
 
 
 def record_environment(node: Node, run_prefix: str, python: str, holds: Callable[[], None]) -> None:
