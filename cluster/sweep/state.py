@@ -380,7 +380,7 @@ def build_summary(spec: SweepSpec, parent: RunRecord, children: Sequence[ChildIn
         "parent_id": parent.run_id, "experiment": parent.experiment, "status": parent.status.value,
         "end_reason": end_reason,
         "primary_metric": {"name": spec.primary_metric_name, "goal": spec.goal.value},
-        "sampling": spec.sampling, "policy": spec.policy,
+        "sampling": spec.sampling.to_dict(), "policy": spec.policy.to_dict(),
         "limits": {"max_total_runs": spec.max_total_runs, "max_concurrent_runs": spec.max_concurrent_runs,
                    "max_duration_minutes": spec.max_duration_minutes, "goal_threshold": spec.goal_threshold},
         "started": parent.timestamps.get(RunStatus.RUNNING.value),
