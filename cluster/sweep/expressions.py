@@ -152,7 +152,6 @@ class ParameterExpression(Record, ABC):
 
     kind: ClassVar[str]
     """The ``type`` tag in :meth:`to_dict`, and the name of the constructor function."""
-    __load_error__ = UsageError
 
     @abstractmethod
     def sample(self, rng: np.random.Generator) -> Any:

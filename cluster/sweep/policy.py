@@ -138,7 +138,6 @@ class EarlyTerminationPolicy(Record, ABC):
     """Base of the policies. Subclasses are :func:`~cluster.schema.record` classes registered in :data:`POLICIES`."""
 
     kind: ClassVar[str]
-    __load_error__ = UsageError
     if TYPE_CHECKING:  # fields of every policy but NoTerminationPolicy, which has none (and applies nowhere)
         evaluation_interval: int
         delay_evaluation: int

@@ -95,7 +95,6 @@ class ParameterSampling(Record, ABC):
 
     kind: ClassVar[str]
     space: Space
-    __load_error__ = UsageError
 
     @property
     def max_total(self) -> int | None:
