@@ -46,6 +46,7 @@ __all__ = [
     "dump",
     "explain",
     "load",
+    "python_scalar",
     "record",
 ]
 
@@ -64,6 +65,9 @@ def _python_scalar(value: Any) -> Any:
             return value
     return value
 
+
+#: the public name, for field types defined elsewhere (``BeforeValidator(python_scalar)``)
+python_scalar = _python_scalar
 
 #: an int (numpy ints too); bools, floats and strings are refused
 WholeNumber = Annotated[int, BeforeValidator(_python_scalar), Strict()]

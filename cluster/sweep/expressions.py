@@ -39,7 +39,7 @@ from pydantic import BeforeValidator, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
 from cluster.errors import UsageError
-from cluster.schema import Hint, Kinds, Number, PositiveNumber, Record, WholeNumber, _python_scalar, record
+from cluster.schema import Hint, Kinds, Number, PositiveNumber, Record, WholeNumber, python_scalar, record
 
 __all__ = [
     "EXPRESSIONS",
@@ -72,7 +72,7 @@ _MAX_EXP = 700.0
 
 def _step(value: Any) -> int | float:
     """A quantization step ``q``: a positive finite number, kept an int if given as an int (numpy ones too)."""
-    value = _python_scalar(value)
+    value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("float_type", "Input should be a valid number")
     if isinstance(value, float) and not math.isfinite(value):

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BeforeValidator, Field, Strict
 
 from cluster.errors import UsageError
-from cluster.schema import Kinds, Record, WholeNumber, _python_scalar, record
+from cluster.schema import Kinds, Record, WholeNumber, python_scalar, record
 from cluster.sweep.expressions import (
     EXPRESSIONS,
     Choice,
@@ -71,7 +71,7 @@ else:
     #: a search space: parameter name -> expression (or its tagged dict)
     Space = EXPRESSIONS.mapping_field(key="parameter")
     #: a final metric: any float, NaN included (a failed metric is no value, not an error)
-    MetricValue = Annotated[float, BeforeValidator(_python_scalar), Strict()]
+    MetricValue = Annotated[float, BeforeValidator(python_scalar), Strict()]
 #: a seed: an int >= 0, or None for a fresh random one (kept, so a stored sweep replays it)
 Seed = Annotated[WholeNumber, Field(ge=0)] | None
 
