@@ -204,7 +204,7 @@ def _phrase(err: Any) -> str:
                 pass
         return f"must be a number, {got}{hint}"
     if kind == "finite_number":
-        return f"must be a finite number, got {value!r}"
+        return f"must be a finite number, got {_shown(value)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"must be true or false, {got}"
     if kind == "string_type":
@@ -214,15 +214,15 @@ def _phrase(err: Any) -> str:
     if kind in ("list_type", "tuple_type", "iterable_type"):
         return f"must be a list, {got}"
     if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}, got {value!r}"
+        return f"must be at least {ctx['ge']}, got {_shown(value)}"
     if kind == "greater_than":
-        return f"must be greater than {ctx['gt']}, got {value!r}"
+        return f"must be greater than {ctx['gt']}, got {_shown(value)}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}, got {value!r}"
+        return f"must be at most {ctx['le']}, got {_shown(value)}"
     if kind == "less_than":
-        return f"must be less than {ctx['lt']}, got {value!r}"
+        return f"must be less than {ctx['lt']}, got {_shown(value)}"
     if kind in ("literal_error", "enum"):
-        return f"must be one of {ctx.get('expected', '?')}, got {value!r}"
+        return f"must be one of {ctx.get('expected', '?')}, got {_shown(value)}"
     if kind in ("missing", "missing_argument", "missing_keyword_only_argument", "missing_positional_only_argument"):
         return "is required"
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):

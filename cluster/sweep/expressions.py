@@ -75,7 +75,11 @@ def _step(value: Any) -> int | float:
     value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("float_type", "Input should be a valid number")
-    if isinstance(value, float) and not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        finite = False
+    if not finite:
         raise PydanticCustomError("finite_number", "Input should be a finite number")
     if value <= 0:
         raise PydanticCustomError("greater_than", "Input should be greater than 0", {"gt": 0})
