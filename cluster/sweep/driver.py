@@ -362,8 +362,7 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
                 continue  # half-submitted: _resume completes it first, then it is canceled
             ws.runs.cancel(run_id)
     for index, params in plan.new_intents:  # every intent is stored before any of them is submitted
-        ws.store.put_json(state.intent_key(sweep.prefix, index), {"index": index, "params": params,
-                                                                  "at": now_iso()})
+        ws.store.put_json(state.intent_key(sweep.prefix, index), state.Intent(index, params, now_iso()).to_dict())
         reader.remember_intent(index, params)
     if plan.submit:
         intents = reader.intents()
