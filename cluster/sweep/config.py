@@ -116,8 +116,8 @@ class SweepSpec(Record):
     snapshot: str = ""
     experiment: str = ""
     parent_id: str = ""
-    created: float = 0.0  # epoch seconds: the start of max_duration_minutes
-    version: int = SPEC_VERSION
+    created: Number = 0.0  # epoch seconds: the start of max_duration_minutes
+    version: WholeNumber = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
