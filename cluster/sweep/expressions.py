@@ -71,7 +71,10 @@ _MAX_EXP = 700.0
 
 
 def _step(value: Any) -> int | float:
-    """A quantization step ``q``: a positive finite number, kept an int if given as an int (numpy ones too)."""
+    """A quantization step ``q``: a positive finite number, kept an int if given as an int (numpy ones too).
+
+    Its errors carry pydantic's own error types, so :mod:`cluster.schema` words them like any other field's
+    (``"quniform(): q must be greater than 0, got 0"``)."""
     value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("float_type", "Input should be a valid number")
