@@ -6,13 +6,16 @@ Both reduce to a :class:`RunConfiguration`, the one shape the experiment submits
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, ValidationInfo
 
 from cluster import validation
 from cluster.errors import UsageError
+from cluster.schema import Record, record
 
 DEFAULT_POOL = "default"
 
@@ -34,26 +37,33 @@ AZURE_SCRIPT_RUN_IGNORED = ("docker_runtime_config", "_telemetry_values")
 ENVIRONMENT_FIELDS = ("pip_packages", "conda_packages", "environment_variables")
 
 
-@dataclass(frozen=True)
-class RunConfiguration:
+def _checked(check: Callable[[str, Any], Any]) -> BeforeValidator:
+    """A field checked by one of the :mod:`cluster.validation` validators (with its messages), named by the field."""
+    def run(value: Any, info: ValidationInfo) -> Any:
+        return check(info.field_name or "value", value)
+
+    return BeforeValidator(run)
+
+
+@record
+class RunConfiguration(Record):
+    """The one shape every path submits (Estimator, ScriptRunConfig, a stored sweep's ``run_config``).
+
+    A typed record (cluster/schema.py): the fields are checked on construction with the SDK's validators, and
+    ``to_dict`` / ``from_dict`` are its JSON form (stored in a sweep spec)."""
+
+    __what__ = "run configuration"
+
     source_directory: Path
     entry_script: str
     arguments: tuple[Any, ...] = ()
-    pool: str = DEFAULT_POOL
-    pip_packages: tuple[str, ...] = ()
-    conda_packages: tuple[str, ...] = ()
-    environment_variables: dict[str, str] = field(default_factory=dict)
-    max_run_duration_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        # the one shape every path submits (Estimator, ScriptRunConfig, a stored sweep): checked once more here
-        validation.name("pool", self.pool)
-        object.__setattr__(self, "pip_packages", validation.package_list("pip_packages", self.pip_packages))
-        object.__setattr__(self, "conda_packages", validation.package_list("conda_packages", self.conda_packages))
-        object.__setattr__(self, "environment_variables",
-                           validation.string_map("environment_variables", self.environment_variables,
-                                                 keys="variable name"))
-        object.__setattr__(self, "max_run_duration_seconds", _max_seconds(self.max_run_duration_seconds))
+    pool: Annotated[str, _checked(validation.name)] = DEFAULT_POOL
+    pip_packages: Annotated[tuple[str, ...], _checked(validation.package_list)] = ()
+    conda_packages: Annotated[tuple[str, ...], _checked(validation.package_list)] = ()
+    environment_variables: Annotated[
+        dict[str, str], _checked(lambda what, v: validation.string_map(what, v, keys="variable name"))
+    ] = field(default_factory=dict)
+    max_run_duration_seconds: Annotated[float | None, BeforeValidator(lambda v: _max_seconds(v))] = None
 
     def with_arguments(self, extra: Sequence[Any]) -> RunConfiguration:
         from dataclasses import replace

@@ -36,6 +36,7 @@ from pydantic import AllowInfNan, BeforeValidator, ConfigDict, PlainSerializer, 
 from cluster.errors import ClusterError, PayloadError, UsageError
 
 __all__ = [
+    "Hint",
     "Kinds",
     "Number",
     "PositiveNumber",
@@ -45,6 +46,7 @@ __all__ = [
     "dump",
     "explain",
     "load",
+    "python_scalar",
     "record",
 ]
 
@@ -64,6 +66,9 @@ def _python_scalar(value: Any) -> Any:
     return value
 
 
+#: the public name, for field types defined elsewhere (``BeforeValidator(python_scalar)``)
+python_scalar = _python_scalar
+
 #: an int (numpy ints too); bools, floats and strings are refused
 WholeNumber = Annotated[int, BeforeValidator(_python_scalar), Strict()]
 #: a finite real number (ints become floats); bools, strings, NaN and infinities are refused
@@ -72,6 +77,15 @@ Number = Annotated[float, BeforeValidator(_python_scalar), Strict(), AllowInfNan
 Seconds = Annotated[Number, pydantic.Field(ge=0)]
 #: a finite number > 0
 PositiveNumber = Annotated[Number, pydantic.Field(gt=0)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Hint:
+    """Field metadata: the hint shown when that field is refused.
+
+    ``upper: Annotated[WholeNumber, Field(ge=1), Hint("values are 0..upper-1")]``"""
+
+    text: str
 
 
 class Record:
@@ -178,6 +192,8 @@ def _phrase(err: Any) -> str:
     got = f"got {_shown(value)}" + ("" if plain_number else f" ({type(value).__name__})")
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be a whole number, {got}"
+    if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):  # beyond float range
+        return f"must be a finite number, got {_shown(value)}"
     if kind in ("float_type", "float_parsing"):
         hint = ""
         if isinstance(value, str):
@@ -188,7 +204,7 @@ def _phrase(err: Any) -> str:
                 pass
         return f"must be a number, {got}{hint}"
     if kind == "finite_number":
-        return f"must be a finite number, got {value!r}"
+        return f"must be a finite number, got {_shown(value)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"must be true or false, {got}"
     if kind == "string_type":
@@ -198,15 +214,15 @@ def _phrase(err: Any) -> str:
     if kind in ("list_type", "tuple_type", "iterable_type"):
         return f"must be a list, {got}"
     if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}, got {value!r}"
+        return f"must be at least {ctx['ge']}, got {_shown(value)}"
     if kind == "greater_than":
-        return f"must be greater than {ctx['gt']}, got {value!r}"
+        return f"must be greater than {ctx['gt']}, got {_shown(value)}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}, got {value!r}"
+        return f"must be at most {ctx['le']}, got {_shown(value)}"
     if kind == "less_than":
-        return f"must be less than {ctx['lt']}, got {value!r}"
+        return f"must be less than {ctx['lt']}, got {_shown(value)}"
     if kind in ("literal_error", "enum"):
-        return f"must be one of {ctx.get('expected', '?')}, got {value!r}"
+        return f"must be one of {ctx.get('expected', '?')}, got {_shown(value)}"
     if kind in ("missing", "missing_argument", "missing_keyword_only_argument", "missing_positional_only_argument"):
         return "is required"
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
@@ -238,15 +254,24 @@ def explain(e: ValidationError, what: str, names: tuple[str, ...] = ()) -> str:
 
 
 def _hint(e: ValidationError, cls: type[Any]) -> str | None:
-    """A "did you mean" for a misspelt field name."""
+    """A "did you mean" for a misspelt field name, else the :class:`Hint` of the first refused field."""
     names = _field_names(cls)
-    for err in e.errors(include_url=False):
+    errors = e.errors(include_url=False)
+    for err in errors:
         if err["type"] in ("unexpected_keyword_argument", "extra_forbidden") and err["loc"]:
             given = str(err["loc"][-1])
             close = difflib.get_close_matches(given, names, n=1, cutoff=0.6)
             if close:
                 return f"did you mean {close[0]!r} instead of {given!r}?"
-            return f"known fields: {', '.join(names)}"
+            return f"known fields: {', '.join(names)}" if names else "it takes no fields"
+    fields = getattr(cls, "__pydantic_fields__", {})
+    for err in errors:
+        loc = err["loc"]
+        name = names[loc[0]] if loc and isinstance(loc[0], int) and loc[0] < len(names) else loc[0] if loc else None
+        info = fields.get(name) if isinstance(name, str) else None
+        for meta in info.metadata if info is not None else ():
+            if isinstance(meta, Hint):
+                return meta.text
     return None
 
 
@@ -260,7 +285,9 @@ class Kinds(Generic[T]):
     the kind does not have (a spec written by hand should not lose a misspelt key silently).
     """
 
-    def __init__(self, noun: str, *, base: type[T], exact: bool = True, tag: str = "type") -> None:
+    def __init__(self, noun: str, *, base: type[Any], exact: bool = True, tag: str = "type") -> None:
+        # base is type[Any], not type[T]: the base of a family is usually abstract, which mypy refuses as type[T];
+        # T comes from the annotation (``EXPRESSIONS: Kinds[ParameterExpression] = Kinds(...)``)
         self.noun = noun
         self.base = base
         self.exact = exact
@@ -290,10 +317,12 @@ class Kinds(Generic[T]):
     def load(self, data: Any, *, error: type[ClusterError] = UsageError) -> T:
         """The instance a tagged dict describes (or ``data`` itself when it already is one)."""
         if isinstance(data, self.base):
-            return data
+            found: T = data
+            return found
         kind = data.get(self.tag) if isinstance(data, Mapping) else None
         if not isinstance(kind, str):
-            raise error(f"a {self.noun} must be a mapping with a {self.tag!r}, got {_shown(data)}",
+            raise error(f"a {self.noun} must be a {self.base.__name__} or a mapping with a {self.tag!r}, "
+                        f"got {_shown(data)}",
                         hint=f"{self.tag!r} is one of: {', '.join(self._classes)}")
         cls = self._classes.get(kind)
         if cls is None:
@@ -309,12 +338,20 @@ class Kinds(Generic[T]):
         """The annotation of a field holding one of these: accepts an instance or its tagged dict, dumps tagged."""
         return Annotated[self.base, PlainValidator(self.load), PlainSerializer(self.dump)]
 
-    def mapping_field(self) -> Any:
-        """The annotation of a ``{name: instance}`` field (a sweep's search space)."""
+    def mapping_field(self, key: str = "name") -> Any:
+        """The annotation of a ``{name: instance}`` field (a sweep's search space).
+
+        An entry that does not load is reported with its name: ``"{key} 'lr': <why>"``."""
         def check(value: Any) -> dict[str, T]:
             if not isinstance(value, Mapping):
-                raise UsageError(f"expected a mapping of name -> {self.noun}, got {_shown(value)}")
-            return {k: self.load(v) for k, v in value.items()}
+                raise UsageError(f"expected a mapping of {key} -> {self.noun}, got {_shown(value)}")
+            out: dict[str, T] = {}
+            for k, v in value.items():
+                try:
+                    out[k] = self.load(v)
+                except ClusterError as e:
+                    raise type(e)(f"{key} {k!r}: {e.message}", hint=e.hint) from None
+            return out
 
         def dump_all(value: Mapping[str, Any]) -> dict[str, Any]:
             return {k: self.dump(v) for k, v in value.items()}

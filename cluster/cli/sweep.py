@@ -118,8 +118,8 @@ def cmd_show(args: argparse.Namespace) -> int:
                            if k != "children" and v)
         print(f"sweep {run.id}  ({run.experiment.name})\nstatus: {run.get_status()}"
               + (f" ({summary['end_reason']})" if summary.get("end_reason") else ""))
-        print(f"primary metric: {spec.primary_metric_name} ({spec.goal.value}); {spec.sampling['type']} sampling; "
-              f"policy {spec.policy.get('type')}; {len(live)} of max {spec.max_total_runs} children"
+        print(f"primary metric: {spec.primary_metric_name} ({spec.goal.value}); {spec.sampling.kind} sampling; "
+              f"policy {spec.policy.kind}; {len(live)} of max {spec.max_total_runs} children"
               + (f" ({counts})" if counts else ""))
         print()
         print(format_table(live, spec.primary_metric_name))

@@ -16,25 +16,35 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from dataclasses import field
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field
 
 from cluster import layout, validation
 from cluster.errors import PayloadError, UsageError
+from cluster.estimator import RunConfiguration
+from cluster.schema import Number, PositiveNumber, Record, WholeNumber, load, record
 from cluster.sweep.policy import (
+    POLICIES,
     EarlyTerminationPolicy,
     NoTerminationPolicy,
     PrimaryMetricGoal,
     coerce_goal,
-    policy_from_dict,
 )
-from cluster.sweep.sampling import ParameterSampling, sampling_from_dict
+from cluster.sweep.sampling import SAMPLINGS, ParameterSampling
 
 if TYPE_CHECKING:
-    from cluster.estimator import RunConfiguration
     from cluster.experiment import Experiment
     from cluster.sweep.run import HyperDriveRun
+
+    SamplingField = ParameterSampling
+    PolicyField = EarlyTerminationPolicy
+else:
+    #: a sampler, or its tagged dict (``{"type": "random", "space": {...}, "seed": 7}``)
+    SamplingField = SAMPLINGS.field()
+    #: a policy, or its tagged dict (``{"type": "bandit", "slack_factor": 0.1, ...}``)
+    PolicyField = POLICIES.field()
 
 __all__ = ["MAX_TOTAL_RUNS", "HyperDriveConfig", "SweepSpec", "argument_name"]
 
@@ -62,8 +72,6 @@ def _finite(name: str, value: Any) -> float:
 
 
 def _run_configuration(estimator: Any, run_config: Any) -> RunConfiguration:
-    from cluster.estimator import RunConfiguration
-
     if (estimator is None) == (run_config is None):
         raise UsageError("HyperDriveConfig needs exactly one of estimator= (an Estimator) and run_config= "
                          "(a ScriptRunConfig)",
@@ -86,88 +94,47 @@ def _flags(arguments: Any) -> set[str]:
     return {a for a in arguments if isinstance(a, str) and a.startswith("-")}
 
 
-def run_config_to_dict(rc: RunConfiguration) -> dict[str, Any]:
-    return {
-        "source_directory": str(rc.source_directory), "entry_script": rc.entry_script,
-        "arguments": list(rc.arguments), "pool": rc.pool, "pip_packages": list(rc.pip_packages),
-        "conda_packages": list(rc.conda_packages), "environment_variables": dict(rc.environment_variables),
-        "max_run_duration_seconds": rc.max_run_duration_seconds,
-    }
+@record
+class SweepSpec(Record):
+    """Everything the controller needs to drive a sweep: stored once as ``<parent prefix>sweep.json``.
 
+    A typed record (cluster/schema.py): the sampler, the policy and the run configuration are rebuilt and
+    checked when the spec is read, so a damaged ``sweep.json`` is a :class:`~cluster.errors.PayloadError` at once.
+    """
 
-def run_config_from_dict(data: Mapping[str, Any]) -> RunConfiguration:
-    from cluster.estimator import RunConfiguration
+    __what__ = "sweep spec"
 
-    try:
-        return RunConfiguration(
-            source_directory=Path(data["source_directory"]), entry_script=str(data["entry_script"]),
-            arguments=tuple(data.get("arguments", ())), pool=str(data.get("pool", "default")),
-            pip_packages=tuple(data.get("pip_packages", ())), conda_packages=tuple(data.get("conda_packages", ())),
-            environment_variables=dict(data.get("environment_variables", {})),
-            max_run_duration_seconds=data.get("max_run_duration_seconds"),
-        )
-    except (KeyError, TypeError) as e:
-        raise PayloadError(f"bad run configuration in a sweep spec: {e}") from e
-
-
-@dataclass(frozen=True)
-class SweepSpec:
-    """Everything the controller needs to drive a sweep: stored once as ``<parent prefix>sweep.json``."""
-
-    sampling: dict[str, Any]
-    policy: dict[str, Any]
+    sampling: SamplingField
+    policy: PolicyField
     primary_metric_name: str
-    primary_metric_goal: str
-    max_total_runs: int
-    max_concurrent_runs: int
-    max_duration_minutes: float
-    goal_threshold: float | None
-    run_config: dict[str, Any]
+    primary_metric_goal: PrimaryMetricGoal
+    max_total_runs: Annotated[WholeNumber, Field(ge=1, le=MAX_TOTAL_RUNS)]
+    max_concurrent_runs: Annotated[WholeNumber, Field(ge=1)]
+    max_duration_minutes: PositiveNumber
+    goal_threshold: Number | None
+    run_config: RunConfiguration
     snapshot: str = ""
     experiment: str = ""
     parent_id: str = ""
-    created: float = 0.0  # epoch seconds: the start of max_duration_minutes
-    version: int = SPEC_VERSION
+    created: Number = 0.0  # epoch seconds: the start of max_duration_minutes
+    version: WholeNumber = SPEC_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def goal(self) -> PrimaryMetricGoal:
-        return coerce_goal(self.primary_metric_goal)
-
-    def sampler(self) -> ParameterSampling:
-        return sampling_from_dict(self.sampling)
-
-    def early_termination(self) -> EarlyTerminationPolicy:
-        return policy_from_dict(self.policy)
-
-    def run_configuration(self) -> RunConfiguration:
-        return run_config_from_dict(self.run_config)
+        return self.primary_metric_goal
 
     @property
     def deadline(self) -> float:
         return self.created + self.max_duration_minutes * 60.0
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
     @classmethod
     def from_dict(cls, data: Any) -> SweepSpec:
-        if not isinstance(data, dict):
-            raise PayloadError(f"sweep spec is not an object: {data!r:.80}")
-        if data.get("version", SPEC_VERSION) != SPEC_VERSION:
-            raise PayloadError(f"sweep spec version {data.get('version')!r} is not supported (expected {SPEC_VERSION})")
-        try:
-            spec = cls(**data)
-        except TypeError as e:
-            raise PayloadError(f"bad sweep spec: {e}") from e
-        try:  # a spec must rebuild into a valid sampler, policy and run configuration
-            spec.sampler()
-            spec.early_termination()
-            spec.run_configuration()
-            coerce_goal(spec.primary_metric_goal)
-        except UsageError as e:
-            raise PayloadError(f"bad sweep spec: {e.message}") from e
-        return spec
+        """A stored spec; its version must be this one's. Raises :class:`~cluster.errors.PayloadError`."""
+        if isinstance(data, Mapping) and data.get("version", SPEC_VERSION) != SPEC_VERSION:
+            raise PayloadError(f"sweep spec version {data.get('version')!r} is not supported (expected {SPEC_VERSION})",
+                               hint="the sweep was submitted by a different version of the cluster")
+        return load(cls, data, error=PayloadError)
 
 
 _HYPERDRIVE_ARGS = ("estimator", "run_config", "hyperparameter_sampling", "primary_metric_name",
@@ -247,11 +214,11 @@ class HyperDriveConfig:
              created: float | None = None) -> SweepSpec:
         """The stored form of this sweep (what ``sweep.json`` holds)."""
         return SweepSpec(
-            sampling=self.hyperparameter_sampling.to_dict(), policy=self.policy.to_dict(),
-            primary_metric_name=self.primary_metric_name, primary_metric_goal=self.primary_metric_goal.value,
+            sampling=self.hyperparameter_sampling, policy=self.policy,
+            primary_metric_name=self.primary_metric_name, primary_metric_goal=self.primary_metric_goal,
             max_total_runs=self.max_total_runs, max_concurrent_runs=self.max_concurrent_runs,
             max_duration_minutes=self.max_duration_minutes, goal_threshold=self.goal_threshold,
-            run_config=run_config_to_dict(self._rc), snapshot=snapshot, experiment=experiment,
+            run_config=self._rc, snapshot=snapshot, experiment=experiment,
             parent_id=parent_id, created=time.time() if created is None else created,
         )
 

@@ -249,8 +249,8 @@ def _load(driver: SweepDriver, ws: Workspace, parent_id: str) -> _Sweep | None:
         _unregister(ws, parent_id)
         return None
     spec = state.load_spec(ws, prefix)
-    sweep = _Sweep(parent_id=parent_id, prefix=prefix, spec=spec, sampler=spec.sampler(),
-                   policy=spec.early_termination(),
+    sweep = _Sweep(parent_id=parent_id, prefix=prefix, spec=spec, sampler=spec.sampling,
+                   policy=spec.policy,
                    reader=state.SweepReader(ws, parent_id, prefix, spec.primary_metric_name))
     driver.sweeps[parent_id] = sweep
     return sweep
@@ -362,8 +362,7 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
                 continue  # half-submitted: _resume completes it first, then it is canceled
             ws.runs.cancel(run_id)
     for index, params in plan.new_intents:  # every intent is stored before any of them is submitted
-        ws.store.put_json(state.intent_key(sweep.prefix, index), {"index": index, "params": params,
-                                                                  "at": now_iso()})
+        ws.store.put_json(state.intent_key(sweep.prefix, index), state.Intent(index, params, now_iso()).to_dict())
         reader.remember_intent(index, params)
     if plan.submit:
         intents = reader.intents()
@@ -378,7 +377,7 @@ def _act(ws: Workspace, sweep: _Sweep, parent: RunRecord, plan: StepPlan,
 
 def _submit_child(ws: Workspace, sweep: _Sweep, parent: RunRecord, index: int, params: dict[str, Any]) -> None:
     spec = sweep.spec
-    rc = spec.run_configuration()
+    rc = spec.run_config
     rc = rc.with_arguments(child_arguments((), params))
     tags = {"kind": state.KIND_CHILD, "parent": sweep.parent_id, "sweep_index": str(index),
             "hyperparameters": json.dumps(params)}

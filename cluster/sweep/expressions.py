@@ -19,10 +19,10 @@ reaches the script, not ``32.0``), floats otherwise, computed so that ``q=0.1`` 
 rather than ``0.30000000000000004``. Rounding is Python's ``round`` (half to even), so a
 quantized value can lie up to ``q/2`` outside ``[low, high]``, as in HyperDrive.
 
-Every expression is a frozen dataclass that validates itself on construction (raising
+Every expression is a typed record (:mod:`cluster.schema`) that validates itself on construction (raising
 :class:`~cluster.errors.UsageError`), draws with :meth:`ParameterExpression.sample` from a
-``numpy.random.Generator``, and round-trips through JSON with ``to_dict`` /
-:func:`expression_from_dict`.
+``numpy.random.Generator``, and round-trips through JSON with ``to_dict`` / :func:`expression_from_dict`
+(the :data:`EXPRESSIONS` registry, keyed by the ``type`` tag).
 """
 
 from __future__ import annotations
@@ -31,15 +31,18 @@ import copy
 import json
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
 from decimal import Decimal
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Self
 
 import numpy as np
+from pydantic import BeforeValidator, Field, PlainValidator
+from pydantic_core import PydanticCustomError
 
 from cluster.errors import UsageError
+from cluster.schema import Hint, Kinds, Number, PositiveNumber, Record, WholeNumber, python_scalar, record
 
 __all__ = [
+    "EXPRESSIONS",
     "Choice",
     "LogUniform",
     "Normal",
@@ -64,33 +67,38 @@ __all__ = [
 _MAX_EXP = 700.0
 
 
-# --------------------------------------------------------------------------- validation helpers
+# --------------------------------------------------------------------------- field types
 
 
-def _real(kind: str, name: str, value: Any) -> float:
-    """``value`` as a finite float, or a UsageError naming the expression and argument."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise UsageError(
-            f"{kind}(): {name} must be a number, got {value!r} ({type(value).__name__})",
-            hint=f"pass a plain int or float as {name}",
-        )
+def _step(value: Any) -> int | float:
+    """A quantization step ``q``: a positive finite number, kept an int if given as an int (numpy ones too).
+
+    Its errors carry pydantic's own error types, so :mod:`cluster.schema` words them like any other field's
+    (``"quniform(): q must be greater than 0, got 0"``)."""
+    value = python_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("float_type", "Input should be a valid number")
     try:
-        result = float(value)
+        finite = math.isfinite(value)
     except OverflowError:  # an int beyond float range
-        result = math.inf
-    if not math.isfinite(result):
-        raise UsageError(f"{kind}(): {name} must be finite, got {value!r:.60}")
-    return result
+        finite = False
+    if not finite:
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    if value <= 0:
+        raise PydanticCustomError("greater_than", "Input should be greater than 0", {"gt": 0})
+    return value
 
 
-def _step(kind: str, value: Any) -> int | float:
-    """A quantization step ``q``: a positive number, kept an int if given as an int."""
-    number = _real(kind, "q", value)
-    if number <= 0:
-        raise UsageError(f"{kind}(): q must be > 0, got {value!r}", hint="q is the spacing of the values")
-    if isinstance(value, int | np.integer):
-        return int(value)
-    return number
+#: a quantization step: a number > 0, an int stays an int (so quantized values are ints)
+Step = Annotated[int | float, PlainValidator(_step), Hint("q is the spacing of the values")]
+#: a standard deviation
+Sigma = Annotated[PositiveNumber, Hint("sigma is a standard deviation")]
+
+
+def _options(value: Any) -> Any:
+    if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        raise PydanticCustomError("list_type", "Input should be a valid list")
+    return value
 
 
 def _check_exponent(kind: str, name: str, value: float) -> None:
@@ -145,8 +153,9 @@ def canonical_key(value: Any) -> str:
 # --------------------------------------------------------------------------- expressions
 
 
-class ParameterExpression(ABC):
-    """A distribution over one hyperparameter. Subclasses are frozen dataclasses."""
+class ParameterExpression(Record, ABC):
+    """A distribution over one hyperparameter. Subclasses are :func:`~cluster.schema.record` classes registered
+    in :data:`EXPRESSIONS` (the JSON form is ``{"type": kind, <field>: <value>, ...}``)."""
 
     kind: ClassVar[str]
     """The ``type`` tag in :meth:`to_dict`, and the name of the constructor function."""
@@ -157,27 +166,31 @@ class ParameterExpression(ABC):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form: ``{"type": kind, <field>: <value>, ...}``."""
-        return {"type": self.kind, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+        return EXPRESSIONS.dump(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ParameterExpression:
+    def from_dict(cls, data: Any) -> Self:
         """Inverse of :meth:`to_dict`; dispatches on ``type`` like :func:`expression_from_dict`."""
-        expr = expression_from_dict(data)
+        expr = EXPRESSIONS.load(data)
         if not isinstance(expr, cls):
-            raise UsageError(f"expected a {cls.kind} expression, got {data.get('type')!r}")
+            raise UsageError(f"expected a {cls.kind} expression, got {expr.kind!r}")
         return expr
 
 
-@dataclass(frozen=True)
+#: the one registry of parameter expressions, by their ``type`` tag
+EXPRESSIONS: Kinds[ParameterExpression] = Kinds("parameter expression", base=ParameterExpression)
+
+
+@EXPRESSIONS.register
+@record
 class Choice(ParameterExpression):
     """One of ``options``, each equally likely. Options are JSON values and distinct."""
 
+    __what__ = "choice()"
     kind: ClassVar[str] = "choice"
-    options: tuple[Any, ...]
+    options: Annotated[tuple[Any, ...], BeforeValidator(_options)]
 
     def __post_init__(self) -> None:
-        if isinstance(self.options, str | bytes) or not isinstance(self.options, list | tuple):
-            raise UsageError(f"choice(): options must be a list or tuple, got {self.options!r}")
         options = tuple(_json_value("choice", o) for o in self.options)
         if not options:
             raise UsageError("choice() needs at least one option", hint="e.g. choice(16, 32, 64)")
@@ -192,35 +205,29 @@ class Choice(ParameterExpression):
     def sample(self, rng: np.random.Generator) -> Any:
         return copy.deepcopy(self.options[int(rng.integers(len(self.options)))])
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "options": copy.deepcopy(list(self.options))}
 
-
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class RandInt(ParameterExpression):
     """An int in ``0 .. upper-1``, each equally likely."""
 
+    __what__ = "randint()"
     kind: ClassVar[str] = "randint"
-    upper: int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.upper, bool) or not isinstance(self.upper, int | np.integer):
-            raise UsageError(f"randint(): upper must be an int, got {self.upper!r}")
-        if self.upper < 1:
-            raise UsageError(f"randint(): upper must be >= 1, got {self.upper}", hint="values are 0..upper-1")
-        object.__setattr__(self, "upper", int(self.upper))
+    upper: Annotated[WholeNumber, Field(ge=1), Hint("values are 0..upper-1")]
 
     def sample(self, rng: np.random.Generator) -> int:
         return int(rng.integers(self.upper))
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class Uniform(ParameterExpression):
     """A float uniformly distributed in ``[low, high]``."""
 
+    __what__ = "uniform()"
     kind: ClassVar[str] = "uniform"
-    low: float
-    high: float
+    low: Number
+    high: Number
 
     def __post_init__(self) -> None:
         _bounds(self, "low", "high")
@@ -229,30 +236,33 @@ class Uniform(ParameterExpression):
         return float(rng.uniform(self.low, self.high))
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class QUniform(ParameterExpression):
     """``round(uniform(low, high) / q) * q``."""
 
+    __what__ = "quniform()"
     kind: ClassVar[str] = "quniform"
-    low: float
-    high: float
-    q: int | float
+    low: Number
+    high: Number
+    q: Step
 
     def __post_init__(self) -> None:
         _bounds(self, "low", "high")
-        object.__setattr__(self, "q", _step(self.kind, self.q))
 
     def sample(self, rng: np.random.Generator) -> int | float:
         return quantize(float(rng.uniform(self.low, self.high)), self.q)
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class LogUniform(ParameterExpression):
     """``exp(uniform(min_exp, max_exp))``: log-uniform in ``[e**min_exp, e**max_exp]``."""
 
+    __what__ = "loguniform()"
     kind: ClassVar[str] = "loguniform"
-    min_exp: float
-    max_exp: float
+    min_exp: Number
+    max_exp: Number
 
     def __post_init__(self) -> None:
         _bounds(self, "min_exp", "max_exp")
@@ -265,76 +275,62 @@ class LogUniform(ParameterExpression):
         return min(max(value, math.exp(self.min_exp)), math.exp(self.max_exp))
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class QLogUniform(ParameterExpression):
     """``round(exp(uniform(min_exp, max_exp)) / q) * q``."""
 
+    __what__ = "qloguniform()"
     kind: ClassVar[str] = "qloguniform"
-    min_exp: float
-    max_exp: float
-    q: int | float
+    min_exp: Number
+    max_exp: Number
+    q: Step
 
     def __post_init__(self) -> None:
         _bounds(self, "min_exp", "max_exp")
         _check_exponent(self.kind, "min_exp", self.min_exp)
         _check_exponent(self.kind, "max_exp", self.max_exp)
-        object.__setattr__(self, "q", _step(self.kind, self.q))
 
     def sample(self, rng: np.random.Generator) -> int | float:
         return quantize(math.exp(float(rng.uniform(self.min_exp, self.max_exp))), self.q)
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class Normal(ParameterExpression):
     """A float from a normal distribution with mean ``mu`` and standard deviation ``sigma``."""
 
+    __what__ = "normal()"
     kind: ClassVar[str] = "normal"
-    mu: float
-    sigma: float
-
-    def __post_init__(self) -> None:
-        _normal_args(self)
+    mu: Number
+    sigma: Sigma
 
     def sample(self, rng: np.random.Generator) -> float:
         return float(rng.normal(self.mu, self.sigma))
 
 
-@dataclass(frozen=True)
+@EXPRESSIONS.register
+@record
 class QNormal(ParameterExpression):
     """``round(normal(mu, sigma) / q) * q``."""
 
+    __what__ = "qnormal()"
     kind: ClassVar[str] = "qnormal"
-    mu: float
-    sigma: float
-    q: int | float
-
-    def __post_init__(self) -> None:
-        _normal_args(self)
-        object.__setattr__(self, "q", _step(self.kind, self.q))
+    mu: Number
+    sigma: Sigma
+    q: Step
 
     def sample(self, rng: np.random.Generator) -> int | float:
         return quantize(float(rng.normal(self.mu, self.sigma)), self.q)
 
 
 def _bounds(expr: ParameterExpression, low_name: str, high_name: str) -> None:
-    low = _real(expr.kind, low_name, getattr(expr, low_name))
-    high = _real(expr.kind, high_name, getattr(expr, high_name))
+    low, high = getattr(expr, low_name), getattr(expr, high_name)
     if not low < high:
         raise UsageError(
             f"{expr.kind}(): {low_name} must be < {high_name}, got {low_name}={low!r}, {high_name}={high!r}",
             hint=f"swap them, or use choice({low!r}) for a constant",
         )
-    object.__setattr__(expr, low_name, low)
-    object.__setattr__(expr, high_name, high)
-
-
-def _normal_args(expr: Normal | QNormal) -> None:
-    mu = _real(expr.kind, "mu", expr.mu)
-    sigma = _real(expr.kind, "sigma", expr.sigma)
-    if sigma <= 0:
-        raise UsageError(f"{expr.kind}(): sigma must be > 0, got {sigma!r}", hint="sigma is a standard deviation")
-    object.__setattr__(expr, "mu", mu)
-    object.__setattr__(expr, "sigma", sigma)
 
 
 # --------------------------------------------------------------------------- constructors
@@ -389,26 +385,7 @@ def qnormal(mu: float, sigma: float, q: int | float) -> QNormal:
 
 # --------------------------------------------------------------------------- deserialization
 
-_KINDS: dict[str, type[ParameterExpression]] = {
-    cls.kind: cls for cls in (Choice, RandInt, Uniform, QUniform, LogUniform, QLogUniform, Normal, QNormal)
-}
-
-
-def expression_from_dict(data: dict[str, Any]) -> ParameterExpression:
-    """Rebuild any expression from its :meth:`ParameterExpression.to_dict` form (validated)."""
-    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-        raise UsageError(
-            f"a parameter expression must be a dict with a 'type', got {data!r}",
-            hint=f"e.g. {{'type': 'uniform', 'low': 0, 'high': 1}}; types: {', '.join(_KINDS)}",
-        )
-    cls = _KINDS.get(data["type"])
-    if cls is None:
-        raise UsageError(f"unknown parameter expression type {data['type']!r}", hint=f"use one of: {', '.join(_KINDS)}")
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    args = {k: v for k, v in data.items() if k != "type"}
-    if set(args) != set(names):
-        raise UsageError(
-            f"{cls.kind} expression needs exactly the keys {names}, got {sorted(args)}",
-            hint=f"e.g. {cls.kind}({', '.join(names)})",
-        )
-    return cls(**args)
+def expression_from_dict(data: Any) -> ParameterExpression:
+    """Rebuild any expression from its :meth:`ParameterExpression.to_dict` form (validated; a misspelt or missing
+    key is an error). Raises :class:`~cluster.errors.UsageError`."""
+    return EXPRESSIONS.load(data)

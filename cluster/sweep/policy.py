@@ -25,11 +25,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
+
+from pydantic import Field
 
 from cluster.errors import UsageError
+from cluster.schema import Hint, Kinds, Number, Record, WholeNumber, record
 
 __all__ = [
+    "POLICIES",
     "BanditPolicy",
     "EarlyTerminationPolicy",
     "MedianStoppingPolicy",
@@ -114,21 +118,29 @@ def _check_series(series: Any, goal: PrimaryMetricGoal) -> dict[str, list[float]
     return out
 
 
-def _check_int(policy: str, name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{policy}: {name} must be an int >= {minimum}, got {value!r}")
+#: how often a policy is applied: every ``evaluation_interval``-th logged value
+Interval = Annotated[WholeNumber, Field(ge=1), Hint("evaluation_interval=1 applies the policy at every logged value")]
+#: the first interval at which a policy may apply
+Delay = Annotated[WholeNumber, Field(ge=0), Hint("delay_evaluation=0 applies the policy from the first interval")]
+#: a Bandit slack: a finite number >= 0 (or None when the other slack is given)
+Slack = Annotated[Number, Field(ge=0),
+                  Hint("e.g. BanditPolicy(slack_factor=0.1) keeps runs within 10% of the best one")]
+#: the percentage of runs a truncation selection stops at each evaluation
+Percentage = Annotated[WholeNumber, Field(ge=1, le=99),
+                       Hint("e.g. truncation_percentage=20 stops the worst 20% of runs at each evaluation")]
 
 
 def _fmt(x: float) -> str:
     return f"{x:.6g}"
 
 
-class EarlyTerminationPolicy(ABC):
-    """Base of the policies. Subclasses are frozen dataclasses."""
+class EarlyTerminationPolicy(Record, ABC):
+    """Base of the policies. Subclasses are :func:`~cluster.schema.record` classes registered in :data:`POLICIES`."""
 
     kind: ClassVar[str]
-    evaluation_interval: int
-    delay_evaluation: int
+    if TYPE_CHECKING:  # fields of every policy but NoTerminationPolicy, which has none (and applies nowhere)
+        evaluation_interval: int
+        delay_evaluation: int
 
     def evaluation_point(self, interval: int) -> int | None:
         """The latest interval ``<= interval`` at which this policy applies, or ``None``.
@@ -182,40 +194,34 @@ class EarlyTerminationPolicy(ABC):
         """Decide for one run at ``interval``: ``values`` is its series up to it, ``peers`` the
         series of every run (itself included) that reached it."""
 
-    def _common(self) -> dict[str, Any]:
-        return {"evaluation_interval": self.evaluation_interval, "delay_evaluation": self.delay_evaluation}
-
-    def _check_common(self) -> None:
-        name = type(self).__name__
-        _check_int(name, "evaluation_interval", self.evaluation_interval, 1)
-        _check_int(name, "delay_evaluation", self.delay_evaluation, 0)
-
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, read back by :func:`policy_from_dict`."""
-        return {"type": self.kind, **self._common()}
+        """JSON-able form (``{"type": kind, <field>: <value>, ...}``), read back by :func:`policy_from_dict`."""
+        return POLICIES.dump(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EarlyTerminationPolicy:
+    def from_dict(cls, data: Any) -> Self:
         """Inverse of :meth:`to_dict` (dispatches on ``type`` like :func:`policy_from_dict`)."""
         policy = policy_from_dict(data)
         if not isinstance(policy, cls):
-            raise UsageError(f"expected a {cls.kind} policy, got {data.get('type')!r}")
+            raise UsageError(f"expected a {cls.kind} policy, got {policy.kind!r}")
         return policy
+
+
+#: the one registry of early termination policies, by their ``type`` tag
+POLICIES: Kinds[EarlyTerminationPolicy] = Kinds("early termination policy", base=EarlyTerminationPolicy)
 
 
 # --------------------------------------------------------------------------- policies
 
 
-@dataclass(frozen=True)
+@POLICIES.register
+@record
 class NoTerminationPolicy(EarlyTerminationPolicy):
-    """Never stops a run: every child runs to completion."""
+    """Never stops a run: every child runs to completion. It has no fields (``{"type": "no_termination"}``)."""
 
     kind: ClassVar[str] = "no_termination"
-    evaluation_interval: int = 1
-    delay_evaluation: int = 0
-
-    def __post_init__(self) -> None:
-        self._check_common()
+    evaluation_interval = 1  # not fields: the policy applies nowhere
+    delay_evaluation = 0
 
     def evaluate(
         self,
@@ -237,11 +243,9 @@ class NoTerminationPolicy(EarlyTerminationPolicy):
     ) -> StopDecision | None:
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind}
 
-
-@dataclass(frozen=True)
+@POLICIES.register
+@record
 class BanditPolicy(EarlyTerminationPolicy):
     """Stop a run whose value at an evaluation interval falls outside the slack of the best run.
 
@@ -255,34 +259,18 @@ class BanditPolicy(EarlyTerminationPolicy):
     """
 
     kind: ClassVar[str] = "bandit"
-    evaluation_interval: int = 1
-    slack_factor: float | None = None
-    slack_amount: float | None = None
-    delay_evaluation: int = 0
+    evaluation_interval: Interval = 1
+    slack_factor: Slack | None = None
+    slack_amount: Slack | None = None
+    delay_evaluation: Delay = 0
 
     def __post_init__(self) -> None:
-        self._check_common()
         if (self.slack_factor is None) == (self.slack_amount is None):
             raise UsageError(
                 "BanditPolicy needs exactly one of slack_factor and slack_amount, got "
                 f"slack_factor={self.slack_factor!r}, slack_amount={self.slack_amount!r}",
                 hint="e.g. BanditPolicy(slack_factor=0.1) keeps runs within 10% of the best one",
             )
-        name, value = (
-            ("slack_factor", self.slack_factor)
-            if self.slack_factor is not None
-            else ("slack_amount", self.slack_amount)
-        )
-        bad = UsageError(f"BanditPolicy: {name} must be a finite number >= 0, got {value!r:.60}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range
-            raise bad from None
-        if not math.isfinite(number) or number < 0:
-            raise bad
-        object.__setattr__(self, name, number)
 
     def threshold(self, best: float, goal: PrimaryMetricGoal | str) -> float:
         """The worst value a run may have at an interval whose best value is ``best``."""
@@ -332,16 +320,9 @@ class BanditPolicy(EarlyTerminationPolicy):
             },
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            **self._common(),
-            "slack_factor": self.slack_factor,
-            "slack_amount": self.slack_amount,
-        }
 
-
-@dataclass(frozen=True)
+@POLICIES.register
+@record
 class MedianStoppingPolicy(EarlyTerminationPolicy):
     """Stop a run whose best value so far is worse than the median of the running averages.
 
@@ -351,11 +332,8 @@ class MedianStoppingPolicy(EarlyTerminationPolicy):
     """
 
     kind: ClassVar[str] = "median_stopping"
-    evaluation_interval: int = 1
-    delay_evaluation: int = 0
-
-    def __post_init__(self) -> None:
-        self._check_common()
+    evaluation_interval: Interval = 1
+    delay_evaluation: Delay = 0
 
     def _judge(
         self,
@@ -386,7 +364,8 @@ class MedianStoppingPolicy(EarlyTerminationPolicy):
         )
 
 
-@dataclass(frozen=True)
+@POLICIES.register
+@record
 class TruncationSelectionPolicy(EarlyTerminationPolicy):
     """At each evaluation interval, stop the runs in the worst ``truncation_percentage`` percent.
 
@@ -398,18 +377,9 @@ class TruncationSelectionPolicy(EarlyTerminationPolicy):
     """
 
     kind: ClassVar[str] = "truncation_selection"
-    truncation_percentage: int
-    evaluation_interval: int = 1
-    delay_evaluation: int = 0
-
-    def __post_init__(self) -> None:
-        self._check_common()
-        pct = self.truncation_percentage
-        if isinstance(pct, bool) or not isinstance(pct, int) or not 1 <= pct <= 99:
-            raise UsageError(
-                f"TruncationSelectionPolicy: truncation_percentage must be an int from 1 to 99, got {pct!r}",
-                hint="e.g. truncation_percentage=20 stops the worst 20% of runs at each evaluation",
-            )
+    truncation_percentage: Percentage
+    evaluation_interval: Interval = 1
+    delay_evaluation: Delay = 0
 
     def _judge(
         self,
@@ -444,29 +414,13 @@ class TruncationSelectionPolicy(EarlyTerminationPolicy):
             },
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "truncation_percentage": self.truncation_percentage, **self._common()}
-
 
 # --------------------------------------------------------------------------- deserialization
 
-_POLICIES: dict[str, type[EarlyTerminationPolicy]] = {
-    cls.kind: cls for cls in (NoTerminationPolicy, BanditPolicy, MedianStoppingPolicy, TruncationSelectionPolicy)
-}
 
-
-def policy_from_dict(data: dict[str, Any] | None) -> EarlyTerminationPolicy:
-    """Rebuild any policy from its ``to_dict`` form (validated). ``None`` means no policy."""
+def policy_from_dict(data: Any) -> EarlyTerminationPolicy:
+    """Rebuild any policy from its ``to_dict`` form (validated; a misspelt key is an error). ``None`` means no
+    policy (:class:`NoTerminationPolicy`)."""
     if data is None:
         return NoTerminationPolicy()
-    if not isinstance(data, dict) or data.get("type") not in _POLICIES:
-        raise UsageError(
-            f"unknown early termination policy {data.get('type') if isinstance(data, dict) else data!r}",
-            hint=f"a dict with 'type' one of {', '.join(_POLICIES)}",
-        )
-    cls = _POLICIES[data["type"]]
-    kwargs = {k: v for k, v in data.items() if k != "type"}
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise UsageError(f"{cls.__name__}: bad keys {sorted(kwargs)} ({e})", hint="rebuild it with to_dict()") from e
+    return POLICIES.load(data)

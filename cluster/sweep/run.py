@@ -131,8 +131,8 @@ class HyperDriveRun(Run):
         seen: dict[str, str] = {}
         if show_output:
             spec = self.spec
-            print(f"RunId: {self.id}\nStatus: {self.get_status()}\nSweep: {spec.sampling['type']} sampling of "
-                  f"{', '.join(spec.sampling['space'])}; {spec.primary_metric_name} ({spec.goal.value}); "
+            print(f"RunId: {self.id}\nStatus: {self.get_status()}\nSweep: {spec.sampling.kind} sampling of "
+                  f"{', '.join(spec.sampling.space)}; {spec.primary_metric_name} ({spec.goal.value}); "
                   f"max {spec.max_total_runs} runs, {spec.max_concurrent_runs} at a time\n", flush=True)
         reader = self._reader() if show_output else None
         while True:

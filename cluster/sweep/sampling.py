@@ -27,12 +27,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 import numpy as np
+from pydantic import BeforeValidator, Field, Strict
 
 from cluster.errors import UsageError
+from cluster.schema import Kinds, Record, WholeNumber, python_scalar, record
 from cluster.sweep.expressions import (
+    EXPRESSIONS,
     Choice,
     LogUniform,
     Normal,
@@ -43,7 +46,6 @@ from cluster.sweep.expressions import (
     RandInt,
     Uniform,
     canonical_key,
-    expression_from_dict,
     quantize,
 )
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
 __all__ = [
+    "SAMPLINGS",
     "BayesianParameterSampling",
     "GridParameterSampling",
     "ParameterSampling",
@@ -61,8 +64,20 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Trial:
+if TYPE_CHECKING:
+    Space = dict[str, ParameterExpression]
+    MetricValue = float
+else:
+    #: a search space: parameter name -> expression (or its tagged dict)
+    Space = EXPRESSIONS.mapping_field(key="parameter")
+    #: a final metric: any float, NaN included (a failed metric is no value, not an error)
+    MetricValue = Annotated[float, BeforeValidator(python_scalar), Strict()]
+#: a seed: an int >= 0, or None for a fresh random one (kept, so a stored sweep replays it)
+Seed = Annotated[WholeNumber, Field(ge=0)] | None
+
+
+@record
+class Trial(Record):
     """One sampled combination of a sweep.
 
     ``params`` is what the sampler returned; ``value`` is the child run's final primary metric,
@@ -70,14 +85,16 @@ class Trial:
     """
 
     params: dict[str, Any]
-    value: float | None = None
+    value: MetricValue | None = None
 
 
-class ParameterSampling(ABC):
-    """Base of the samplers: a search space mapping argument names to expressions."""
+class ParameterSampling(Record, ABC):
+    """Base of the samplers: a search space mapping argument names to expressions.
+
+    Subclasses are :func:`~cluster.schema.record` classes registered in :data:`SAMPLINGS`."""
 
     kind: ClassVar[str]
-    space: dict[str, ParameterExpression]
+    space: Space
 
     @property
     def max_total(self) -> int | None:
@@ -94,48 +111,36 @@ class ParameterSampling(ABC):
         ``goal`` says whether a larger or smaller ``Trial.value`` is better (Bayesian only).
         """
 
-    @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, read back by :func:`sampling_from_dict`."""
+        """JSON-able form (``{"type": kind, "space": {...}, ...}``), read back by :func:`sampling_from_dict`."""
+        return SAMPLINGS.dump(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ParameterSampling:
+    def from_dict(cls, data: Any) -> Self:
         """Inverse of :meth:`to_dict` (dispatches on ``type`` like :func:`sampling_from_dict`)."""
-        sampling = sampling_from_dict(data)
+        sampling = SAMPLINGS.load(data)
         if not isinstance(sampling, cls):
-            raise UsageError(f"expected {cls.kind} sampling, got {data.get('type')!r}")
+            raise UsageError(f"expected {cls.kind} sampling, got {sampling.kind!r}")
         return sampling
 
-    def _space_dict(self) -> dict[str, Any]:
-        return {name: expr.to_dict() for name, expr in self.space.items()}
+    def _check_space(self) -> None:
+        if not self.space:
+            raise UsageError(f"{self.kind} sampling got an empty parameter space", hint="give at least one parameter")
+        for name in self.space:
+            if not isinstance(name, str) or not name.strip():
+                raise UsageError(f"parameter names must be non-empty strings, got {name!r}")
+
+    def _fix_seed(self) -> int:
+        """The seed; ``None`` becomes a fresh random one, stored (so to_dict replays it)."""
+        seed: int | None = getattr(self, "seed", None)
+        if seed is None:
+            seed = secrets.randbits(32)
+            object.__setattr__(self, "seed", seed)
+        return seed
 
 
-def _check_space(kind: str, space: Any) -> dict[str, ParameterExpression]:
-    if not isinstance(space, Mapping):
-        raise UsageError(
-            f"{kind} sampling needs a dict of parameter name -> expression, got {type(space).__name__}",
-            hint="e.g. {'--learning-rate': uniform(0.01, 0.1), '--batch-size': choice(16, 32)}",
-        )
-    if not space:
-        raise UsageError(f"{kind} sampling got an empty parameter space", hint="give at least one parameter")
-    for name, expr in space.items():
-        if not isinstance(name, str) or not name.strip():
-            raise UsageError(f"parameter names must be non-empty strings, got {name!r}")
-        if not isinstance(expr, ParameterExpression):
-            raise UsageError(
-                f"parameter {name!r} must be an expression such as choice(...) or uniform(...), got {expr!r}",
-                hint="build it with the functions in cluster.sweep (choice, uniform, loguniform, ...)",
-            )
-    return dict(space)
-
-
-def _check_seed(kind: str, seed: Any) -> int:
-    """The seed as an int >= 0; a fresh random one for ``None`` (stored, so to_dict replays it)."""
-    if seed is None:
-        return secrets.randbits(32)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise UsageError(f"{kind} sampling: seed must be an int >= 0 or None, got {seed!r}")
-    return int(seed)
+#: the one registry of samplers, by their ``type`` tag
+SAMPLINGS: Kinds[ParameterSampling] = Kinds("parameter sampling", base=ParameterSampling)
 
 
 def _check_n(n: Any) -> int:
@@ -156,7 +161,8 @@ def _check_history(history: Any) -> list[Trial]:
 # --------------------------------------------------------------------------- grid
 
 
-@dataclass(frozen=True)
+@SAMPLINGS.register
+@record
 class GridParameterSampling(ParameterSampling):
     """Every combination of the ``choice`` values, each exactly once, in a fixed order.
 
@@ -165,19 +171,19 @@ class GridParameterSampling(ParameterSampling):
     combination once in total, and then nothing. Only ``choice`` expressions are allowed.
     """
 
+    __what__ = "grid sampling"
     kind: ClassVar[str] = "grid"
-    space: dict[str, ParameterExpression]
+    space: Space
 
     def __post_init__(self) -> None:
-        space = _check_space(self.kind, self.space)
-        for name, expr in space.items():
+        self._check_space()
+        for name, expr in self.space.items():
             if not isinstance(expr, Choice):
                 raise UsageError(
                     f"grid sampling supports only choice(); parameter {name!r} is {expr.kind}()",
                     hint=f"list the values to try, e.g. {name!r}: choice(0.01, 0.1, 1.0), "
                     "or use RandomParameterSampling / BayesianParameterSampling",
                 )
-        object.__setattr__(self, "space", space)
 
     @property
     def max_total(self) -> int:
@@ -215,9 +221,6 @@ class GridParameterSampling(ParameterSampling):
                     break
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "space": self._space_dict()}
-
 
 # --------------------------------------------------------------------------- random
 
@@ -232,7 +235,8 @@ def _random_sample(space: Mapping[str, ParameterExpression], seed: int, k: int) 
     return {name: drawn[name] for name in space}
 
 
-@dataclass(frozen=True)
+@SAMPLINGS.register
+@record
 class RandomParameterSampling(ParameterSampling):
     """Independent random draws from every expression (any expression type).
 
@@ -243,13 +247,14 @@ class RandomParameterSampling(ParameterSampling):
     Samples may repeat when the space is small and discrete.
     """
 
+    __what__ = "random sampling"
     kind: ClassVar[str] = "random"
-    space: dict[str, ParameterExpression]
-    seed: int | None = None
+    space: Space
+    seed: Seed = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "space", _check_space(self.kind, self.space))
-        object.__setattr__(self, "seed", _check_seed(self.kind, self.seed))
+        self._check_space()
+        self._fix_seed()
 
     def next_samples(
         self, history: Sequence[Trial], n: int, goal: PrimaryMetricGoal | str = PrimaryMetricGoal.MAXIMIZE
@@ -259,9 +264,6 @@ class RandomParameterSampling(ParameterSampling):
         coerce_goal(goal)
         assert self.seed is not None  # set in __post_init__
         return [_random_sample(self.space, self.seed, k) for k in range(start, start + n)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": self.kind, "space": self._space_dict(), "seed": self.seed}
 
 
 # --------------------------------------------------------------------------- bayesian
@@ -359,7 +361,8 @@ def _quiet_optuna() -> Iterator[Any]:
         optuna.logging.set_verbosity(verbosity)
 
 
-@dataclass(frozen=True)
+@SAMPLINGS.register
+@record
 class BayesianParameterSampling(ParameterSampling):
     """Bayesian optimization with Optuna's TPE sampler, rebuilt from the history on every call.
 
@@ -381,18 +384,15 @@ class BayesianParameterSampling(ParameterSampling):
     choice, uniform and quniform with Bayesian sampling; these extensions are ours.)
     """
 
+    __what__ = "bayesian sampling"
     kind: ClassVar[str] = "bayesian"
-    space: dict[str, ParameterExpression]
-    seed: int | None = None
-    n_startup_trials: int = 10
+    space: Space
+    seed: Seed = None
+    n_startup_trials: Annotated[WholeNumber, Field(ge=0)] = 10
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "space", _check_space(self.kind, self.space))
-        object.__setattr__(self, "seed", _check_seed(self.kind, self.seed))
-        n = self.n_startup_trials
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-            raise UsageError(f"bayesian sampling: n_startup_trials must be an int >= 0, got {n!r}")
-        object.__setattr__(self, "n_startup_trials", int(n))
+        self._check_space()
+        self._fix_seed()
 
     def next_samples(
         self, history: Sequence[Trial], n: int, goal: PrimaryMetricGoal | str = PrimaryMetricGoal.MAXIMIZE
@@ -437,14 +437,6 @@ class BayesianParameterSampling(ParameterSampling):
                 out.append(sample)
             return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": self.kind,
-            "space": self._space_dict(),
-            "seed": self.seed,
-            "n_startup_trials": self.n_startup_trials,
-        }
-
 
 def _finished(value: float | None) -> bool:
     return (
@@ -457,30 +449,7 @@ def _finished(value: float | None) -> bool:
 
 # --------------------------------------------------------------------------- deserialization
 
-_SAMPLINGS: dict[str, type[ParameterSampling]] = {
-    cls.kind: cls for cls in (GridParameterSampling, RandomParameterSampling, BayesianParameterSampling)
-}
 
-
-def sampling_from_dict(data: dict[str, Any]) -> ParameterSampling:
-    """Rebuild any sampler from its ``to_dict`` form (validated)."""
-    if not isinstance(data, dict) or data.get("type") not in _SAMPLINGS:
-        raise UsageError(
-            f"unknown parameter sampling {data.get('type') if isinstance(data, dict) else data!r}",
-            hint=f"a dict with 'type' one of {', '.join(_SAMPLINGS)} and a 'space'",
-        )
-    cls = _SAMPLINGS[data["type"]]
-    allowed = {"type", "space"} | ({"seed"} if cls is not GridParameterSampling else set())
-    if cls is BayesianParameterSampling:
-        allowed.add("n_startup_trials")
-    unknown = set(data) - allowed
-    if unknown or "space" not in data:
-        raise UsageError(
-            f"{cls.kind} sampling: expected keys {sorted(allowed)}, got {sorted(data)}",
-            hint="rebuild it with to_dict()",
-        )
-    space = data["space"]
-    if not isinstance(space, dict):
-        raise UsageError(f"{cls.kind} sampling: 'space' must be a dict, got {type(space).__name__}")
-    kwargs = {k: v for k, v in data.items() if k not in ("type", "space")}
-    return cls({name: expression_from_dict(expr) for name, expr in space.items()}, **kwargs)  # type: ignore[call-arg]
+def sampling_from_dict(data: Any) -> ParameterSampling:
+    """Rebuild any sampler from its ``to_dict`` form (validated; a misspelt or missing key is an error)."""
+    return SAMPLINGS.load(data)

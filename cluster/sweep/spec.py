@@ -7,6 +7,7 @@ a search space, sampling, policy, the primary metric and the limits; paths are r
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +18,9 @@ from cluster.datareference import DataReference
 from cluster.errors import UsageError
 from cluster.estimator import Estimator, ScriptRunConfig
 from cluster.sweep.config import HyperDriveConfig
-from cluster.sweep.expressions import choice, expression_from_dict
+from cluster.sweep.expressions import EXPRESSIONS, choice, expression_from_dict
 from cluster.sweep.policy import policy_from_dict
-from cluster.sweep.sampling import BayesianParameterSampling, GridParameterSampling, RandomParameterSampling
+from cluster.sweep.sampling import SAMPLINGS
 
 ESTIMATOR_KEYS = ("source_directory", "entry_script", "script_params", "arguments", "compute_target", "pip_packages",
                   "conda_packages", "environment_variables", "max_run_duration_seconds")
@@ -30,9 +31,14 @@ _SAMPLING_ALIASES = {"grid": "grid", "random": "random", "bayesian": "bayesian",
 _POLICY_ALIASES = {"bandit": "bandit", "median": "median_stopping", "median_stopping": "median_stopping",
                    "truncation": "truncation_selection", "truncation_selection": "truncation_selection",
                    "none": "no_termination", "no_termination": "no_termination"}
-_POSITIONAL = {"choice": ("options",), "randint": ("upper",), "uniform": ("low", "high"),
-               "quniform": ("low", "high", "q"), "loguniform": ("min_exp", "max_exp"),
-               "qloguniform": ("min_exp", "max_exp", "q"), "normal": ("mu", "sigma"), "qnormal": ("mu", "sigma", "q")}
+
+
+def _positional(kind: str) -> tuple[str, ...] | None:
+    """The argument names of an expression, in order (``uniform`` -> ``("low", "high")``); None if unknown."""
+    if kind not in EXPRESSIONS:
+        return None
+    return tuple(f.name for f in dataclasses.fields(EXPRESSIONS[kind]))  # type: ignore[arg-type]
+
 
 # ---- the spec file ------------------------------------------------------------------------------
 
@@ -80,11 +86,11 @@ def parse_expression(name: str, value: Any) -> Any:
     data = dict(value)
     kind = data.get("type")
     if "args" in data:
-        names = _POSITIONAL.get(str(kind))
+        names = _positional(str(kind))
         args = data.pop("args")
         if names is None or not isinstance(args, list):
             raise UsageError(f"search space {name!r}: unknown expression type {kind!r}",
-                             hint=f"types: {', '.join(_POSITIONAL)}")
+                             hint=f"types: {', '.join(EXPRESSIONS.names)}")
         if kind == "choice":
             return choice(args)
         if len(args) != len(names):
@@ -93,7 +99,10 @@ def parse_expression(name: str, value: Any) -> Any:
         data.update(zip(names, args, strict=True))
     if kind == "choice" and "values" in data:
         data["options"] = data.pop("values")
-    return expression_from_dict(data)
+    try:
+        return expression_from_dict(data)
+    except UsageError as e:
+        raise UsageError(f"search space {name!r}: {e.message}", hint=e.hint) from None
 
 
 def _script_value(name: str, value: Any) -> Any:
@@ -168,11 +177,10 @@ def config_from_spec(data: Mapping[str, Any], base_dir: Path) -> tuple[HyperDriv
         raise UsageError("sweep spec: search_space must map argument names to expressions",
                          hint='e.g. search_space: {"--regularization": "loguniform(-5, 1)"}')
     exprs = {str(k): parse_expression(str(k), v) for k, v in space.items()}
-    classes = {"grid": GridParameterSampling, "random": RandomParameterSampling, "bayesian": BayesianParameterSampling}
     try:
-        sampler = classes[kind](exprs, **sampling)
-    except TypeError as e:
-        raise UsageError(f"sweep spec: bad sampling settings {sorted(sampling)}: {e}") from e
+        sampler = SAMPLINGS[kind](exprs, **sampling)  # type: ignore[call-arg]
+    except UsageError as e:
+        raise UsageError(f"sweep spec: {e.message}", hint=e.hint) from None
 
     policy = data.get("policy")
     if policy is not None:

@@ -31,6 +31,7 @@ from cluster import layout, metrics
 from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
 from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
+from cluster.schema import Record, WholeNumber, load, record
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
@@ -54,6 +55,17 @@ rk_lock = layout.rk_sweep_lock
 intent_key = layout.sweep_intent_key
 
 KIND_CHILD = "sweep-child"
+
+
+@record
+class Intent(Record):
+    """``intents/<index>.json``: the parameters of child ``index``, stored before that child is submitted."""
+
+    __what__ = "sweep intent {index!r}"
+
+    index: WholeNumber
+    params: dict[str, Any]
+    at: str = ""  # when it was written (ISO 8601)
 
 
 def child_prefix(parent_prefix: str, child_id: str) -> str:
@@ -221,10 +233,8 @@ class SweepReader:
             except ValueError:
                 continue
             if index not in self._intents:
-                data = self.ws.store.get_json(info.key)
-                if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
-                    raise PayloadError(f"bad sweep intent {info.key}")
-                self._intents[index] = data["params"]
+                intent = load(Intent, self.ws.store.get_json(info.key), what=f"sweep intent {info.key}")
+                self._intents[index] = intent.params
         return dict(self._intents)
 
     def remember_intent(self, index: int, params: dict[str, Any]) -> None:
@@ -380,7 +390,7 @@ def build_summary(spec: SweepSpec, parent: RunRecord, children: Sequence[ChildIn
         "parent_id": parent.run_id, "experiment": parent.experiment, "status": parent.status.value,
         "end_reason": end_reason,
         "primary_metric": {"name": spec.primary_metric_name, "goal": spec.goal.value},
-        "sampling": spec.sampling, "policy": spec.policy,
+        "sampling": spec.sampling.to_dict(), "policy": spec.policy.to_dict(),
         "limits": {"max_total_runs": spec.max_total_runs, "max_concurrent_runs": spec.max_concurrent_runs,
                    "max_duration_minutes": spec.max_duration_minutes, "goal_threshold": spec.goal_threshold},
         "started": parent.timestamps.get(RunStatus.RUNNING.value),

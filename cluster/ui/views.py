@@ -186,7 +186,7 @@ class Views:
                                "completed": counts.get("Completed", 0), "failed": counts.get("Failed", 0),
                                "stopped": counts.get("stopped_early", 0), "canceled": counts.get("Canceled", 0),
                                "max_total_runs": spec.max_total_runs}
-        summary["parameters"] = list(spec.sampling.get("space", {}))
+        summary["parameters"] = list(spec.sampling.space)
         summary["final"] = self.ws.runs.status(run_id).is_final
         return summary
 

@@ -250,9 +250,10 @@ ROWS: list[Row] = [
         lambda e: _hd(e, estimator=_est(e, script_params={"--lr": 1})), UsageError, "both a fixed script argument"),
     Row("BanditPolicy(slack_factor=-1)", "SDK", lambda e: BanditPolicy(slack_factor=-1), UsageError, "slack"),
     Row("uniform(1, 0)", "SDK", lambda e: uniform(1, 0), UsageError, "uniform"),
-    Row("uniform(0, 10**400)", "SDK", lambda e: uniform(0, 10**400), UsageError, "uniform(): high must be finite"),
+    Row("uniform(0, 10**400)", "SDK", lambda e: uniform(0, 10**400), UsageError,
+        "uniform(): high must be a finite number, got 1000"),
     Row("BanditPolicy(slack_factor=10**400)", "SDK", lambda e: BanditPolicy(slack_factor=10**400),
-        UsageError, "slack_factor must be a finite number >= 0"),
+        UsageError, "slack_factor must be a finite number, got 1000"),
     # ---- datastore and data references ----------------------------------------------------------------------
     Row("ds.download(target_path=<an existing file>)", "SDK",
         lambda e: e.ws.get_default_datastore().download(target_path=e.file),

@@ -11,6 +11,7 @@ import pytest
 
 from cluster import Estimator, ScriptRunConfig
 from cluster.errors import PayloadError, UsageError
+from cluster.estimator import RunConfiguration
 from cluster.sweep import (
     BanditPolicy,
     BayesianParameterSampling,
@@ -27,7 +28,7 @@ from cluster.sweep import (
     quniform,
     uniform,
 )
-from cluster.sweep.config import SweepSpec, argument_name, run_config_from_dict, run_config_to_dict
+from cluster.sweep.config import SweepSpec, argument_name
 from cluster.sweep.driver import child_arguments
 from cluster.sweep.plot import write_plot
 from cluster.sweep.spec import config_from_spec, parse_expression, read_spec_file
@@ -70,8 +71,10 @@ def test_script_run_config_is_accepted(src: Path) -> None:
     rc = ScriptRunConfig(src, "train.py", arguments=["--x", 1], compute_target="cpu")
     hd = make(run_config=rc, primary_metric_goal="minimize")
     spec = hd.spec()
-    assert spec.run_config["arguments"] == ["--x", 1] and spec.run_config["pool"] == "cpu"
-    assert spec.primary_metric_goal == "minimize"
+    assert spec.run_config.arguments == ("--x", 1) and spec.run_config.pool == "cpu"
+    assert spec.primary_metric_goal is PrimaryMetricGoal.MINIMIZE
+    stored = spec.to_dict()
+    assert stored["run_config"]["arguments"] == ["--x", 1] and stored["primary_metric_goal"] == "minimize"
 
 
 @pytest.mark.parametrize(("kw", "match"), [
@@ -160,35 +163,39 @@ def test_spec_round_trips_through_json(est: Estimator, sampling: Any, policy: An
     spec = hd.spec(snapshot="ab" * 32, experiment="exp", parent_id="exp_1_abcd", created=1000.0)
     back = SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert back == spec
-    assert back.sampler() == sampling
-    assert back.early_termination() == (policy or NoTerminationPolicy())
+    assert back.sampling == sampling
+    assert back.policy == (policy or NoTerminationPolicy())
     assert back.goal is PrimaryMetricGoal.MAXIMIZE and back.goal_threshold == 0.97
     assert back.deadline == 1000.0 + 30 * 60
-    rc = back.run_configuration()
+    rc = back.run_config
     assert rc == est.run_config()
     # the rebuilt sampler continues the same sequence
-    assert back.sampler().next_samples([], 3, "maximize") == sampling.next_samples([], 3, "maximize")
+    assert back.sampling.next_samples([], 3, "maximize") == sampling.next_samples([], 3, "maximize")
 
 
 def test_random_seed_none_is_fixed_at_construction(est: Estimator) -> None:
     hd = make(est, hyperparameter_sampling=RandomParameterSampling({"--x": uniform(0, 1)}))
     spec = SweepSpec.from_dict(json.loads(json.dumps(hd.spec().to_dict())))
-    assert spec.sampler().next_samples([], 4) == hd.hyperparameter_sampling.next_samples([], 4)
+    assert spec.sampling.next_samples([], 4) == hd.hyperparameter_sampling.next_samples([], 4)
 
 
 def test_run_config_dict_round_trip(est: Estimator) -> None:
     rc = est.run_config()
-    assert run_config_from_dict(json.loads(json.dumps(run_config_to_dict(rc)))) == rc
+    assert RunConfiguration.from_dict(json.loads(json.dumps(rc.to_dict()))) == rc
 
 
 @pytest.mark.parametrize(("mutate", "match"), [
     (lambda d: d.update(version=99), "version"),
-    (lambda d: d.update(unknown=1), "bad sweep spec"),
+    (lambda d: d.update(max_concurrent_runs=0), "sweep spec: max_concurrent_runs must be at least 1, got 0"),
+    (lambda d: d.update(max_total_runs="16"), "sweep spec: max_total_runs must be a whole number"),
+    (lambda d: d["run_config"].update(pip_packages="numpy"), "got the string 'numpy'"),
+    (lambda d: d["sampling"]["space"].update({"--c": {"type": "choice", "option": [1]}}),
+     "parameter '--c': choice parameter expression: options is required; option is not a known field"),
     (lambda d: d.update(sampling={"type": "grid", "space": {"--a": {"type": "uniform", "low": 0, "high": 1}}}),
      "grid sampling supports only choice"),
     (lambda d: d.update(policy={"type": "nope"}), "policy"),
     (lambda d: d.update(primary_metric_goal="sideways"), "maximize"),
-    (lambda d: d.pop("run_config"), "bad sweep spec"),
+    (lambda d: d.pop("run_config"), "sweep spec: run_config is required"),
 ])
 def test_bad_stored_specs_are_payload_errors(est: Estimator, mutate: Any, match: str) -> None:
     data = make(est).spec().to_dict()
@@ -197,6 +204,29 @@ def test_bad_stored_specs_are_payload_errors(est: Estimator, mutate: Any, match:
         SweepSpec.from_dict(data)
     with pytest.raises(PayloadError):
         SweepSpec.from_dict(["not", "a", "dict"])
+
+
+def test_stored_spec_ignores_unknown_keys(est: Estimator) -> None:
+    """A newer writer's extra key does not break this reader (the schema's rule for every stored record)."""
+    spec = make(est).spec()
+    assert SweepSpec.from_dict({**spec.to_dict(), "written_by_a_newer_version": 1}) == spec
+
+
+def test_stored_spec_keeps_its_json_shape(est: Estimator) -> None:
+    """sweep.json on existing clusters: the same keys and type tags as before the typed records."""
+    data = make(est, policy=BanditPolicy(slack_factor=0.1)).spec(created=5.0).to_dict()
+    assert sorted(data) == ["created", "experiment", "extra", "goal_threshold", "max_concurrent_runs",
+                            "max_duration_minutes", "max_total_runs", "parent_id", "policy", "primary_metric_goal",
+                            "primary_metric_name", "run_config", "sampling", "snapshot", "version"]
+    assert data["primary_metric_goal"] == "maximize" and data["version"] == 1
+    assert sorted(data["sampling"]) == ["seed", "space", "type"] and data["sampling"]["type"] == "random"
+    assert data["policy"] == {"type": "bandit", "evaluation_interval": 1, "delay_evaluation": 0,
+                              "slack_factor": 0.1, "slack_amount": None}
+    assert sorted(data["run_config"]) == ["arguments", "conda_packages", "entry_script", "environment_variables",
+                                          "max_run_duration_seconds", "pip_packages", "pool", "source_directory"]
+    assert isinstance(data["run_config"]["source_directory"], str)
+    assert make(est).spec().to_dict()["policy"] == {"type": "no_termination"}
+
 
 
 # ---- the CLI's spec file ------------------------------------------------------------------------
@@ -229,8 +259,8 @@ tags: {{team: ml}}
          "--tol": quniform(0.001, 0.01, 0.001)}, seed=7)
     assert hd.policy == BanditPolicy(evaluation_interval=1, slack_factor=0.1)
     spec = hd.spec()
-    assert spec.run_config["pool"] == "cpucluster"
-    assert spec.run_config["arguments"][:2] == ["--data-folder", {
+    assert spec.run_config.pool == "cpucluster"
+    assert list(spec.run_config.arguments[:2]) == ["--data-folder", {
         "kind": "data_reference", "datastore": "workspaceblobstore", "path_on_datastore": "mnist", "mode": "mount",
         "path_on_compute": None}]
     assert spec.max_total_runs == 16 and spec.max_concurrent_runs == 4 and spec.goal_threshold == 0.99
@@ -247,7 +277,7 @@ def test_spec_file_json_grid_with_arguments(src: Path, tmp_path: Path) -> None:
     assert experiment is None
     assert hd.hyperparameter_sampling == GridParameterSampling({"--a": choice(1, 2), "--b": choice(3, 4)})
     assert isinstance(hd.policy, NoTerminationPolicy)
-    assert hd.spec().run_config["arguments"] == ["--fixed", 1]
+    assert hd.spec().run_config.arguments == ("--fixed", 1)
 
 
 @pytest.mark.parametrize(("patch", "match"), [

@@ -224,17 +224,17 @@ def test_choice_accepts_one_list_or_several_arguments() -> None:
         (lambda: choice(1, 2, 1), "twice"),
         (lambda: choice(object()), "JSON"),
         (lambda: choice(float("nan")), "finite"),
-        (lambda: randint(0), ">= 1"),
+        (lambda: randint(0), r"randint\(\): upper must be at least 1, got 0"),
         (lambda: randint(2.5), "int"),  # type: ignore[arg-type]
         (lambda: uniform(1, 1), "low must be < high"),
         (lambda: uniform(2, 1), "low must be < high"),
         (lambda: uniform("0", 1), "number"),  # type: ignore[arg-type]
-        (lambda: quniform(0, 1, 0), "q must be > 0"),
-        (lambda: qloguniform(0, 1, -1), "q must be > 0"),
+        (lambda: quniform(0, 1, 0), r"quniform\(\): q must be greater than 0, got 0"),
+        (lambda: qloguniform(0, 1, -1), "q must be greater than 0, got -1"),
         (lambda: loguniform(1, 0), "min_exp must be < max_exp"),
         (lambda: loguniform(0, 1000), "exponent"),
-        (lambda: normal(0, 0), "sigma must be > 0"),
-        (lambda: qnormal(0, 1, 0), "q must be > 0"),
+        (lambda: normal(0, 0), "sigma must be greater than 0"),
+        (lambda: qnormal(0, 1, 0), "q must be greater than 0"),
         (lambda: uniform(0, float("inf")), "finite"),
     ],
 )
@@ -278,7 +278,7 @@ def test_bad_expression_dicts_are_usage_errors(data: Any) -> None:
 def test_bad_sampling_input_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="unknown parameter sampling"):
         sampling_from_dict({"type": "sobol", "space": {}})
-    with pytest.raises(UsageError, match="expected keys"):
+    with pytest.raises(UsageError, match="grid parameter sampling: seed is not a known field"):
         sampling_from_dict({"type": "grid", "space": {"a": {"type": "choice", "options": [1]}}, "seed": 1})
     with pytest.raises(UsageError, match="expression"):
         RandomParameterSampling({"--lr": 0.1})  # type: ignore[dict-item]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from cluster import Experiment, ScriptRunConfig, layout
 from cluster.records import RunStatus
 from cluster.sweep import GridParameterSampling, HyperDriveConfig, PrimaryMetricGoal, choice
@@ -81,3 +83,20 @@ def test_a_canceled_sweep_cancels_its_children_and_ends(mem_ws: Workspace, broke
     assert all(c.status is RunStatus.CANCELED for c in children)
     driver.drive(mem_ws, T0 + 2)
     assert mem_ws.runs.record(run.id).status is RunStatus.CANCELED
+
+
+def test_intents_keep_their_stored_form_and_a_damaged_one_is_named(mem_ws: Workspace, broker: MemoryBroker,
+                                                                   train_dir: Path) -> None:
+    from cluster.errors import PayloadError
+    from cluster.sweep.state import SweepReader, intent_key
+
+    run = _sweep(mem_ws, train_dir, concurrent=2)
+    SweepDriver().drive(mem_ws, T0)
+    key = intent_key(run.prefix, 0)
+    stored = mem_ws.store.get_json(key)
+    assert sorted(stored) == ["at", "index", "params"] and stored["index"] == 0 and stored["params"] == {"--a": 1}
+    reader = SweepReader(mem_ws, run.id, run.prefix, "score")
+    assert reader.intents() == {0: {"--a": 1}, 1: {"--a": 2}}
+    mem_ws.store.put_json(key, {"index": 0, "params": ["--a", 1]})
+    with pytest.raises(PayloadError, match=f"^sweep intent {key}: params must be a mapping, got"):
+        SweepReader(mem_ws, run.id, run.prefix, "score").intents()
