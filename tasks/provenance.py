@@ -59,7 +59,7 @@ def _installed(folder: str) -> list[tuple[str, str]]:
     """(name, version) of the distributions installed in ``folder``. Read from the ``<name>-<version>.dist-info``
     folder names, as the wheel spec writes them: the first run on a node waited half a second while every METADATA
     file was parsed. A folder whose name carries no version (an old egg-info) is read the slow way."""
-    out = []
+    out: list[tuple[str, str]] = []
     try:
         entries = list(os.scandir(folder))
     except OSError:

@@ -35,9 +35,9 @@ from cluster.errors import ClusterError, NotFoundError, PayloadError, UsageError
 from cluster.experiment import Experiment, submit_run
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus, now_iso
 from cluster.sweep import state
-from cluster.sweep.config import SweepSpec, argument_name
 from cluster.sweep.policy import EarlyTerminationPolicy, NoTerminationPolicy, StopDecision
 from cluster.sweep.sampling import ParameterSampling, Trial
+from cluster.sweep.sweepspec import SweepSpec, argument_name
 
 if TYPE_CHECKING:
     from cluster.workspace import Workspace

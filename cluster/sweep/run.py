@@ -14,7 +14,7 @@ from cluster.sweep import state
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
-    from cluster.sweep.config import SweepSpec
+    from cluster.sweep.sweepspec import SweepSpec
     from cluster.workspace import Workspace
 
 

@@ -33,10 +33,10 @@ from cluster.errors import NotFoundError, PayloadError
 from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
 from cluster.schema import Record, WholeNumber, load, record
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
+from cluster.sweep.sweepspec import SweepSpec
 
 if TYPE_CHECKING:
     from cluster.estimator import RunConfiguration
-    from cluster.sweep.config import SweepSpec
     from cluster.workspace import Workspace
 
 # paths and keys are built in cluster/layout.py (short names here for this package)
@@ -123,8 +123,6 @@ def write_parent(ws: Workspace, record: RunRecord) -> None:
 
 
 def load_spec(ws: Workspace, prefix: str) -> SweepSpec:
-    from cluster.sweep.config import SweepSpec
-
     return SweepSpec.from_dict(ws.store.get_json(prefix + SWEEP_SPEC))
 
 
