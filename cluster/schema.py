@@ -25,8 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Generic, Self, TypeVar, dataclass_transform
 
 import pydantic
@@ -56,7 +55,7 @@ R = TypeVar("R", bound="Record")
 _CONFIG = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
-def _python_scalar(value: Any) -> Any:
+def python_scalar(value: Any) -> Any:
     """numpy scalars (``np.int64(3)``, ``np.float64(0.5)``) as Python numbers; anything else unchanged."""
     if not isinstance(value, bool | int | float | str) and hasattr(value, "item") and callable(value.item):
         try:
@@ -65,14 +64,10 @@ def _python_scalar(value: Any) -> Any:
             return value
     return value
 
-
-#: the public name, for field types defined elsewhere (``BeforeValidator(python_scalar)``)
-python_scalar = _python_scalar
-
 #: an int (numpy ints too); bools, floats and strings are refused
-WholeNumber = Annotated[int, BeforeValidator(_python_scalar), Strict()]
+WholeNumber = Annotated[int, BeforeValidator(python_scalar), Strict()]
 #: a finite real number (ints become floats); bools, strings, NaN and infinities are refused
-Number = Annotated[float, BeforeValidator(_python_scalar), Strict(), AllowInfNan(False)]
+Number = Annotated[float, BeforeValidator(python_scalar), Strict(), AllowInfNan(False)]
 #: a finite number >= 0 (a duration, an interval)
 Seconds = Annotated[Number, pydantic.Field(ge=0)]
 #: a finite number > 0
@@ -357,17 +352,3 @@ class Kinds(Generic[T]):
             return {k: self.dump(v) for k, v in value.items()}
 
         return Annotated[dict[str, self.base], PlainValidator(check), PlainSerializer(dump_all)]  # type: ignore[name-defined]
-
-
-def finite(value: Any) -> bool:
-    """A real number that is not NaN or infinite (bools are not numbers here)."""
-    value = _python_scalar(value)
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def one_of(what: str, value: Any, allowed: Iterable[Any]) -> None:
-    """Refuse ``value`` unless it is in ``allowed`` (for str fields whose set is defined elsewhere)."""
-    allowed = tuple(allowed)
-    if value not in allowed:
-        raise UsageError(f"{what} must be one of {', '.join(map(repr, allowed))}, got {_shown(value)}")
-

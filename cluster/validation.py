@@ -23,6 +23,7 @@ from pydantic import BeforeValidator, ValidationInfo
 from cluster.datareference import DataReference
 from cluster.errors import UsageError
 from cluster.layout import check_name
+from cluster.schema import python_scalar
 
 __all__ = [
     "Packages",
@@ -53,19 +54,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _numpy_scalar(value: Any) -> Any:
-    """numpy scalars (np.float64(0.8), np.int64(3)) become Python numbers; anything else is returned as is."""
-    if not isinstance(value, bool | int | float | str) and hasattr(value, "item") and callable(value.item):
-        try:
-            return value.item()
-        except (TypeError, ValueError):
-            return value
-    return value
-
-
 def finite_number(what: str, value: Any) -> float:
     """A real number that is neither NaN nor infinite (bools and numeric strings are refused)."""
-    value = _numpy_scalar(value)
+    value = python_scalar(value)
     if not _is_number(value):
         hint = f"write {value.strip()} without quotes" if isinstance(value, str) and _numeric(value) else None
         raise UsageError(f"{what} must be a number, got {_shown(value)} ({type(value).__name__})", hint=hint)
@@ -97,7 +88,7 @@ def positive_number(what: str, value: Any) -> float:
 
 def whole_number(what: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """An int (numpy ints accepted; bools, floats and strings refused) within the given bounds."""
-    value = _numpy_scalar(value)
+    value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"{what} must be a whole number, got {_shown(value)} ({type(value).__name__})")
     if minimum is not None and value < minimum:
@@ -173,7 +164,7 @@ def string_map(what: str, value: Any, *, keys: str = "name") -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(k, str) or not k or "=" in k or "\0" in k:
             raise UsageError(f"{what}: {_shown(k)} is not a valid {keys}")
-        v = _numpy_scalar(v)
+        v = python_scalar(v)
         if not isinstance(v, str | int | float | bool):
             raise UsageError(f"{what}: the value of {k!r} must be a string or a number, got {_shown(v)}")
         if isinstance(v, float) and not math.isfinite(v):
@@ -190,7 +181,7 @@ def script_value(what: str, value: Any) -> Any:
         return value.to_dict()
     if DataReference.is_reference(value):  # already in its stored form
         return DataReference.from_dict(value).to_dict()
-    value = _numpy_scalar(value)
+    value = python_scalar(value)
     if isinstance(value, float) and not math.isfinite(value):
         raise UsageError(f"{what}: {value!r} is not a usable value (NaN or infinite)",
                          hint="pass a finite number, or the string 'nan'/'inf' if the script really expects it")
