@@ -6,12 +6,12 @@ Both reduce to a :class:`RunConfiguration`, the one shape the experiment submits
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, ValidationInfo
+from pydantic import BeforeValidator
 
 from cluster import validation
 from cluster.errors import UsageError
@@ -37,14 +37,6 @@ AZURE_SCRIPT_RUN_IGNORED = ("docker_runtime_config", "_telemetry_values")
 ENVIRONMENT_FIELDS = ("pip_packages", "conda_packages", "environment_variables")
 
 
-def _checked(check: Callable[[str, Any], Any]) -> BeforeValidator:
-    """A field checked by one of the :mod:`cluster.validation` validators (with its messages), named by the field."""
-    def run(value: Any, info: ValidationInfo) -> Any:
-        return check(info.field_name or "value", value)
-
-    return BeforeValidator(run)
-
-
 @record
 class RunConfiguration(Record):
     """The one shape every path submits (Estimator, ScriptRunConfig, a stored sweep's ``run_config``).
@@ -57,11 +49,11 @@ class RunConfiguration(Record):
     source_directory: Path
     entry_script: str
     arguments: tuple[Any, ...] = ()
-    pool: Annotated[str, _checked(validation.name)] = DEFAULT_POOL
-    pip_packages: Annotated[tuple[str, ...], _checked(validation.package_list)] = ()
-    conda_packages: Annotated[tuple[str, ...], _checked(validation.package_list)] = ()
+    pool: Annotated[str, validation.field_check(validation.name)] = DEFAULT_POOL
+    pip_packages: validation.Packages = ()
+    conda_packages: validation.Packages = ()
     environment_variables: Annotated[
-        dict[str, str], _checked(lambda what, v: validation.string_map(what, v, keys="variable name"))
+        dict[str, str], validation.field_check(lambda what, v: validation.string_map(what, v, keys="variable name"))
     ] = field(default_factory=dict)
     max_run_duration_seconds: Annotated[float | None, BeforeValidator(lambda v: _max_seconds(v))] = None
 
