@@ -7,6 +7,7 @@ after). A child is Completed unless it called ``fail``; its files are the parent
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from cluster import metrics
@@ -46,9 +47,6 @@ class ChildRun:
         return f"ChildRun(id={self.id!r}, status={self._info['status']!r})"
 
 
-def script_children(run: Run) -> list[Any]:
-    """The children ``run``'s script made, in the order it made them."""
-    ws = run.experiment.workspace
-    final = ws.runs.status(run.id).is_final
-    events = metrics.read(ws.redis, ws.store, run.id, run.prefix, final=final)
+def script_children(run: Run, events: Iterable[dict[str, Any]]) -> list[Any]:
+    """The children ``run``'s script made (``events``: the run's, see ``Run._events``), in the order it made them."""
     return [ChildRun(run, name, info) for name, info in metrics.children(events).items()]

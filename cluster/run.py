@@ -161,15 +161,19 @@ class Run:
         return self._ws.runs.cancel(self.id)
 
     # -- metrics ----------------------------------------------------------------------------------
+    def _events(self) -> list[dict[str, Any]]:
+        """Every event the script logged (its metrics, ``run.fail``, its child runs'), from one read of the record:
+        the committed attempt's archive once the run is final, else the live stream."""
+        from cluster import metrics
+
+        record = self._record()
+        return metrics.read(self._ws.redis, self._ws.store, self.id, record.files_prefix,
+                            final=record.status.is_final)
+
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:
         from cluster import metrics
 
-        def read() -> dict[str, Any]:
-            record = self._record()
-            return metrics.aggregate(metrics.read(self._ws.redis, self._ws.store, self.id, record.files_prefix,
-                                                  final=record.status.is_final))
-
-        values: dict[str, Any] = _ride_through(read, None)
+        values: dict[str, Any] = _ride_through(lambda: metrics.aggregate(self._events()), None)
         if name is not None:
             return {name: values[name]} if name in values else {}
         return values
@@ -251,7 +255,7 @@ class Run:
         """Child runs the script made with ``run.child_run(name)`` (a sweep's children: HyperDriveRun)."""
         from cluster.childrun import script_children
 
-        return script_children(self)
+        return script_children(self, self._events())
 
     # -- re-run -----------------------------------------------------------------------------------
     def resubmit(self, arguments: Any = None, tags: dict[str, str] | None = None) -> Run:

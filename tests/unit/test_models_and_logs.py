@@ -154,3 +154,18 @@ def test_lines_so_far_are_the_live_stream_until_the_log_is_archived(mem_ws: Work
     assert logstream.lines_so_far(mem_ws.redis, mem_ws.store, run.id, run.prefix) == ["live 1"]
     mem_ws.store.put_bytes(run.prefix + layout.RUN_DRIVER_LOG, b"archived 1\narchived 2\n")
     assert logstream.lines_so_far(mem_ws.redis, mem_ws.store, run.id, run.prefix) == ["archived 1", "archived 2"]
+
+
+# ---- child runs read back from the committed attempt ----------------------------------------------
+
+def test_children_of_a_finished_run_come_from_the_committed_attempts_archive(mem_ws: Workspace,
+                                                                             store: MemoryObjectStore,
+                                                                             train_dir: Path) -> None:
+    run = _finished_run(mem_ws, train_dir)  # no live stream: only the archive in the attempt's folder
+    events = [{"name": "child", "kind": "control", "value": "fold-1", "t": 1.0},
+              {"name": "acc", "kind": "scalar", "value": 0.5, "t": 2.0, "child": "fold-1"},
+              {"name": "loss", "kind": "scalar", "value": 0.1, "t": 3.0}]
+    store.put_json(run.files_prefix() + layout.RUN_METRICS, {"events": events})
+    children = run.get_children()
+    assert [(c.name, c.get_status(), c.get_metrics()) for c in children] == [("fold-1", "Completed", {"acc": 0.5})]
+    assert run.get_metrics() == {"loss": 0.1}
