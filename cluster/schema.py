@@ -47,6 +47,7 @@ __all__ = [
     "load",
     "python_scalar",
     "record",
+    "shown",
 ]
 
 T = TypeVar("T")
@@ -144,7 +145,7 @@ def load(cls: type[T], data: Any, *, error: type[ClusterError] = PayloadError, e
     """``cls`` from its JSON form. Unknown keys are ignored unless ``exact``; every problem raises ``error``."""
     label = what or _what(cls, data if isinstance(data, Mapping) else {})
     if not isinstance(data, Mapping):
-        raise error(f"{label} must be an object (a mapping), got {_shown(data)} ({type(data).__name__})")
+        raise error(f"{label} must be an object (a mapping), got {shown(data)} ({type(data).__name__})")
     if not exact:
         names = _field_names(cls)
         data = {k: v for k, v in data.items() if k in names}
@@ -167,9 +168,10 @@ def dump(obj: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- messages
 
 
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
+def shown(value: Any) -> str:
+    """A value as messages quote it: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _what(cls: type[Any], given: Mapping[str, Any]) -> str:
@@ -184,11 +186,11 @@ def _phrase(err: Any) -> str:
     """One pydantic error as the end of a sentence that starts with the field's name."""
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     plain_number = isinstance(value, int | float) and not isinstance(value, bool)
-    got = f"got {_shown(value)}" + ("" if plain_number else f" ({type(value).__name__})")
+    got = f"got {shown(value)}" + ("" if plain_number else f" ({type(value).__name__})")
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return f"must be a whole number, {got}"
     if kind == "float_type" and isinstance(value, int) and not isinstance(value, bool):  # beyond float range
-        return f"must be a finite number, got {_shown(value)}"
+        return f"must be a finite number, got {shown(value)}"
     if kind in ("float_type", "float_parsing"):
         hint = ""
         if isinstance(value, str):
@@ -199,7 +201,7 @@ def _phrase(err: Any) -> str:
                 pass
         return f"must be a number, {got}{hint}"
     if kind == "finite_number":
-        return f"must be a finite number, got {_shown(value)}"
+        return f"must be a finite number, got {shown(value)}"
     if kind in ("bool_type", "bool_parsing"):
         return f"must be true or false, {got}"
     if kind == "string_type":
@@ -209,15 +211,15 @@ def _phrase(err: Any) -> str:
     if kind in ("list_type", "tuple_type", "iterable_type"):
         return f"must be a list, {got}"
     if kind == "greater_than_equal":
-        return f"must be at least {ctx['ge']}, got {_shown(value)}"
+        return f"must be at least {ctx['ge']}, got {shown(value)}"
     if kind == "greater_than":
-        return f"must be greater than {ctx['gt']}, got {_shown(value)}"
+        return f"must be greater than {ctx['gt']}, got {shown(value)}"
     if kind == "less_than_equal":
-        return f"must be at most {ctx['le']}, got {_shown(value)}"
+        return f"must be at most {ctx['le']}, got {shown(value)}"
     if kind == "less_than":
-        return f"must be less than {ctx['lt']}, got {_shown(value)}"
+        return f"must be less than {ctx['lt']}, got {shown(value)}"
     if kind in ("literal_error", "enum"):
-        return f"must be one of {ctx.get('expected', '?')}, got {_shown(value)}"
+        return f"must be one of {ctx.get('expected', '?')}, got {shown(value)}"
     if kind in ("missing", "missing_argument", "missing_keyword_only_argument", "missing_positional_only_argument"):
         return "is required"
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
@@ -317,7 +319,7 @@ class Kinds(Generic[T]):
         kind = data.get(self.tag) if isinstance(data, Mapping) else None
         if not isinstance(kind, str):
             raise error(f"a {self.noun} must be a {self.base.__name__} or a mapping with a {self.tag!r}, "
-                        f"got {_shown(data)}",
+                        f"got {shown(data)}",
                         hint=f"{self.tag!r} is one of: {', '.join(self._classes)}")
         cls = self._classes.get(kind)
         if cls is None:
@@ -339,7 +341,7 @@ class Kinds(Generic[T]):
         An entry that does not load is reported with its name: ``"{key} 'lr': <why>"``."""
         def check(value: Any) -> dict[str, T]:
             if not isinstance(value, Mapping):
-                raise UsageError(f"expected a mapping of {key} -> {self.noun}, got {_shown(value)}")
+                raise UsageError(f"expected a mapping of {key} -> {self.noun}, got {shown(value)}")
             out: dict[str, T] = {}
             for k, v in value.items():
                 try:

@@ -23,7 +23,7 @@ from pydantic import BeforeValidator, ValidationInfo
 from cluster.datareference import DataReference
 from cluster.errors import UsageError
 from cluster.layout import check_name
-from cluster.schema import python_scalar
+from cluster.schema import python_scalar, shown
 
 __all__ = [
     "Packages",
@@ -45,11 +45,6 @@ __all__ = [
 ]
 
 
-def _shown(value: Any) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 60 else shown[:57] + "..."
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -59,11 +54,11 @@ def finite_number(what: str, value: Any) -> float:
     value = python_scalar(value)
     if not _is_number(value):
         hint = f"write {value.strip()} without quotes" if isinstance(value, str) and _numeric(value) else None
-        raise UsageError(f"{what} must be a number, got {_shown(value)} ({type(value).__name__})", hint=hint)
+        raise UsageError(f"{what} must be a number, got {shown(value)} ({type(value).__name__})", hint=hint)
     try:
         number = float(value)
     except OverflowError:  # an int beyond float range
-        raise UsageError(f"{what} is too large: {_shown(value)}") from None
+        raise UsageError(f"{what} is too large: {shown(value)}") from None
     if not math.isfinite(number):
         raise UsageError(f"{what} must be a finite number, got {value!r}")
     return number
@@ -90,7 +85,7 @@ def whole_number(what: str, value: Any, *, minimum: int | None = None, maximum: 
     """An int (numpy ints accepted; bools, floats and strings refused) within the given bounds."""
     value = python_scalar(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{what} must be a whole number, got {_shown(value)} ({type(value).__name__})")
+        raise UsageError(f"{what} must be a whole number, got {shown(value)} ({type(value).__name__})")
     if minimum is not None and value < minimum:
         raise UsageError(f"{what} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
@@ -101,7 +96,7 @@ def whole_number(what: str, value: Any, *, minimum: int | None = None, maximum: 
 def text(what: str, value: Any, *, empty: bool = False) -> str:
     """A string (non-empty unless ``empty``), without NUL or line breaks."""
     if not isinstance(value, str):
-        raise UsageError(f"{what} must be a string, got {_shown(value)} ({type(value).__name__})")
+        raise UsageError(f"{what} must be a string, got {shown(value)} ({type(value).__name__})")
     if not empty and not value.strip():
         raise UsageError(f"{what} must not be empty")
     if any(c in value for c in "\0\n\r"):
@@ -131,14 +126,14 @@ def string_list(what: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str | bytes):
-        raise UsageError(f"{what} must be a list of strings, got the string {_shown(value)}",
+        raise UsageError(f"{what} must be a list of strings, got the string {shown(value)}",
                          hint=f"write {what}=[{value!r}]" if isinstance(value, str) else None)
     if isinstance(value, Mapping) or not isinstance(value, Iterable):
-        raise UsageError(f"{what} must be a list of strings, got {_shown(value)} ({type(value).__name__})")
+        raise UsageError(f"{what} must be a list of strings, got {shown(value)} ({type(value).__name__})")
     items = list(value)
     for item in items:
         if not isinstance(item, str) or not item.strip():
-            raise UsageError(f"{what}: every entry must be a non-empty string, got {_shown(item)}")
+            raise UsageError(f"{what}: every entry must be a non-empty string, got {shown(item)}")
         text(f"{what} entry", item)
     return tuple(items)
 
@@ -158,15 +153,15 @@ def string_map(what: str, value: Any, *, keys: str = "name") -> dict[str, str]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise UsageError(f"{what} must be a mapping of {keys} -> value, got {_shown(value)} "
+        raise UsageError(f"{what} must be a mapping of {keys} -> value, got {shown(value)} "
                          f"({type(value).__name__})", hint=f"e.g. {what}={{'SEED': '7'}}")
     out: dict[str, str] = {}
     for k, v in value.items():
         if not isinstance(k, str) or not k or "=" in k or "\0" in k:
-            raise UsageError(f"{what}: {_shown(k)} is not a valid {keys}")
+            raise UsageError(f"{what}: {shown(k)} is not a valid {keys}")
         v = python_scalar(v)
         if not isinstance(v, str | int | float | bool):
-            raise UsageError(f"{what}: the value of {k!r} must be a string or a number, got {_shown(v)}")
+            raise UsageError(f"{what}: the value of {k!r} must be a string or a number, got {shown(v)}")
         if isinstance(v, float) and not math.isfinite(v):
             raise UsageError(f"{what}: the value of {k!r} must be finite, got {v!r}")
         if isinstance(v, str) and "\0" in v:
@@ -189,7 +184,7 @@ def script_value(what: str, value: Any) -> Any:
         raise UsageError(f"{what}: a script argument cannot contain a NUL character")
     if isinstance(value, bool | int | float | str):
         return value
-    raise UsageError(f"{what}: cannot pass {_shown(value)} ({type(value).__name__}) as a script argument",
+    raise UsageError(f"{what}: cannot pass {shown(value)} ({type(value).__name__}) as a script argument",
                      hint="use strings, numbers, booleans or data references (ds.as_mount())")
 
 
@@ -199,7 +194,7 @@ def path_like(what: str, value: Any) -> Path:
         return Path(value)
     if isinstance(value, os.PathLike):
         return Path(value)
-    raise UsageError(f"{what} must be a path (a string or pathlib.Path), got {_shown(value)}")
+    raise UsageError(f"{what} must be a path (a string or pathlib.Path), got {shown(value)}")
 
 
 def local_dir_target(what: str, value: Any) -> Path:
@@ -254,7 +249,7 @@ def warn_ignored(where: str, given: Mapping[str, Any], names: Iterable[str]) -> 
     names = set(names)
     for k in given:
         if k in names and given[k] is not None and given[k] is not False:  # Azure's own defaults say nothing
-            warnings.warn(f"{where}: {k}={_shown(given[k])} is an Azure ML argument with no meaning on this cluster; "
+            warnings.warn(f"{where}: {k}={shown(given[k])} is an Azure ML argument with no meaning on this cluster; "
                           "ignored (docs/porting.md lists them)", IgnoredArgumentWarning, stacklevel=3)
     return {k: v for k, v in given.items() if k not in names}
 
