@@ -79,19 +79,19 @@ class Experiment:
         ids.sort(key=run_sort_key, reverse=True)
         filtered = any(x is not None for x in (tags, properties, type, status))
         for run_id in ids:
-            run = Run.get(self.workspace, run_id) if filtered else Run(self, run_id)
-            if filtered:
-                record = runs.record(run_id)
-                if status is not None and record.status.value != status:
-                    continue
-                if want_type is not None and runinfo.run_type(record) != want_type:
-                    continue
-                if tags is not None and not want_tags(runinfo.get_tags(self.workspace.store, record.prefix, record)):
-                    continue
-                if properties is not None and not want_props(runinfo.get_properties(self.workspace.store,
-                                                                                    record.prefix)):
-                    continue
-            yield run
+            if not filtered:
+                yield Run(self, run_id)
+                continue
+            record = runs.record(run_id)  # read once: for the filters and for the kind of run
+            if status is not None and record.status.value != status:
+                continue
+            if want_type is not None and runinfo.run_type(record) != want_type:
+                continue
+            if tags is not None and not want_tags(runinfo.get_tags(self.workspace.store, record.prefix, record)):
+                continue
+            if properties is not None and not want_props(runinfo.get_properties(self.workspace.store, record.prefix)):
+                continue
+            yield self.workspace.run_of(record)
 
 
 def check_data_references(ws: Workspace, arguments: Any) -> None:

@@ -18,6 +18,7 @@ from cluster.settings import Settings
 if TYPE_CHECKING:
     import redis
 
+    from cluster.records import RunRecord
     from cluster.runstate import RunState
 
 
@@ -107,14 +108,17 @@ class Workspace:
 
     def get_run(self, run_id: str) -> Any:
         """Any run by id alone (``Run.get(ws, run_id)``): a ``Run``, or a ``HyperDriveRun`` for a sweep."""
+        return self.run_of(self.runs.record(run_id))
+
+    def run_of(self, record: RunRecord) -> Any:
+        """The run of a record already read: a ``Run``, or a ``HyperDriveRun`` for a sweep."""
         from cluster.experiment import Experiment
         from cluster.records import is_sweep
         from cluster.run import Run
         from cluster.sweep.run import HyperDriveRun
 
-        record = self.runs.record(run_id)
         experiment = Experiment(self, record.experiment)
-        return HyperDriveRun(experiment, run_id) if is_sweep(record) else Run(experiment, run_id)
+        return HyperDriveRun(experiment, record.run_id) if is_sweep(record) else Run(experiment, record.run_id)
 
     @cached_property
     def broker(self) -> Broker:
