@@ -23,7 +23,8 @@ REFRESH_SECONDS = 3.0
 
 
 def log_tail(run: Any, lines: int = TAIL_LINES) -> list[str]:
-    """The run's last ``lines`` log lines: from the live stream while there is one, else the archived log."""
+    """The run's last ``lines`` log lines: from the live stream while there is one, else the archived log (the
+    committed attempt's, where the node uploads it)."""
     from cluster.logstream import archived
 
     ws = run.experiment.workspace
@@ -31,7 +32,7 @@ def log_tail(run: Any, lines: int = TAIL_LINES) -> list[str]:
     live = [fields.get("l", "") for _id, fields in reversed(entries) if fields.get("eof") != "1"]
     if live:
         return live[-lines:]
-    return archived(ws.store, run.prefix)[-lines:]
+    return archived(ws.store, run.files_prefix())[-lines:]
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> str:

@@ -169,3 +169,10 @@ def test_children_of_a_finished_run_come_from_the_committed_attempts_archive(mem
     children = run.get_children()
     assert [(c.name, c.get_status(), c.get_metrics()) for c in children] == [("fold-1", "Completed", {"acc": 0.5})]
     assert run.get_metrics() == {"loss": 0.1}
+
+
+def test_log_tail_of_a_finished_run_reads_the_committed_attempts_log(mem_ws: Workspace, train_dir: Path) -> None:
+    from cluster.widgets import log_tail
+
+    run = _finished_run(mem_ws, train_dir, log_lines=[f"line {i}" for i in range(30)])  # no live stream left
+    assert log_tail(run, lines=3) == ["line 27", "line 28", "line 29"]
