@@ -43,6 +43,7 @@ from cluster.processes import STATE_FILE as STATE_FILE
 from cluster.processes import ManagedProcess as ManagedProcess
 from cluster.processes import State as State
 from cluster.processes import add_process as add_process
+from cluster.processes import forget_dead, state_lock
 from cluster.processes import free_port as free_port
 from cluster.processes import port_free as port_free
 from cluster.processes import reap as reap
@@ -50,7 +51,6 @@ from cluster.processes import remove_process as remove_process
 from cluster.processes import replace_process as replace_process
 from cluster.processes import running_process as running_process
 from cluster.processes import spawn as spawn
-from cluster.processes import state_lock
 from cluster.processes import write_private as write_private
 from cluster.settings import CONFIG_FILE, Settings, mask, redis_url
 
@@ -355,10 +355,7 @@ def ensure_controller(state_dir: Path, extra_args: Iterable[str] = ()) -> bool:
     state_dir = Path(state_dir).resolve()
     if running_process(state_dir, "controller") is not None:
         return False
-    with state_lock(state_dir):  # forget dead controllers so the record names only the live one
-        state = State.load(state_dir)
-        state.processes = [p for p in state.processes if p.name != "controller" or p.alive]
-        state.save(state_dir)
+    forget_dead(state_dir, "controller")  # so the record names only the live one
     argv = [sys.executable, "-m", "cluster.cli", "controller", "--config", str(role_config(state_dir, "controller")),
             "--state-dir", str(state_dir), *extra_args]
     add_process(state_dir, spawn("controller", argv, state_dir))
