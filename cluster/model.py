@@ -167,7 +167,7 @@ class Model:
         digests = {}
         for rel, path in files.items():
             digests[rel] = file_sha256(path)
-            workspace.store.put_file(f"{base}files/{rel}", path, sha256=digests[rel])
+            workspace.store.put_file(f"{base}{layout.MODEL_FILES_DIR}{rel}", path, sha256=digests[rel])
         record = ModelRecord(name=model_name, version=version, files=digests, run_id=None, experiment=None,
                              model_path=str(model_path), tags=dict(tags or {}), description=description,
                              created_time=now_iso())

@@ -215,7 +215,7 @@ class Views:
         rel = path.lstrip("/")
         if rel not in model.files:
             raise NotFoundError(f"model {model.id} has no file {rel!r}")
-        return layout.model_prefix(name, version) + "files/" + rel
+        return layout.model_prefix(name, version) + layout.MODEL_FILES_DIR + rel
 
     # -- pools and nodes --------------------------------------------------------------------------
     def nodes(self) -> list[dict[str, Any]]:
