@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cluster import layout, metrics
 from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
+from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
 from cluster.schema import Record, WholeNumber, load, record
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 from cluster.sweep.sweepspec import SweepSpec
