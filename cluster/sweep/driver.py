@@ -181,14 +181,14 @@ class SweepDriver:
             except Exception as e:  # never let one sweep stop the controller's tick
                 self._forget_progress(parent_id)
                 log.exception("sweep %s: unexpected %s: %s", parent_id, type(e).__name__, e)
+        if self.sweeps:  # forget the sweeps that ended or were unregistered (by this driver or another)
+            active = {str(m) for m in r.smembers(state.RK_ACTIVE)}
+            for parent_id in set(self.sweeps) - active:
+                del self.sweeps[parent_id]
 
     def step(self, ws: Workspace, parent_id: str, now: float) -> StepPlan | None:
         """One idempotent step of one sweep. Returns the plan it carried out (None: nothing to do here)."""
-        try:
-            return _step(self, ws, parent_id, now)
-        finally:
-            if not ws.redis.sismember(state.RK_ACTIVE, parent_id):  # ended or unregistered: forget it
-                self.sweeps.pop(parent_id, None)
+        return _step(self, ws, parent_id, now)
 
     def _forget_progress(self, parent_id: str) -> None:
         sweep = self.sweeps.get(parent_id)
