@@ -48,7 +48,8 @@ def cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def own_cluster_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cluster of the test module's own, for destructive tests (a Redis FLUSHALL must not reach other modules'
-    runs): a module overrides ``cluster_dir``, ``settings`` and ``ws`` with :func:`use_own_cluster`."""
+    runs): a module overrides ``cluster_dir`` and ``settings`` with :func:`tests.helpers.use_own_cluster`, and
+    its own ``ws``."""
     yield from _embedded_cluster(tmp_path_factory)
 
 

@@ -38,6 +38,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
         time.sleep(interval)
 
 
+def use_own_cluster() -> tuple[Any, Any]:
+    """The ``cluster_dir`` and ``settings`` fixtures of a module that runs on a cluster of its own
+    (``own_cluster_dir``, for destructive tests): ``cluster_dir, settings = use_own_cluster()`` at module level
+    overrides the session's two. The module's ``ws`` must then be module- or function-scoped too."""
+
+    @pytest.fixture(scope="module", name="cluster_dir")
+    def cluster_dir(own_cluster_dir: Path) -> Path:
+        return own_cluster_dir
+
+    @pytest.fixture(scope="module", name="settings")
+    def settings(cluster_dir: Path) -> Settings:
+        return Settings.from_file(cluster_dir / "config.json")
+
+    return cluster_dir, settings
+
+
 def unique(prefix: str) -> str:
     """A name no other test (or earlier run) uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

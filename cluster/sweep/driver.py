@@ -35,8 +35,8 @@ from cluster.errors import ClusterError, NotFoundError, PayloadError, UsageError
 from cluster.experiment import Experiment, submit_run
 from cluster.records import RunError, RunRecord, RunSpec, RunStatus, now_iso
 from cluster.sweep import state
-from cluster.sweep.policy import EarlyTerminationPolicy, NoTerminationPolicy, StopDecision
-from cluster.sweep.sampling import ParameterSampling, Trial
+from cluster.sweep.policy import NoTerminationPolicy, StopDecision
+from cluster.sweep.sampling import Trial
 from cluster.sweep.sweepspec import SweepSpec, argument_name
 
 if TYPE_CHECKING:
@@ -76,11 +76,10 @@ def history(intents: Mapping[int, dict[str, Any]], by_index: Mapping[int, state.
             for i in sorted(intents)]
 
 
-def plan_step(spec: SweepSpec, sampler: ParameterSampling, policy: EarlyTerminationPolicy,
-              children: Sequence[state.ChildInfo], intents: Mapping[int, dict[str, Any]], *,
+def plan_step(spec: SweepSpec, children: Sequence[state.ChildInfo], intents: Mapping[int, dict[str, Any]], *,
               cancel_requested: bool, now: float) -> StepPlan:
-    """The next step of a sweep, as a pure function of what was observed."""
-    goal = spec.goal
+    """The next step of a sweep, as a pure function of what was observed (its sampler and policy are the spec's)."""
+    goal, sampler, policy = spec.goal, spec.sampling, spec.policy
     by_index: dict[int, state.ChildInfo] = {}
     for child in sorted(children, key=lambda c: (c.index, c.run_id)):
         by_index.setdefault(child.index, child)
@@ -150,8 +149,6 @@ class _Sweep:
     parent_id: str
     prefix: str
     spec: SweepSpec
-    sampler: ParameterSampling
-    policy: EarlyTerminationPolicy
     reader: state.SweepReader
     resumed: bool = False
     last_summary: str = ""
@@ -184,14 +181,14 @@ class SweepDriver:
             except Exception as e:  # never let one sweep stop the controller's tick
                 self._forget_progress(parent_id)
                 log.exception("sweep %s: unexpected %s: %s", parent_id, type(e).__name__, e)
+        if self.sweeps:  # forget the sweeps that ended or were unregistered (by this driver or another)
+            active = {str(m) for m in r.smembers(state.RK_ACTIVE)}
+            for parent_id in set(self.sweeps) - active:
+                del self.sweeps[parent_id]
 
     def step(self, ws: Workspace, parent_id: str, now: float) -> StepPlan | None:
         """One idempotent step of one sweep. Returns the plan it carried out (None: nothing to do here)."""
-        try:
-            return _step(self, ws, parent_id, now)
-        finally:
-            if not ws.redis.sismember(state.RK_ACTIVE, parent_id):  # ended or unregistered: forget it
-                self.sweeps.pop(parent_id, None)
+        return _step(self, ws, parent_id, now)
 
     def _forget_progress(self, parent_id: str) -> None:
         sweep = self.sweeps.get(parent_id)
@@ -249,8 +246,7 @@ def _load(driver: SweepDriver, ws: Workspace, parent_id: str) -> _Sweep | None:
         _unregister(ws, parent_id)
         return None
     spec = state.load_spec(ws, prefix)
-    sweep = _Sweep(parent_id=parent_id, prefix=prefix, spec=spec, sampler=spec.sampling,
-                   policy=spec.policy,
+    sweep = _Sweep(parent_id=parent_id, prefix=prefix, spec=spec,
                    reader=state.SweepReader(ws, parent_id, prefix, spec.primary_metric_name))
     driver.sweeps[parent_id] = sweep
     return sweep
@@ -299,8 +295,7 @@ def _step(driver: SweepDriver, ws: Workspace, parent_id: str, now: float) -> Ste
         _resume(ws, sweep, children)
         sweep.resumed = True
     cancel_requested = ws.redis.hget(layout.rk_run(parent_id), "cancel") == "1"
-    plan = plan_step(sweep.spec, sweep.sampler, sweep.policy, children, intents,
-                     cancel_requested=cancel_requested, now=now)
+    plan = plan_step(sweep.spec, children, intents, cancel_requested=cancel_requested, now=now)
     _act(ws, sweep, parent, plan, children)
     return plan
 

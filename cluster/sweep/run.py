@@ -11,7 +11,6 @@ from cluster.experiment import Experiment
 from cluster.records import RunStatus, is_sweep, now_iso
 from cluster.run import Run
 from cluster.sweep import state
-from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 
 if TYPE_CHECKING:
     from cluster.sweep.sweepspec import SweepSpec
@@ -83,8 +82,7 @@ class HyperDriveRun(Run):
         candidates = [r for r in rows if r["status"] in allowed and r["best_primary_metric"] is not None]
         if not candidates:
             return None
-        sign = -1.0 if coerce_goal(self.spec.goal) is PrimaryMetricGoal.MAXIMIZE else 1.0
-        best = min(candidates, key=lambda r: (sign * r["best_primary_metric"], r["index"]))
+        best = min(candidates, key=state.best_first(self.spec.goal))
         return Run(self.experiment, best["run_id"])
 
     def get_metrics(self, name: str | None = None) -> dict[str, Any]:

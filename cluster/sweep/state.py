@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cluster import layout, metrics
 from cluster.datareference import display_argument
 from cluster.errors import NotFoundError, PayloadError
-from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, is_sweep, now_iso, parse_iso  # noqa: F401 (is_sweep: re-exported)
+from cluster.records import KIND_SWEEP, RunRecord, RunSpec, RunStatus, now_iso, parse_iso
 from cluster.schema import Record, WholeNumber, load, record
 from cluster.sweep.policy import PrimaryMetricGoal, coerce_goal
 from cluster.sweep.sweepspec import SweepSpec
@@ -349,6 +349,12 @@ def _note(child: ChildInfo, metric: str, best: float | None) -> str:
     return ""
 
 
+def best_first(goal: PrimaryMetricGoal | str) -> Callable[[dict[str, Any]], tuple[float, int]]:
+    """The sort key of :func:`child_rows` rows that reported the metric: the best value first, then the lowest index."""
+    sign = -1.0 if coerce_goal(goal) is PrimaryMetricGoal.MAXIMIZE else 1.0
+    return lambda row: (sign * row["best_primary_metric"], row["index"])
+
+
 def child_rows(children: Sequence[ChildInfo], goal: PrimaryMetricGoal | str, metric: str) -> list[dict[str, Any]]:
     """Children best first. Only children that Completed and reported the primary metric are ranked; the
     others (failed, stopped or canceled, still running, never reported it) follow in index order, with
@@ -367,8 +373,7 @@ def child_rows(children: Sequence[ChildInfo], goal: PrimaryMetricGoal | str, met
             "error": c.record.error.message if c.record is not None and c.record.error else None,
         })
         rows[-1]["note"] = "" if rows[-1]["ranked"] else _note(c, metric, best)
-    sign = -1.0 if goal is PrimaryMetricGoal.MAXIMIZE else 1.0
-    ranked = sorted((r for r in rows if r["ranked"]), key=lambda r: (sign * r["best_primary_metric"], r["index"]))
+    ranked = sorted((r for r in rows if r["ranked"]), key=best_first(goal))
     rest = [r for r in rows if not r["ranked"]]
     for rank, row in enumerate(ranked, 1):
         row["rank"] = rank

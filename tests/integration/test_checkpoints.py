@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster import Experiment, ScriptRunConfig, Workspace, layout
+from cluster import Experiment, Run, ScriptRunConfig, Workspace, layout
 from tests.helpers import unique, wait_until
 from tests.integration.conftest import NodeProcess, NodeStarter
 
@@ -43,15 +43,23 @@ def _checkpointed_epoch(ws: Workspace, prefix: str) -> int:
         return 0
 
 
-def test_retry_after_node_loss_resumes_from_the_last_checkpoint(ws: Workspace, nodes: NodeStarter,
-                                                                 tmp_path: Path) -> None:
+def _train_on_a_new_node(ws: Workspace, nodes: NodeStarter, tmp_path: Path, *, checkpoint_seconds: str, epochs: int,
+                         epoch_seconds: float) -> tuple[str, NodeProcess, Run]:
+    """examples/checkpoints/train_epochs.py submitted to a new pool with one node: (pool, node, run)."""
     pool = unique("ckpt")
     src = tmp_path / "src"
     shutil.copytree(EXAMPLE, src)
-    first = nodes.start(pool, extra_args=("--checkpoint-seconds", "0.5"))
+    node = nodes.start(pool, extra_args=("--checkpoint-seconds", checkpoint_seconds))
     run = Experiment(ws, unique("checkpoints")).submit(ScriptRunConfig(
-        source_directory=src, script="train_epochs.py", arguments=["--epochs", 8, "--epoch-seconds", 1.5],
-        compute_target=pool))
+        source_directory=src, script="train_epochs.py",
+        arguments=["--epochs", epochs, "--epoch-seconds", epoch_seconds], compute_target=pool))
+    return pool, node, run
+
+
+def test_retry_after_node_loss_resumes_from_the_last_checkpoint(ws: Workspace, nodes: NodeStarter,
+                                                                 tmp_path: Path) -> None:
+    pool, first, run = _train_on_a_new_node(ws, nodes, tmp_path, checkpoint_seconds="0.5", epochs=8,
+                                            epoch_seconds=1.5)
     prefix = run.prefix
 
     # the node uploads while the script runs: wait for the 2nd checkpoint to be in the store, then lose the node
@@ -114,13 +122,8 @@ def test_a_stopping_node_uploads_the_checkpoint_before_handing_the_run_back(ws: 
     """Periodic uploads off (checkpoint_seconds 0): the only upload is the one when the node is asked to stop
     (SIGTERM: a pod eviction, `cluster down`), after it stopped the script (the script needs longer than the node's
     stop grace of 5 s); the next node resumes from it."""
-    pool = unique("ckpt")
-    src = tmp_path / "src"
-    shutil.copytree(EXAMPLE, src)
-    first = nodes.start(pool, extra_args=("--checkpoint-seconds", "0"))
-    run = Experiment(ws, unique("checkpoints")).submit(ScriptRunConfig(
-        source_directory=src, script="train_epochs.py", arguments=["--epochs", 16, "--epoch-seconds", 1.0],
-        compute_target=pool))
+    pool, first, run = _train_on_a_new_node(ws, nodes, tmp_path, checkpoint_seconds="0", epochs=16,
+                                            epoch_seconds=1.0)
     wait_until(lambda: _logged(ws, run.id, "epoch 2:"), 120, "the script past its second epoch")
     assert not ws.store.exists(layout.checkpoint_manifest_key(run.prefix))  # nothing uploaded while it ran
     first.proc.send_signal(signal.SIGTERM)

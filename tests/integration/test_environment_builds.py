@@ -29,6 +29,7 @@ def _site_packages(env_dir: Path) -> Path:
 def _run_python(python: str, code: str) -> str:
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
+
 pytestmark = pytest.mark.integration
 
 

@@ -15,21 +15,12 @@ import pytest
 
 from cluster import ComputeTarget, Estimator, Experiment, NodePool, Workspace, embedded, layout
 from cluster.errors import ConflictError, UsageError
-from cluster.settings import Settings
-from tests.helpers import EventCollector, wait_until
+from tests.helpers import EventCollector, use_own_cluster, wait_until
 
 pytestmark = pytest.mark.integration
 
-
 # this module wipes Redis and kills nodes and the controller: it runs on a cluster of its own, not the session's
-@pytest.fixture(scope="module")
-def cluster_dir(own_cluster_dir: Path) -> Path:
-    return own_cluster_dir
-
-
-@pytest.fixture(scope="module")
-def settings(cluster_dir: Path) -> Settings:
-    return Settings.from_file(cluster_dir / "config.json")
+cluster_dir, settings = use_own_cluster()
 
 WORK = """
 import argparse, os, sys, time, urllib.request, uuid

@@ -13,19 +13,11 @@ import pytest
 
 from cluster import Experiment, Run, ScriptRunConfig, Workspace, layout
 from cluster.settings import Settings
-from tests.helpers import unique, wait_until
+from tests.helpers import unique, use_own_cluster, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("node")]
 
-
-@pytest.fixture(scope="module")
-def cluster_dir(own_cluster_dir: Path) -> Path:
-    return own_cluster_dir
-
-
-@pytest.fixture(scope="module")
-def settings(cluster_dir: Path) -> Settings:
-    return Settings.from_file(cluster_dir / "config.json")
+cluster_dir, settings = use_own_cluster()
 
 
 @pytest.fixture(scope="module")

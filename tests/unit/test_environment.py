@@ -3,7 +3,6 @@ tests/integration/test_environment_builds.py)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,15 +14,6 @@ from tasks.environment import (
     conda_to_pip,
     resolve_environment,
 )
-
-
-def _site_packages(env_dir: Path) -> Path:
-    return next(env_dir.glob("lib/python*/site-packages"))
-
-
-def _run_python(python: str, code: str) -> str:
-    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
-
 
 # ---- spec ---------------------------------------------------------------------------------------
 

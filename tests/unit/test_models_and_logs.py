@@ -80,11 +80,16 @@ def test_a_missing_model_or_file_is_not_found(mem_ws: Workspace, train_dir: Path
 
 # ---- the log follower -----------------------------------------------------------------------------
 
+def _claimed_run_and_writer(ws: Workspace, train_dir: Path, log_file: Path) -> tuple[Run, logstream.LogWriter]:
+    """A run claimed by node n1 (attempt 1) and that attempt's log writer, fenced by the claim's token."""
+    run = Experiment(ws, "logs").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
+    claim = ws.runs.claim(run.id, "n1", 60_000)
+    return run, logstream.LogWriter(ws.redis, run.id, log_file, token=claim.token)
+
+
 def test_a_follower_reads_the_live_log_in_order_and_resumes_where_it_was(mem_ws: Workspace, train_dir: Path,
                                                                         tmp_path: Path) -> None:
-    run = Experiment(mem_ws, "logs").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
-    claim = mem_ws.runs.claim(run.id, "n1", 60_000)
-    writer = logstream.LogWriter(mem_ws.redis, run.id, tmp_path / "driver.log", token=claim.token)
+    run, writer = _claimed_run_and_writer(mem_ws, train_dir, tmp_path / "driver.log")
     for i in range(1200):  # more than one batch and one XREAD page
         writer.line("stdout", f"line {i}")
     writer.flush()
@@ -106,9 +111,7 @@ def test_a_follower_reads_the_live_log_in_order_and_resumes_where_it_was(mem_ws:
 
 def test_a_fenced_writer_stops_adding_once_another_attempt_holds_the_run(mem_ws: Workspace, train_dir: Path,
                                                                          tmp_path: Path) -> None:
-    run = Experiment(mem_ws, "logs").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
-    claim = mem_ws.runs.claim(run.id, "n1", 60_000)
-    writer = logstream.LogWriter(mem_ws.redis, run.id, tmp_path / "a.log", token=claim.token)
+    run, writer = _claimed_run_and_writer(mem_ws, train_dir, tmp_path / "a.log")
     writer.line("stdout", "from the first attempt")
     writer.flush()
     mem_ws.redis.delete(layout.rk_run_lease(run.id))
@@ -146,9 +149,7 @@ def test_submit_leaves_no_temporary_directory_behind(mem_ws: Workspace, train_di
 
 def test_lines_so_far_are_the_live_stream_until_the_log_is_archived(mem_ws: Workspace, train_dir: Path,
                                                                     tmp_path: Path) -> None:
-    run = Experiment(mem_ws, "logs").submit(ScriptRunConfig(train_dir, "train.py", compute_target="cpu"))
-    claim = mem_ws.runs.claim(run.id, "n1", 60_000)
-    writer = logstream.LogWriter(mem_ws.redis, run.id, tmp_path / "d.log", token=claim.token)
+    run, writer = _claimed_run_and_writer(mem_ws, train_dir, tmp_path / "d.log")
     writer.line("stdout", "live 1")
     writer.close()
     assert logstream.lines_so_far(mem_ws.redis, mem_ws.store, run.id, run.prefix) == ["live 1"]

@@ -19,6 +19,7 @@ from cluster.records import RunStatus
 from cluster.sweep.policy import PrimaryMetricGoal
 from cluster.sweep.run import HyperDriveRun
 from cluster.sweep.state import ChildInfo
+from cluster.testing import MemoryObjectStore
 
 
 def test_live_context_events_and_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -140,40 +141,13 @@ def test_best_run_counts_failed_and_canceled_children_as_in_azure() -> None:
         sweep.get_best_run_by_primary_metric(include_failed="yes")  # type: ignore[arg-type]
 
 
-class _MemoryStore:
-    """Just what CheckpointSync and restore use of the object store, in memory."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-
-    def put_stream(self, key: str, fh: Any, size: int) -> None:
-        self.objects[key] = fh.read(size)
-
-    def put_json(self, key: str, obj: Any) -> None:
-        self.objects[key] = json.dumps(obj).encode()
-
-    def get_json(self, key: str) -> Any:
-        from cluster.errors import NotFoundError
-
-        if key not in self.objects:
-            raise NotFoundError(key)
-        return json.loads(self.objects[key])
-
-    def get_file(self, key: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(self.objects[key])
-
-    def delete(self, key: str) -> None:
-        self.objects.pop(key, None)
-
-
 def test_checkpoint_sync_uploads_changes_only_and_restores(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
     from tasks import checkpoints
     from tasks.rundir import OutputCaps
 
-    store = _MemoryStore()
+    store = MemoryObjectStore()
     node: Any = SimpleNamespace(store=store)
     run_dir = tmp_path / "run"
     ckpt = run_dir / "outputs" / "checkpoints"
@@ -198,10 +172,10 @@ def test_checkpoint_sync_uploads_changes_only_and_restores(tmp_path: Path) -> No
     os.replace(tmp, ckpt / "a.bin")  # replaced atomically: a new inode, uploaded again
     (ckpt / "sub" / "b.bin").unlink()
     assert sync.sync() == 1
-    assert store.objects["runs/r/checkpoints/a.bin"] == b"11"
+    assert store.get_bytes("runs/r/checkpoints/a.bin") == b"11"
     assert "runs/r/checkpoints/sub/b.bin" not in store.objects
     assert not any("link" in k for k in store.objects)
-    assert json.loads(store.objects["runs/r/checkpoints.json"])["files"] == {"a.bin": {"size": 2}}
+    assert store.get_json("runs/r/checkpoints.json")["files"] == {"a.bin": {"size": 2}}
     fenced["lost"] = True
     (ckpt / "c.bin").write_bytes(b"3")
     with sync:  # the final pass after the script: the lease is gone, nothing is written
@@ -221,7 +195,7 @@ def test_outputs_as_a_link_is_not_followed(tmp_path: Path) -> None:
     from tasks import checkpoints
     from tasks.rundir import OutputCaps
 
-    store = _MemoryStore()
+    store = MemoryObjectStore()
     secret = tmp_path / "secret" / "checkpoints"
     secret.mkdir(parents=True)
     (secret / "key").write_text("node secret")

@@ -35,16 +35,9 @@ from cluster.sweep.spec import config_from_spec, parse_expression, read_spec_fil
 
 
 @pytest.fixture
-def src(tmp_path: Path) -> Path:
-    d = tmp_path / "src"
-    d.mkdir()
-    (d / "train.py").write_text("print('hi')\n")
-    return d
-
-
-@pytest.fixture
-def est(src: Path) -> Estimator:
-    return Estimator(src, "train.py", script_params={"--data-folder": "/data", "--epochs": 3}, compute_target="cpu")
+def est(train_dir: Path) -> Estimator:
+    return Estimator(train_dir, "train.py", script_params={"--data-folder": "/data", "--epochs": 3},
+                     compute_target="cpu")
 
 
 def make(est: Any = None, **kw: Any) -> HyperDriveConfig:
@@ -67,8 +60,8 @@ def test_the_tutorial_config_is_valid(est: Estimator) -> None:
     assert "random" in repr(hd) and "--regularization" in repr(hd)
 
 
-def test_script_run_config_is_accepted(src: Path) -> None:
-    rc = ScriptRunConfig(src, "train.py", arguments=["--x", 1], compute_target="cpu")
+def test_script_run_config_is_accepted(train_dir: Path) -> None:
+    rc = ScriptRunConfig(train_dir, "train.py", arguments=["--x", 1], compute_target="cpu")
     hd = make(run_config=rc, primary_metric_goal="minimize")
     spec = hd.spec()
     assert spec.run_config.arguments == ("--x", 1) and spec.run_config.pool == "cpu"
@@ -99,11 +92,11 @@ def test_bad_arguments_are_usage_errors(est: Estimator, kw: dict[str, Any], matc
         make(est, **kw)
 
 
-def test_exactly_one_run_to_sweep(est: Estimator, src: Path) -> None:
+def test_exactly_one_run_to_sweep(est: Estimator, train_dir: Path) -> None:
     with pytest.raises(UsageError, match="exactly one of estimator"):
         make(None)
     with pytest.raises(UsageError, match="exactly one of estimator"):
-        make(est, run_config=ScriptRunConfig(src, "train.py"))
+        make(est, run_config=ScriptRunConfig(train_dir, "train.py"))
     with pytest.raises(UsageError, match="Estimator or a ScriptRunConfig"):
         make(run_config="train.py")
 
@@ -113,11 +106,11 @@ def test_grid_accepts_only_choice() -> None:
         GridParameterSampling({"--lr": uniform(0, 1)})
 
 
-def test_hyperparameter_may_not_also_be_a_fixed_argument(src: Path) -> None:
-    est = Estimator(src, "train.py", script_params={"--regularization": 0.5})
+def test_hyperparameter_may_not_also_be_a_fixed_argument(train_dir: Path) -> None:
+    est = Estimator(train_dir, "train.py", script_params={"--regularization": 0.5})
     with pytest.raises(UsageError, match="both a fixed script argument and a hyperparameter"):
         make(est)
-    rc = ScriptRunConfig(src, "train.py", arguments=["--lr", "0.1"])
+    rc = ScriptRunConfig(train_dir, "train.py", arguments=["--lr", "0.1"])
     with pytest.raises(UsageError, match="--lr"):
         make(run_config=rc, hyperparameter_sampling=RandomParameterSampling({"lr": uniform(0, 1)}))
 
@@ -128,9 +121,9 @@ def test_two_names_for_one_flag(est: Estimator) -> None:
         make(est, hyperparameter_sampling=sampling)
 
 
-def test_bad_pool_name(src: Path) -> None:
+def test_bad_pool_name(train_dir: Path) -> None:
     with pytest.raises(UsageError, match="pool"):
-        make(Estimator(src, "train.py", compute_target="no/slashes"))
+        make(Estimator(train_dir, "train.py", compute_target="no/slashes"))
 
 
 def test_concurrency_defaults_to_and_is_capped_by_total(est: Estimator) -> None:
@@ -231,11 +224,11 @@ def test_stored_spec_keeps_its_json_shape(est: Estimator) -> None:
 
 # ---- the CLI's spec file ------------------------------------------------------------------------
 
-def test_spec_file_yaml(src: Path, tmp_path: Path) -> None:
+def test_spec_file_yaml(train_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(f"""
 experiment: demo
-source_directory: {src.name}
+source_directory: {train_dir.name}
 entry_script: train.py
 script_params: {{"--data-folder": {{"mount": "mnist"}}, "--train-limit": 200}}
 compute_target: cpucluster
@@ -266,10 +259,10 @@ tags: {{team: ml}}
     assert spec.max_total_runs == 16 and spec.max_concurrent_runs == 4 and spec.goal_threshold == 0.99
 
 
-def test_spec_file_json_grid_with_arguments(src: Path, tmp_path: Path) -> None:
+def test_spec_file_json_grid_with_arguments(train_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({
-        "estimator": {"source_directory": str(src), "entry_script": "train.py", "arguments": ["--fixed", 1]},
+        "estimator": {"source_directory": str(train_dir), "entry_script": "train.py", "arguments": ["--fixed", 1]},
         "sampling": "grid", "parameters": {"--a": {"type": "choice", "values": [1, 2]}, "--b": "choice(3, 4)"},
         "primary_metric_name": "loss", "primary_metric_goal": "minimize", "max_total_runs": 4,
         "policy": "none"}))
@@ -289,12 +282,12 @@ def test_spec_file_json_grid_with_arguments(src: Path, tmp_path: Path) -> None:
     ({"search_space": {"--x": 3}}, "expected an expression"),
     ({"primary_metric_name": None}, "primary_metric_name"),
 ])
-def test_spec_file_errors(src: Path, patch: dict[str, Any], match: str) -> None:
-    data: dict[str, Any] = {"source_directory": str(src), "entry_script": "train.py",
+def test_spec_file_errors(train_dir: Path, patch: dict[str, Any], match: str) -> None:
+    data: dict[str, Any] = {"source_directory": str(train_dir), "entry_script": "train.py",
                             "search_space": {"--x": "uniform(0, 1)"}, "primary_metric_name": "m",
                             "primary_metric_goal": "maximize", "max_total_runs": 2, **patch}
     with pytest.raises(UsageError, match=match):
-        config_from_spec(data, src)
+        config_from_spec(data, train_dir)
 
 
 def test_spec_file_unreadable(tmp_path: Path) -> None:

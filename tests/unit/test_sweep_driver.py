@@ -34,8 +34,7 @@ def spec_of(sampling: Any, policy: Any = None, **kw: Any) -> SweepSpec:
 
 def plan(spec: SweepSpec, children: list[ChildInfo], intents: dict[int, dict[str, Any]], *,
          cancel: bool = False, now: float = 1.0) -> StepPlan:
-    return plan_step(spec, spec.sampling, spec.policy, children, intents, cancel_requested=cancel,
-                     now=now)
+    return plan_step(spec, children, intents, cancel_requested=cancel, now=now)
 
 
 class World:
