@@ -15,6 +15,7 @@ from cluster.errors import ClusterError, NotFoundError, UsageError
 from cluster.experiment import Experiment
 from cluster.model import MODEL_RECORD, Model, ModelRecord
 from cluster.nodes import list_nodes
+from cluster.records import KIND_SWEEP
 from cluster.run import Run
 from cluster.ui.index import RunIndex
 
@@ -146,7 +147,7 @@ class Views:
         details["metrics"] = metrics_mod.aggregate(events)
         details["metric_events"] = events
         details["metrics_cursor"] = cursor
-        details["is_sweep"] = details["tags"].get("kind") == "sweep" and not details["parent"]
+        details["is_sweep"] = details["tags"].get("kind") == KIND_SWEEP and not details["parent"]
         details["isolation"] = details.get("isolation") or _isolation(self.ws, run_id)
         return details
 
