@@ -23,6 +23,7 @@ from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, Sc
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError
 from cluster.nodes import NODE_LOST_SECONDS, node_state
+from cluster.nodes import heartbeats as read_heartbeats
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus, parse_iso
 from cluster.runstate import rk_active
@@ -191,7 +192,7 @@ class Controller:
         if not self.r.exists(RK_EPOCH):
             self.recover(now)
         specs = load_specs(self.ws)
-        heartbeats = self._heartbeats()
+        heartbeats = read_heartbeats(self.r, forget_gone=True)
         for rec in specs.values():
             spec = PoolSpec.from_dict(rec["spec"])
             obs = self._observe(spec, heartbeats, now)  # also detects lost nodes
@@ -210,19 +211,6 @@ class Controller:
             pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
             self._requeue_stranded(sorted(p for p in pools if p), now)
         self.sweeps.drive(self.ws, now)
-
-    def _heartbeats(self) -> dict[str, dict[str, str]]:
-        names = sorted(self.r.smembers(layout.RK_NODES))
-        pipe = self.r.pipeline(transaction=False)
-        for n in names:
-            pipe.hgetall(layout.rk_node(n))
-        out = {}
-        for n, h in zip(names, pipe.execute(), strict=True):
-            if h:
-                out[n] = h
-            else:
-                self.r.srem(layout.RK_NODES, n)
-        return out
 
     def _runs(self, pool: str) -> tuple[list[str], list[str]]:
         ids = sorted(self.r.smembers(rk_active(pool)))
