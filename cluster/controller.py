@@ -26,7 +26,6 @@ from cluster.nodes import NODE_LOST_SECONDS, node_state
 from cluster.nodes import heartbeats as read_heartbeats
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus, parse_iso
-from cluster.runstate import rk_active
 from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
 
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RK_EPOCH = layout.RK_EPOCH  # absent after a Redis wipe: triggers recovery from the object store
 #: a final record in Redis whose run.json is still not final this long after is copied there by the controller
 FINAL_RECORD_GRACE_SECONDS = 300.0
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -189,7 +187,7 @@ class Controller:
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        if not self.r.exists(RK_EPOCH):
+        if not self.r.exists(layout.RK_EPOCH):  # absent after a Redis wipe
             self.recover(now)
         specs = load_specs(self.ws)
         heartbeats = read_heartbeats(self.r, forget_gone=True)
@@ -213,7 +211,7 @@ class Controller:
         self.sweeps.drive(self.ws, now)
 
     def _runs(self, pool: str) -> tuple[list[str], list[str]]:
-        ids = sorted(self.r.smembers(rk_active(pool)))
+        ids = sorted(self.r.smembers(layout.rk_active(pool)))
         pipe = self.r.pipeline(transaction=False)
         for run_id in ids:
             pipe.hget(layout.rk_run(run_id), "status")
@@ -224,7 +222,7 @@ class Controller:
             elif status in LIVE:
                 live.append(run_id)
             else:
-                self.r.srem(rk_active(pool), run_id)
+                self.r.srem(layout.rk_active(pool), run_id)
         return queued, live
 
     def _prune_live_index(self, now: float) -> None:
@@ -447,7 +445,7 @@ class Controller:
                 runs.unindex_live(run_id)  # gave up (node lost too often): final now
         if not self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
             self.ws.store.put_json(layout.LIVE_INDEX_COMPLETE, {"at": now})
-        self.r.set(RK_EPOCH, f"{now:.3f}")
+        self.r.set(layout.RK_EPOCH, f"{now:.3f}")
         if count:
             log.info("controller: re-queued %d run(s) from the object store", count)
         return count
