@@ -23,9 +23,9 @@ from cluster.autoscale import NodeState, NodeView, PoolObservation, PoolSpec, Sc
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_events, rk_pool_status
 from cluster.errors import ClusterError, NotFoundError
 from cluster.nodes import NODE_LOST_SECONDS, node_state
+from cluster.nodes import heartbeats as read_heartbeats
 from cluster.providers.base import Provider
 from cluster.records import RunError, RunRecord, RunStatus, parse_iso
-from cluster.runstate import rk_active
 from cluster.sweep.driver import SweepDriver
 from cluster.workspace import Workspace
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RK_EPOCH = layout.RK_EPOCH  # absent after a Redis wipe: triggers recovery from the object store
 #: a final record in Redis whose run.json is still not final this long after is copied there by the controller
 FINAL_RECORD_GRACE_SECONDS = 300.0
 LIVE = {RunStatus.PREPARING.value, RunStatus.RUNNING.value, RunStatus.FINALIZING.value}
@@ -188,10 +187,10 @@ class Controller:
 
     # -- one tick ---------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        if not self.r.exists(RK_EPOCH):
+        if not self.r.exists(layout.RK_EPOCH):  # absent after a Redis wipe
             self.recover(now)
         specs = load_specs(self.ws)
-        heartbeats = self._heartbeats()
+        heartbeats = read_heartbeats(self.r, forget_gone=True)
         for rec in specs.values():
             spec = PoolSpec.from_dict(rec["spec"])
             obs = self._observe(spec, heartbeats, now)  # also detects lost nodes
@@ -211,21 +210,8 @@ class Controller:
             self._requeue_stranded(sorted(p for p in pools if p), now)
         self.sweeps.drive(self.ws, now)
 
-    def _heartbeats(self) -> dict[str, dict[str, str]]:
-        names = sorted(self.r.smembers(layout.RK_NODES))
-        pipe = self.r.pipeline(transaction=False)
-        for n in names:
-            pipe.hgetall(layout.rk_node(n))
-        out = {}
-        for n, h in zip(names, pipe.execute(), strict=True):
-            if h:
-                out[n] = h
-            else:
-                self.r.srem(layout.RK_NODES, n)
-        return out
-
     def _runs(self, pool: str) -> tuple[list[str], list[str]]:
-        ids = sorted(self.r.smembers(rk_active(pool)))
+        ids = sorted(self.r.smembers(layout.rk_active(pool)))
         pipe = self.r.pipeline(transaction=False)
         for run_id in ids:
             pipe.hget(layout.rk_run(run_id), "status")
@@ -236,7 +222,7 @@ class Controller:
             elif status in LIVE:
                 live.append(run_id)
             else:
-                self.r.srem(rk_active(pool), run_id)
+                self.r.srem(layout.rk_active(pool), run_id)
         return queued, live
 
     def _prune_live_index(self, now: float) -> None:
@@ -459,7 +445,7 @@ class Controller:
                 runs.unindex_live(run_id)  # gave up (node lost too often): final now
         if not self.ws.store.exists(layout.LIVE_INDEX_COMPLETE):
             self.ws.store.put_json(layout.LIVE_INDEX_COMPLETE, {"at": now})
-        self.r.set(RK_EPOCH, f"{now:.3f}")
+        self.r.set(layout.RK_EPOCH, f"{now:.3f}")
         if count:
             log.info("controller: re-queued %d run(s) from the object store", count)
         return count

@@ -83,7 +83,7 @@ def run_prefix(experiment: str, run_id: str, parent_prefix: str | None = None) -
     """The folder of one run; a sweep's children live under their parent."""
     if parent_prefix:
         return f"{parent_prefix}{CHILDREN_DIR}{run_id}/"
-    return f"experiments/{experiment}/runs/{run_id}/"
+    return f"{experiment_runs_prefix(experiment)}{run_id}/"
 
 
 def experiment_runs_prefix(experiment: str) -> str:

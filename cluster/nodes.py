@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster import layout
 from cluster.autoscale import NodeState
@@ -57,12 +57,23 @@ class NodeInfo:
                    isolation=h.get("isolation", "?"), host=h.get("host", ""), address=h.get("address", ""))
 
 
+def heartbeats(r: Any, *, forget_gone: bool = False) -> dict[str, dict[str, str]]:
+    """Every known node's heartbeat hash, by name (one round trip). A name whose hash expired (its node is gone)
+    is left out; ``forget_gone`` also drops it from the set of known nodes (the controller does)."""
+    names = sorted(str(n) for n in r.smembers(layout.RK_NODES))
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.hgetall(layout.rk_node(name))
+    out = {}
+    for name, h in zip(names, pipe.execute(), strict=True):
+        if h:
+            out[name] = h
+        elif forget_gone:
+            r.srem(layout.RK_NODES, name)
+    return out
+
+
 def list_nodes(ws: Workspace, now: float | None = None, lost_after: float = NODE_LOST_SECONDS) -> list[NodeInfo]:
     """Every node that has a heartbeat hash, by name."""
     now = time.time() if now is None else now
-    names = sorted(str(n) for n in ws.redis.smembers(layout.RK_NODES))
-    pipe = ws.redis.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(layout.rk_node(name))
-    return [NodeInfo.from_heartbeat(name, h, now, lost_after)
-            for name, h in zip(names, pipe.execute(), strict=True) if h]
+    return [NodeInfo.from_heartbeat(name, h, now, lost_after) for name, h in heartbeats(ws.redis).items()]

@@ -233,9 +233,7 @@ class RunState:
         canceled = record.with_status(RunStatus.CANCELED, error=None)
         keys = [layout.rk_run(run_id), layout.rk_run_lease(run_id), rk_active(record.pool)]
         outcome = str(self._cancel(keys=keys, args=[json.dumps(canceled.to_dict()), run_id]))
-        if outcome == "missing":  # Redis lost the run: the object store decides
-            if record.status.is_final:
-                return record.status.value
+        if outcome == "missing":  # Redis lost the run: the object store's (non-final) record is seeded again
             self.seed(record)
             return self.cancel(run_id)
         if outcome == "canceled":

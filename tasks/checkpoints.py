@@ -14,25 +14,24 @@ changes, restored into the next attempt's run directory.
   learns it through ``CLUSTER_RUN_RESUMED_FROM_ATTEMPT`` (``run.resumed_from_attempt``).
 
 The run directory is hostile input: the folder is walked with :class:`tasks.rundir.OutputWalk` (no link followed,
-no FIFO opened, the pool's output caps apply), below an ``outputs`` directory opened without following a link.
+no FIFO opened, the pool's output caps apply), below an ``outputs`` directory opened without following a link
+(:func:`tasks.rundir.real_dir`).
 A script should write each checkpoint file atomically (write a temporary file, then ``os.replace``): a pass uploads
 the files it finds complete, one by one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cluster import layout
 from cluster.errors import NotFoundError
-from tasks.rundir import OutputCaps, OutputWalk
+from tasks.rundir import OutputCaps, OutputWalk, real_dir
 
 if TYPE_CHECKING:
     from tasks.node import Node
@@ -40,8 +39,6 @@ if TYPE_CHECKING:
 CHECKPOINT_DIR = "checkpoints"  # below ./outputs
 ENV_RESUMED_FROM = "CLUSTER_RUN_RESUMED_FROM_ATTEMPT"  # CLUSTER_RUN_*: a run cannot set it itself
 DEFAULT_SECONDS = 5.0
-
-_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def restore(node: Node, run_prefix: str, run_dir: Path, log: Callable[[str], None]) -> int | None:
@@ -127,7 +124,7 @@ class CheckpointSync:
                 return 0
             base = layout.checkpoint_prefix(self.run_prefix)
             uploaded, present = 0, set()
-            with _outputs_dir(self.run_dir) as outputs:
+            with real_dir(self.run_dir / layout.OUTPUTS_DIR) as outputs:
                 if outputs is None:
                     return 0
                 walk = OutputWalk(outputs, CHECKPOINT_DIR, self.caps, self._log)
@@ -156,20 +153,3 @@ class CheckpointSync:
             self.passes += 1
             self._log(f"checkpoint: uploaded {uploaded} file(s)" + (f", removed {len(gone)}" if gone else ""))
             return uploaded
-
-
-@contextlib.contextmanager
-def _outputs_dir(run_dir: Path) -> Any:
-    """``run_dir/outputs`` opened without following a link; yields a path to it that cannot be swapped (the
-    open descriptor under /proc/self/fd), or None when it is missing or not a real directory."""
-    try:
-        fd = os.open(run_dir / layout.OUTPUTS_DIR, _DIR_FLAGS)
-    except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-            raise
-        yield None
-        return
-    try:
-        yield Path(f"/proc/self/fd/{fd}")
-    finally:
-        os.close(fd)

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -432,8 +432,6 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
     # the metrics archive and the full log are independent: written concurrently, both before the final record
     folder = spec.prefix + layout.attempt_dir(attempt_no)
     archives = [lambda: node.store.put_file(folder + layout.RUN_DRIVER_LOG, logs.path)]
-    if recorded is not None:  # best effort, but before the final record: readers of a final run see it
-        archives.append(provenance.waiter(recorded))
     if metrics_tail.events is not None and not attempt.lost.is_set():
         document = {"events": metrics_tail.events, "metrics": aggregate(metrics_tail.events)}
         archives.append(lambda: node.store.put_json(folder + layout.RUN_METRICS, document))
@@ -446,6 +444,8 @@ def _execute(node: Node, attempt: _Attempt, claim: Claim, run_dir: Path, clock: 
         final, error = RunStatus.FAILED, error or RunError(kind="storage", message=f"could not archive the "
                                                                                     f"run's log or metrics: "
                                                                                     f"{_describe(e)}")
+    if recorded is not None:  # environment.json: best effort (its failure costs the record, never the run), but
+        wait([recorded])      # before the final record, so readers of a final run see it
     clock.mark("finalize")
     history = (*record.attempts[:-1], {**record.attempts[-1], "ended": time.time(), "outcome": final.value,
                                        "phases": clock.phases})

@@ -14,7 +14,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -88,8 +87,3 @@ def record_environment(node: Node, run_prefix: str, python: str, holds: Callable
     holds()
     node.store.put_json(run_prefix + layout.RUN_ENVIRONMENT, {"python": version, "packages": lines,
                                                               "recorded": time.time()})
-
-
-def waiter(recorded: Future[None]) -> Callable[[], None]:
-    """Wait for :func:`record_environment` (best effort: its failure costs the record, never the run)."""
-    return lambda: (recorded.exception(), None)[1]

@@ -13,6 +13,7 @@ The script may have replaced any file with a symlink (to the node's config, to `
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -23,7 +24,7 @@ from typing import BinaryIO
 
 from tasks.outputnames import output_key
 
-__all__ = ["OutputCaps", "OutputWalk", "open_regular", "read_new", "safe_key"]
+__all__ = ["OutputCaps", "OutputWalk", "open_regular", "read_new", "real_dir", "safe_key"]
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _DIR_FLAGS = _OPEN_FLAGS | getattr(os, "O_DIRECTORY", 0)
@@ -173,6 +174,23 @@ class OutputWalk:
                     fh.close()
         finally:
             os.close(dfd)
+
+
+@contextlib.contextmanager
+def real_dir(path: Path) -> Iterator[Path | None]:
+    """``path`` opened without following a link; yields a path to it that cannot be swapped (the open descriptor
+    under /proc/self/fd), or None when it is missing or not a real directory."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise
+        yield None
+        return
+    try:
+        yield Path(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:
