@@ -52,7 +52,7 @@ def reachable_warning(config: dict[str, Any]) -> str | None:
 
 def write(config: dict[str, Any], out: Path) -> None:
     """Write the file readable by its owner only (it holds credentials)."""
-    from cluster.embedded import write_private
+    from cluster.processes import write_private
 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_private(out, json.dumps(config, indent=2) + "\n")

@@ -36,6 +36,7 @@ from cluster.autoscale import NodeState
 from cluster.compute import CONTROLLER_LEADER, load_specs, rk_pool_status
 from cluster.errors import ClusterError, ServiceError
 from cluster.nodes import NODE_LOST_SECONDS, node_state
+from cluster.nodes import heartbeats as node_heartbeats
 from cluster.records import RunRecord, RunStatus, parse_iso
 from cluster.runstate import rk_active
 from cluster.workspace import Workspace
@@ -235,7 +236,7 @@ class StateCollector(Collector):
     def _families(self, now: float) -> list[Metric]:
         ws, r = self.t.ws, self.t.ws.redis
         specs = load_specs(ws)
-        heartbeats = _heartbeats(r)
+        heartbeats = node_heartbeats(r)
         pools = set(specs) | {h.get("pool", "") for h in heartbeats.values()}
         pools |= {str(k).split(":")[2] for k in r.scan_iter(match=rk_active("*"), count=500)}
         pools.discard("")
@@ -306,14 +307,6 @@ class StateCollector(Collector):
         for gone in set(self._final_children) - running:
             del self._final_children[gone]
         return family
-
-
-def _heartbeats(r: Any) -> dict[str, dict[str, str]]:
-    names = sorted(str(n) for n in r.smembers(layout.RK_NODES))
-    pipe = r.pipeline(transaction=False)
-    for n in names:
-        pipe.hgetall(layout.rk_node(n))
-    return {n: h for n, h in zip(names, pipe.execute(), strict=True) if h}
 
 
 def _run_counts(r: Any, pool: str) -> dict[str, int]:
